@@ -1,0 +1,8 @@
+/** Tests for apps/recipe-builder. `requiredServices` is checked by the global setup before any test runs. */
+module.exports = {
+  ...require('../../jest.preset.js'),
+  displayName: 'recipe-builder',
+  rootDir: __dirname,
+  testMatch: ['<rootDir>/src/**/*.spec.ts', '<rootDir>/test/**/*.spec.ts'],
+  globals: { requiredServices: ['docker', 'registry'] },
+};

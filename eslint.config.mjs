@@ -1,0 +1,31 @@
+import nx from '@nx/eslint-plugin';
+
+export default [
+  ...nx.configs['flat/base'],
+  ...nx.configs['flat/typescript'],
+  { ignores: ['**/dist', '**/node_modules', '**/.state', '**/build', 'tools/**/*.js'] },
+  {
+    files: ['**/*.ts'],
+    rules: {
+      '@nx/enforce-module-boundaries': [
+        'error',
+        {
+          enforceBuildableLibDependency: true,
+          allow: [],
+          depConstraints: [
+            // Apps compose libraries; nothing imports an app.
+            { sourceTag: 'type:app', onlyDependOnLibsWithTags: ['type:lib'] },
+            { sourceTag: 'type:lib', onlyDependOnLibsWithTags: ['type:lib'] },
+            // libs/recipes is pure: other platform apps import it, so it may use no adapter.
+            { sourceTag: 'kind:pure', onlyDependOnLibsWithTags: ['kind:pure'] },
+            // Adapters own one concern each and never import each other.
+            { sourceTag: 'kind:adapter', onlyDependOnLibsWithTags: ['kind:pure'] },
+          ],
+        },
+      ],
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
+      // tsyringe needs runtime class references in constructor parameters.
+      '@typescript-eslint/consistent-type-imports': 'off',
+    },
+  },
+];

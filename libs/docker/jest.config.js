@@ -1,0 +1,8 @@
+/** Tests for libs/docker. `requiredServices` is checked by the global setup before any test runs. */
+module.exports = {
+  ...require('../../jest.preset.js'),
+  displayName: 'docker',
+  rootDir: __dirname,
+  testMatch: ['<rootDir>/src/**/*.spec.ts', '<rootDir>/test/**/*.spec.ts'],
+  globals: { requiredServices: ['docker'] },
+};
