@@ -1,0 +1,251 @@
+/**
+ * Operator CLI: submit a job from a local folder, list jobs with live
+ * progress, follow one job's log, cancel, and show points history.
+ *
+ *   node apps/training-worker/dist/cli/cli.js <command> [options]
+ */
+import 'reflect-metadata';
+import { randomUUID } from 'node:crypto';
+import { readdir, readFile } from 'node:fs/promises';
+import { extname, join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { ObjectId } from 'mongodb';
+import { DatasetRepository, LoraModelRepository, TERMINAL_STATUSES, TrainingJobRepository } from '@stationthis/db';
+import { PointsLedger } from '@stationthis/points';
+import { ObjectStorage } from '@stationthis/storage';
+import { getRecipe, recipeForModelType } from '@stationthis/recipes';
+import { loadWorkerConfig } from '../config/worker-config';
+import { compose, ensureIndexes } from '../composition';
+import { createLogger } from '../observability/logger';
+import { writeDemoImages } from './demo-images';
+
+const USAGE = `Usage: cli <command> [options]
+  submit   --dir DIR --owner ACCOUNT_ID [--model SMOKE|SDXL|FLUX|WAN] [--name NAME] [--trigger WORD]
+           [--wallet ADDRESS] [--steps N] [--param key=value ...] [--priority N]
+  list     [--status STATUS] [--watch]
+  follow   JOB_ID
+  cancel   JOB_ID
+  show     JOB_ID
+  points   (--job JOB_ID | --account ACCOUNT_ID)
+  seed-account --owner ACCOUNT_ID --wallet ADDRESS --points N   (local/demo: a confirmed deposit)
+  demo-images  --out DIR [--count N]`;
+
+const IMAGE_TYPES: Record<string, string> = { '.png': 'image/png', '.jpg': 'image/jpeg', '.jpeg': 'image/jpeg', '.webp': 'image/webp' };
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  const { values, positionals } = parseArgs({
+    args: rest,
+    allowPositionals: true,
+    options: {
+      dir: { type: 'string' }, owner: { type: 'string' }, model: { type: 'string', default: 'SMOKE' }, name: { type: 'string' },
+      trigger: { type: 'string' }, wallet: { type: 'string' }, steps: { type: 'string' }, param: { type: 'string', multiple: true },
+      priority: { type: 'string' }, status: { type: 'string' }, watch: { type: 'boolean' }, job: { type: 'string' },
+      account: { type: 'string' }, points: { type: 'string' }, out: { type: 'string' }, count: { type: 'string' }, json: { type: 'boolean' },
+    },
+  });
+  if (command === 'demo-images') {
+    if (!values.out) throw new UsageError('demo-images needs --out DIR');
+    const files = await writeDemoImages(values.out, Number(values.count ?? 8));
+    console.log(`wrote ${files.length} images with captions to ${values.out}`);
+    return 0;
+  }
+  if (!command || command === 'help' || command === '--help') {
+    console.log(USAGE);
+    return command ? 0 : 2;
+  }
+  const config = loadWorkerConfig();
+  const app = await compose(config, process.env, createLogger(process.env.LOG_LEVEL ?? 'warn'));
+  try {
+    await ensureIndexes(app.container);
+    const jobs = app.container.resolve(TrainingJobRepository);
+    const ledger = app.container.resolve(PointsLedger);
+    switch (command) {
+      case 'submit':
+        return await submit(app.container.resolve(ObjectStorage), app.container.resolve(DatasetRepository), jobs, values, config.environment);
+      case 'list':
+        return await list(jobs, values.status, Boolean(values.watch));
+      case 'follow':
+        return await follow(jobs, requireId(positionals[0]));
+      case 'cancel': {
+        const id = requireId(positionals[0]);
+        await jobs.requestCancel(id, 'cli');
+        console.log(`cancel requested for ${id}; the owning worker stops it within seconds`);
+        return 0;
+      }
+      case 'show':
+        return await show(jobs, app.container.resolve(LoraModelRepository), ledger, requireId(positionals[0]), Boolean(values.json));
+      case 'points': {
+        const history = values.job ? await ledger.history({ jobId: values.job }) : values.account ? await ledger.history({ masterAccountId: values.account }) : null;
+        if (!history) throw new UsageError('points needs --job JOB_ID or --account ACCOUNT_ID');
+        printHistory(history as never[]);
+        return 0;
+      }
+      case 'seed-account': {
+        if (!values.owner || !values.wallet || !values.points) throw new UsageError('seed-account needs --owner, --wallet and --points');
+        const db = app.mongo.db(config.mongoDbName);
+        const owner = new ObjectId(values.owner);
+        await db.collection('userCore').updateOne({ _id: owner }, { $setOnInsert: { _id: owner, wallets: [{ address: values.wallet.toLowerCase(), isPrimary: true }], status: 'active', userCreationTimestamp: new Date() } }, { upsert: true });
+        const tx = `demo-deposit-${values.owner}-${values.points}`;
+        await db.collection('credit_ledger').updateOne(
+          { deposit_tx_hash: tx },
+          { $setOnInsert: { deposit_tx_hash: tx, deposit_log_index: 0, master_account_id: owner, depositor_address: values.wallet.toLowerCase(), status: 'CONFIRMED', funding_rate_applied: 1, points_credited: Number(values.points), points_remaining: Number(values.points), createdAt: new Date(), updatedAt: new Date() } },
+          { upsert: true },
+        );
+        console.log(`account ${values.owner} has a confirmed deposit of ${values.points} points (balance now ${await ledger.balance({ masterAccountId: values.owner, walletAddress: values.wallet })})`);
+        return 0;
+      }
+      default:
+        throw new UsageError(`unknown command "${command}"`);
+    }
+  } finally {
+    await app.close();
+  }
+}
+
+class UsageError extends Error {}
+
+function requireId(id: string | undefined): string {
+  if (!id || !/^[a-f0-9]{24}$/.test(id)) throw new UsageError('expected a 24-hex job id');
+  return id;
+}
+
+async function submit(storage: ObjectStorage, datasets: DatasetRepository, jobs: TrainingJobRepository, v: Record<string, unknown>, environment: string): Promise<number> {
+  const dir = v.dir as string | undefined;
+  const owner = v.owner as string | undefined;
+  if (!dir || !owner) throw new UsageError('submit needs --dir and --owner');
+  const recipe = recipeForModelType(String(v.model));
+  const names = (await readdir(dir)).filter((n) => IMAGE_TYPES[extname(n).toLowerCase()]).sort();
+  if (names.length === 0) throw new UsageError(`no .png/.jpg/.webp images in ${dir}`);
+  const name = String(v.name ?? `cli-${Date.now()}`);
+  const urls: string[] = [];
+  const captions: string[] = [];
+  for (const file of names) {
+    const key = `datasets/${owner}/${randomUUID()}-${file.replace(/[^A-Za-z0-9._-]/g, '_')}`;
+    await storage.putObject('datasets', key, await readFile(join(dir, file)), IMAGE_TYPES[extname(file).toLowerCase()]);
+    urls.push(storage.publicUrl('datasets', key));
+    captions.push(await readFile(join(dir, file.replace(/\.[^.]+$/, '.txt')), 'utf8').then((s) => s.trim(), () => ''));
+    process.stderr.write(`\ruploaded ${urls.length}/${names.length} images`);
+  }
+  process.stderr.write('\n');
+  const datasetId = await datasets.create({
+    name: `${name} dataset`,
+    ownerAccountId: new ObjectId(owner),
+    images: urls,
+    captionSets: [{ _id: new ObjectId(), method: 'manual', captions, createdBy: new ObjectId(owner), createdAt: new Date(), status: 'completed', isDefault: true }],
+    visibility: 'private',
+  } as never);
+  const params: Record<string, unknown> = {};
+  for (const kv of (v.param as string[] | undefined) ?? []) {
+    const [k, ...val] = kv.split('=');
+    const raw = val.join('=');
+    params[k] = raw !== '' && !Number.isNaN(Number(raw)) ? Number(raw) : raw === 'true' ? true : raw === 'false' ? false : raw;
+  }
+  const trigger = String(v.trigger ?? name);
+  const jobId = await jobs.enqueue({
+    userId: owner,
+    ownerAccountId: owner,
+    name,
+    modelName: name,
+    walletAddress: (v.wallet as string | undefined)?.toLowerCase(),
+    datasetId: String(datasetId),
+    datasetImageCount: urls.length,
+    modelType: recipe.family,
+    baseModel: recipe.baseModel,
+    ...(v.steps ? { steps: Number(v.steps) } : {}),
+    triggerWord: trigger,
+    triggerWords: [trigger],
+    environment,
+    priority: v.priority ? Number(v.priority) : 0,
+    ...(Object.keys(params).length ? { parameters: params } : {}),
+  } as never);
+  console.log(String(jobId));
+  return 0;
+}
+
+function fmtRow(j: Record<string, unknown>): string {
+  const eta = typeof j.etaSeconds === 'number' ? `${Math.round(j.etaSeconds)}s` : '';
+  const loss = typeof j.currentLoss === 'number' ? j.currentLoss.toFixed(4) : '';
+  const step = j.totalSteps ? `${j.currentStep ?? 0}/${j.totalSteps}` : '';
+  return [String(j._id), String(j.status).padEnd(12), `${String(j.progress ?? 0).padStart(3)}%`, step.padEnd(11), loss.padEnd(8), eta.padEnd(6), String(j.modelType ?? ''), String(j.name ?? '')].join('  ');
+}
+
+async function list(jobs: TrainingJobRepository, status: string | undefined, watch: boolean): Promise<number> {
+  do {
+    const rows = await jobs.list((status ? { status } : {}) as never);
+    if (watch) process.stdout.write('\x1b[2J\x1b[H');
+    console.log(['JOB ID'.padEnd(24), 'STATUS'.padEnd(12), 'PROG', 'STEP'.padEnd(11), 'LOSS'.padEnd(8), 'ETA'.padEnd(6), 'MODEL', 'NAME'].join('  '));
+    for (const j of rows.slice(-50)) console.log(fmtRow(j as never));
+    if (watch) await new Promise((r) => setTimeout(r, 2000));
+  } while (watch);
+  return 0;
+}
+
+async function follow(jobs: TrainingJobRepository, id: string): Promise<number> {
+  let seen: string[] = [];
+  for (;;) {
+    const job = await jobs.findById(id);
+    if (!job) throw new UsageError(`job ${id} not found`);
+    const tail = ((job.logTail as string[] | undefined) ?? []);
+    // Print only lines not printed before (the tail is a sliding window).
+    let overlap = 0;
+    for (let k = Math.min(seen.length, tail.length); k > 0; k--) {
+      if (seen.slice(-k).join('\n') === tail.slice(0, k).join('\n')) { overlap = k; break; }
+    }
+    for (const line of tail.slice(overlap)) console.log(line);
+    seen = tail;
+    process.stderr.write(`\r${fmtRow(job as never)}\n`);
+    if (TERMINAL_STATUSES.includes(job.status as never)) {
+      if (job.failureReason) console.log(`reason: ${job.failureReason}`);
+      return job.status === 'COMPLETED' ? 0 : 1;
+    }
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+}
+
+function printHistory(history: Record<string, unknown>[]): void {
+  if (history.length === 0) console.log('(no points movements)');
+  for (const m of history) {
+    console.log([String(m.createdAt instanceof Date ? m.createdAt.toISOString() : m.createdAt ?? '').padEnd(24), String(m.kind ?? m.type ?? '').padEnd(16), String(m.points ?? m.amount ?? '').padStart(8), String(m.jobId ?? '').padEnd(24), String(m.reason ?? m.description ?? '')].join('  '));
+  }
+}
+
+async function show(jobs: TrainingJobRepository, models: LoraModelRepository, ledger: PointsLedger, id: string, json: boolean): Promise<number> {
+  const job = await jobs.findById(id);
+  if (!job) throw new UsageError(`job ${id} not found`);
+  const model = job.loraModelId ? await models.findById(String(job.loraModelId)) : null;
+  const history = await ledger.history({ jobId: id });
+  if (json) {
+    console.log(JSON.stringify({ job, model, points: history }, null, 2));
+    return 0;
+  }
+  console.log(`Job ${id}: ${job.status}${job.failureReason ? ` (${job.failureReason})` : ''}`);
+  if (model) {
+    const m = model as Record<string, unknown> & { publishedTo?: { modelFileUrl?: string } };
+    console.log(`Model: ${m.name} slug=${m.slug} checkpoint=${m.checkpoint}`);
+    console.log(`Model URL: ${m.publishedTo?.modelFileUrl ?? job.modelRepoUrl}`);
+  }
+  console.log('\nJob record:');
+  console.log(JSON.stringify(job, null, 2));
+  console.log('\nPoints history:');
+  printHistory(history as never[]);
+  try {
+    const recipe = job.pipeline && (job.pipeline as { recipeId?: string }).recipeId ? getRecipe(String((job.pipeline as { recipeId?: string }).recipeId)) : null;
+    if (recipe) console.log(`\nRecipe: ${recipe.id}@${recipe.version} (${recipe.engine.name} ${recipe.engine.commit.slice(0, 10)})`);
+  } catch {
+    /* recipe removed since: nothing to add */
+  }
+  return 0;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err) => {
+    if (err instanceof UsageError) {
+      process.stderr.write(`error: ${err.message}\n${USAGE}\n`);
+      process.exit(2);
+    }
+    process.stderr.write(`error: ${(err as Error).message}\n`);
+    process.exit(1);
+  },
+);

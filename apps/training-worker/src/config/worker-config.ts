@@ -1,0 +1,88 @@
+/**
+ * Worker configuration from the environment. Every value has a default that
+ * points at the local services (tools/services), so `nx serve training-worker`
+ * works with no environment set; every override is validated up front so a
+ * typo fails at start-up with a message naming the variable.
+ */
+import { hostname } from 'node:os';
+import { join, resolve } from 'node:path';
+import { z } from 'zod';
+
+const bool = z
+  .enum(['1', '0', 'true', 'false', 'yes', 'no'])
+  .transform((v) => v === '1' || v === 'true' || v === 'yes');
+
+const schema = z.object({
+  MONGO_URL: z.string().regex(/^mongodb(\+srv)?:\/\//, 'must start with mongodb:// or mongodb+srv://').default('mongodb://127.0.0.1:27017'),
+  MONGO_DB_NAME: z.string().regex(/^[A-Za-z0-9_-]+$/).default('noema'),
+  TRAINING_ENVIRONMENT: z.enum(['production', 'development']).default('development'),
+  WORKER_ID: z.string().min(1).optional(),
+  WORKER_STATE_DIR: z.string().optional(),
+  WORKER_HTTP_PORT: z.coerce.number().int().min(0).max(65535).default(9464),
+  WORKER_HTTP_HOST: z.string().default('127.0.0.1'),
+  WORKER_POLL_MS: z.coerce.number().int().min(50).max(60_000).default(2000),
+  WORKER_LEASE_MS: z.coerce.number().int().min(2000).max(3_600_000).default(60_000),
+  WORKER_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(10).default(3),
+  WORKER_SHUTDOWN_GRACE_MS: z.coerce.number().int().min(0).max(3_600_000).default(30_000),
+  WORKER_CANCEL_POLL_MS: z.coerce.number().int().min(100).max(60_000).default(2000),
+  WORKER_PROGRESS_THROTTLE_MS: z.coerce.number().int().min(100).max(600_000).default(5000),
+  WORKER_EXIT_WHEN_IDLE: bool.default(false),
+  WORKER_JOB_ID: z.string().regex(/^[a-f0-9]{24}$/).optional(),
+  WORKER_STALL_TIMEOUT_MS: z.coerce.number().int().min(1000).default(15 * 60_000),
+  WORKER_MAX_JOB_MS: z.coerce.number().int().min(1000).default(24 * 3_600_000),
+  CONTAINER_MEMORY_BYTES: z.coerce.number().int().min(16 * 1024 * 1024).default(8 * 1024 ** 3),
+  CONTAINER_PIDS_LIMIT: z.coerce.number().int().min(16).default(4096),
+  IMAGE_MANIFEST_PATH: z.string().optional(),
+  IMAGE_REGISTRY: z.string().default('127.0.0.1:5000'),
+  IMAGE_NAMESPACE: z.string().default('stationthis'),
+  DATASET_CREATOR_SHARE: z.coerce.number().min(0).max(1).default(0.05),
+  TRAINER_SHARE: z.coerce.number().min(0).max(1).default(0.02),
+  PLATFORM_FEE_MULTIPLIER: z.coerce.number().min(1).max(10).default(1.2),
+  ALLOWED_DATASET_HOSTS: z.string().default(''),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+});
+
+export type WorkerConfig = ReturnType<typeof loadWorkerConfig>;
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env) {
+  const parsed = schema.safeParse(Object.fromEntries(Object.entries(env).filter(([, v]) => v !== '')));
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `  - ${i.path.join('.')}: ${i.message}`);
+    throw new ConfigError(`Invalid worker configuration:\n${lines.join('\n')}\nFix the variables above (see README "Environment").`);
+  }
+  const c = parsed.data;
+  const repoRoot = resolve(__dirname, '../../../..');
+  const stateDir = resolve(c.WORKER_STATE_DIR ?? env.STATIONTHIS_STATE_DIR ?? join(repoRoot, '.state'));
+  return {
+    mongoUrl: c.MONGO_URL,
+    mongoDbName: c.MONGO_DB_NAME,
+    environment: c.TRAINING_ENVIRONMENT,
+    workerId: c.WORKER_ID ?? `${hostname()}:${process.pid}`,
+    stateDir,
+    jobsDir: join(stateDir, 'jobs'),
+    http: { host: c.WORKER_HTTP_HOST, port: c.WORKER_HTTP_PORT },
+    pollMs: c.WORKER_POLL_MS,
+    leaseMs: c.WORKER_LEASE_MS,
+    maxAttempts: c.WORKER_MAX_ATTEMPTS,
+    shutdownGraceMs: c.WORKER_SHUTDOWN_GRACE_MS,
+    cancelPollMs: c.WORKER_CANCEL_POLL_MS,
+    progressThrottleMs: c.WORKER_PROGRESS_THROTTLE_MS,
+    exitWhenIdle: c.WORKER_EXIT_WHEN_IDLE,
+    onlyJobId: c.WORKER_JOB_ID,
+    stallTimeoutMs: c.WORKER_STALL_TIMEOUT_MS,
+    maxJobMs: c.WORKER_MAX_JOB_MS,
+    containerMemoryBytes: c.CONTAINER_MEMORY_BYTES,
+    containerPidsLimit: c.CONTAINER_PIDS_LIMIT,
+    imageManifestPath: c.IMAGE_MANIFEST_PATH ?? join(repoRoot, 'apps/recipe-builder/build/image-manifest.json'),
+    imageRegistry: c.IMAGE_REGISTRY,
+    imageNamespace: c.IMAGE_NAMESPACE,
+    shares: { datasetCreator: c.DATASET_CREATOR_SHARE, trainer: c.TRAINER_SHARE },
+    platformFeeMultiplier: c.PLATFORM_FEE_MULTIPLIER,
+    allowedDatasetHosts: c.ALLOWED_DATASET_HOSTS.split(',').map((h) => h.trim()).filter(Boolean),
+    logLevel: c.LOG_LEVEL,
+  };
+}

@@ -1,0 +1,588 @@
+/**
+ * The pipeline for one claimed attempt of one training job:
+ *
+ *   validate → quote + charge → fetch dataset + weights → render → run
+ *   container steps → check outputs → upload → register model → settle
+ *   points + credits → COMPLETED
+ *
+ * Every step is idempotent. Progress that must survive a crash (the quote,
+ * the charge, the slug, the uploads, the model id, the settlement intent) is
+ * recorded in `job.pipeline` through fenced writes, so a re-claimed attempt
+ * resumes where the last one stopped and never moves points twice (the
+ * ledger's own idempotency keys are the second line of defence).
+ */
+import { randomBytes } from 'node:crypto';
+import { chmod, chown, mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { inject, injectable } from 'tsyringe';
+import { DatasetRepository, LoraModelRepository, TrainingJobDoc, TrainingJobRepository } from '@stationthis/db';
+import { InsufficientPointsError, POINT_USD, PointsLedger } from '@stationthis/points';
+import { DatasetFetcher, ModelUploader, ObjectStorage, WeightCache, jobArtifactKey, loraKey } from '@stationthis/storage';
+import { CONTAINER_RUNTIME, ContainerRuntime, GpuAllocator } from '@stationthis/docker';
+import {
+  CONTAINER_PATHS,
+  ProgressEvent,
+  Quote,
+  Recipe,
+  jobParametersFromPlatformDoc,
+  parseSafetensorsHeader,
+  recipeForModelType,
+  sanitizeOutputName,
+  sanitizeTriggerWord,
+} from '@stationthis/recipes';
+import { WORKER_CONFIG } from '../tokens';
+import type { WorkerConfig } from '../config/worker-config';
+import { WorkerMetrics } from '../observability/metrics';
+import { ImageResolver } from './image-resolver';
+import { JobContext } from './job-context';
+import { CancelRequested, JobFailure, containerFailureMessage } from './failures';
+
+/** What `job.pipeline` holds. Written step by step, read on resume. */
+export interface PipelineState {
+  recipeId?: string;
+  recipeVersion?: string;
+  quote?: { points: number; estimatedSeconds: number; gpuUsdPerHour: number };
+  charged?: boolean;
+  slug?: string;
+  trainSeconds?: number;
+  upload?: UploadState;
+  loraModelId?: string;
+  settleIntent?: { outcome: 'completed' | 'failed' | 'cancelled'; usedPoints: number; reason: string };
+  settled?: boolean;
+}
+
+interface UploadState {
+  loraUrl: string;
+  loraKey: string;
+  sha256: string;
+  autov2: string;
+  bytes: number;
+  sampleUrls: string[];
+  logUrl?: string;
+  configUrl?: string;
+}
+
+interface Prepared {
+  recipe: Recipe;
+  parameters: Record<string, unknown>;
+  triggerWord: string;
+  outputName: string;
+  dataset: NonNullable<Awaited<ReturnType<DatasetRepository['findById']>>>;
+  quote: Quote;
+}
+
+const PROGRESS_LOG_TAIL = 20;
+
+@injectable()
+export class JobPipeline {
+  constructor(
+    @inject(WORKER_CONFIG) private readonly config: WorkerConfig,
+    private readonly jobs: TrainingJobRepository,
+    private readonly datasets: DatasetRepository,
+    private readonly models: LoraModelRepository,
+    private readonly ledger: PointsLedger,
+    private readonly fetcher: DatasetFetcher,
+    private readonly uploader: ModelUploader,
+    private readonly storage: ObjectStorage,
+    private readonly weights: WeightCache,
+    @inject(CONTAINER_RUNTIME) private readonly runtime: ContainerRuntime,
+    private readonly allocator: GpuAllocator,
+    private readonly images: ImageResolver,
+    private readonly metrics: WorkerMetrics,
+  ) {}
+
+  /** Runs the attempt to a terminal state, or throws LeaseLost / ShutdownRequested. */
+  async run(ctx: JobContext): Promise<void> {
+    const state = (ctx.job.pipeline ?? {}) as PipelineState;
+    // A previous attempt already decided the outcome and may have moved points: finish it.
+    if (state.settleIntent) {
+      await this.finish(ctx, state, state.settleIntent.outcome, state.settleIntent.reason);
+      return;
+    }
+    let prepared: Prepared | undefined;
+    let trainStartedAt: number | undefined;
+    try {
+      prepared = await this.step(ctx, 'validate', 'n/a', () => this.validate(ctx));
+      const recipeId = prepared.recipe.id;
+      await this.step(ctx, 'charge', recipeId, () => this.charge(ctx, state, prepared!));
+      ctx.throwIfStopped();
+
+      if (!state.upload) {
+        const workDir = join(this.config.jobsDir, ctx.jobId);
+        const attemptDir = join(workDir, `attempt-${ctx.lease.attemptId}`);
+        const datasetDir = join(workDir, 'dataset');
+        const fetched = await this.step(ctx, 'fetch-dataset', recipeId, () => this.fetchDataset(ctx, prepared!, datasetDir));
+        const weightHandles = await this.step(ctx, 'fetch-weights', recipeId, () => this.fetchWeights(prepared!.recipe));
+        try {
+          ctx.throwIfStopped();
+          const { jobDir, outputDir, rendered } = await this.step(ctx, 'render', recipeId, () =>
+            this.render(ctx, prepared!, attemptDir, fetched, weightHandles),
+          );
+          trainStartedAt = Date.now();
+          const logFile = join(attemptDir, 'train.log');
+          await this.step(ctx, 'train', recipeId, () =>
+            this.train(ctx, prepared!, { datasetDir, jobDir, outputDir, logFile, steps: rendered.steps, weights: weightHandles }),
+          );
+          state.trainSeconds = Math.round((Date.now() - trainStartedAt) / 1000);
+          await this.setState(ctx, { trainSeconds: state.trainSeconds });
+          const loraPath = join(outputDir, rendered.outputs.lora);
+          await this.step(ctx, 'check-output', recipeId, () => this.checkOutput(prepared!.recipe, loraPath));
+          ctx.throwIfStopped();
+          await this.transition(ctx, 'FINALIZING');
+          state.upload = await this.step(ctx, 'upload', recipeId, () =>
+            this.upload(ctx, state, prepared!, { loraPath, outputDir, logFile, jobDir, samplesDir: rendered.outputs.samplesDir }),
+          );
+        } finally {
+          await Promise.all(weightHandles.map((h) => h.release().catch(() => undefined)));
+        }
+      } else {
+        ctx.log.info({ loraUrl: state.upload.loraUrl }, 'resuming after upload: outputs already stored');
+        await this.transition(ctx, 'FINALIZING');
+      }
+
+      ctx.throwIfStopped();
+      await this.step(ctx, 'register', recipeId, () => this.register(ctx, state, prepared!));
+      const used = this.usedPoints(state.quote!, state.trainSeconds ?? 0);
+      state.settleIntent = { outcome: 'completed', usedPoints: used, reason: 'training completed' };
+      await this.setState(ctx, { settleIntent: state.settleIntent });
+      await this.finish(ctx, state, 'completed', 'training completed', prepared);
+    } catch (err) {
+      if (err instanceof CancelRequested || ctx.stopReason === 'cancel') {
+        const seconds = trainStartedAt ? (Date.now() - trainStartedAt) / 1000 : 0;
+        const used = state.charged && state.quote ? this.usedPoints(state.quote, seconds) : 0;
+        state.settleIntent = { outcome: 'cancelled', usedPoints: used, reason: `cancelled by user after ${Math.round(seconds)} s of training` };
+        await this.setState(ctx, { settleIntent: state.settleIntent });
+        await this.finish(ctx, state, 'cancelled', state.settleIntent.reason);
+        return;
+      }
+      if (ctx.stopReason === 'lease-lost' || ctx.stopReason === 'shutdown') throw err;
+      const failure = err instanceof JobFailure ? err : new JobFailure('infrastructure', `The worker hit an internal error (${(err as Error).message}). The job will be retried if attempts remain; otherwise points are refunded.`, { cause: err });
+      ctx.log.error({ err, failureClass: failure.failureClass }, 'attempt failed');
+      this.metrics.failures.inc({ class: failure.failureClass });
+      if (failure.failureClass === 'infrastructure' && (ctx.job.attempts ?? 1) < (ctx.job.maxAttempts ?? this.config.maxAttempts)) {
+        // Hand the job back for another attempt: the charge stays, nothing is refunded twice.
+        await this.jobs.releaseLease(ctx.lease, failure.userMessage);
+        return;
+      }
+      state.settleIntent = { outcome: 'failed', usedPoints: 0, reason: failure.userMessage };
+      if (state.charged) await this.setState(ctx, { settleIntent: state.settleIntent });
+      await this.finish(ctx, state, 'failed', failure.userMessage, undefined, failure.failureClass);
+    }
+  }
+
+  // ------------------------------------------------------------------ steps
+
+  private async validate(ctx: JobContext): Promise<Prepared> {
+    const job = ctx.job;
+    let recipe: Recipe;
+    try {
+      recipe = recipeForModelType(String(job.modelType ?? job.baseModel ?? ''));
+    } catch (e) {
+      throw new JobFailure('user-input', `Unsupported model type "${job.modelType ?? job.baseModel}": ${(e as Error).message}`);
+    }
+    const validated = recipe.validate(jobParametersFromPlatformDoc(job as unknown as Record<string, unknown>));
+    if (!validated.ok) {
+      const issues = validated.issues.map((i) => `${i.path}: ${i.message}${i.allowed ? ` (allowed: ${i.allowed})` : ''}`);
+      throw new JobFailure('user-input', `Invalid training parameters: ${issues.join('; ')}. Fix them and submit again.`);
+    }
+    const rawTrigger = String(job.triggerWord ?? (Array.isArray(job.triggerWords) ? job.triggerWords[0] : '') ?? job.name ?? '');
+    const triggerWord = sanitizeTriggerWord(rawTrigger);
+    if (!triggerWord) throw new JobFailure('user-input', 'The trigger word is empty after removing unsupported characters. Use letters, digits, "_" or "-".');
+    const outputName = sanitizeOutputName(String(job.modelName ?? job.name ?? triggerWord)) || triggerWord;
+
+    if (!job.datasetId) throw new JobFailure('user-input', 'The job has no dataset. Choose a dataset and submit again.');
+    const dataset = await this.datasets.findById(String(job.datasetId));
+    if (!dataset) throw new JobFailure('dataset', `Dataset ${job.datasetId} does not exist (it may have been deleted). Choose another dataset.`);
+    const owner = String(job.ownerAccountId ?? job.userId ?? '');
+    const datasetOwner = String(dataset.ownerAccountId ?? '');
+    const visibility = String(dataset.visibility ?? 'private');
+    const granted = Array.isArray(dataset.accessControl) && dataset.accessControl.some((id: unknown) => String(id) === owner);
+    if (datasetOwner !== owner && visibility !== 'public' && visibility !== 'unlisted' && !granted) {
+      throw new JobFailure('dataset', `Dataset "${dataset.name ?? job.datasetId}" is private to another account. Use your own dataset or ask its owner to share it.`);
+    }
+    const images: unknown[] = Array.isArray(dataset.images) ? dataset.images : [];
+    const req = recipe.datasetRequirements;
+    if (images.length < req.minImages || images.length > req.maxImages) {
+      throw new JobFailure('dataset', `The dataset has ${images.length} images; ${recipe.displayName} needs ${req.minImages} to ${req.maxImages}. Add or remove images and retry.`);
+    }
+    const quote = recipe.quote(validated.value as never, { imageCount: images.length });
+    return { recipe, parameters: validated.value as Record<string, unknown>, triggerWord, outputName, dataset, quote };
+  }
+
+  private async charge(ctx: JobContext, state: PipelineState, p: Prepared): Promise<void> {
+    if (state.charged) return;
+    // The quote is fixed the first time and reused on every later attempt.
+    state.quote ??= { points: p.quote.points, estimatedSeconds: p.quote.estimatedSeconds, gpuUsdPerHour: p.quote.gpuUsdPerHour };
+    await this.setState(ctx, { quote: state.quote, recipeId: p.recipe.id, recipeVersion: p.recipe.version });
+    try {
+      await this.ledger.charge({
+        jobId: ctx.jobId,
+        masterAccountId: String(ctx.job.ownerAccountId ?? ctx.job.userId),
+        walletAddress: ctx.job.walletAddress ? String(ctx.job.walletAddress) : undefined,
+        points: state.quote.points,
+        reason: `${p.recipe.displayName} training quote`,
+      });
+    } catch (e) {
+      if (e instanceof InsufficientPointsError) {
+        throw new JobFailure('user-input', `Insufficient points: this training costs up to ${state.quote.points} points but the balance is ${e.balance}. Add points and retry. Nothing was charged.`);
+      }
+      throw e;
+    }
+    state.charged = true;
+    await this.setState(ctx, { charged: true });
+    await this.jobs.transition(ctx.lease, 'PROVISIONING', { estimatedCostPoints: state.quote.points });
+  }
+
+  private async fetchDataset(ctx: JobContext, p: Prepared, datasetDir: string) {
+    await mkdir(datasetDir, { recursive: true });
+    try {
+      const fetched = await this.fetcher.fetch(p.dataset as never, datasetDir, {
+        allowedHosts: this.config.allowedDatasetHosts,
+        captionSetId: ctx.job.captionSetId ? String(ctx.job.captionSetId) : undefined,
+        onProgress: (pr: { done?: number; total?: number }) => ctx.log.debug({ progress: pr }, 'dataset fetch progress'),
+      } as never);
+      this.metrics.bytesMoved.inc({ direction: 'down', kind: 'dataset' }, fetched.totalBytes);
+      ctx.log.info({ images: fetched.images.length, bytes: fetched.totalBytes }, 'dataset fetched');
+      await this.makeReadable(datasetDir);
+      return fetched;
+    } catch (e) {
+      if (e instanceof JobFailure) throw e;
+      const msg = (e as Error).message;
+      const isInput = /magic|type|size|limit|host|redirect|not allowed|too (large|many)|empty/i.test(msg);
+      throw new JobFailure(isInput ? 'dataset' : 'infrastructure', isInput ? `The dataset could not be used: ${msg}. Fix the listed images and retry.` : `Downloading the dataset failed: ${msg}.`, { cause: e });
+    }
+  }
+
+  private async fetchWeights(recipe: Recipe): Promise<{ fileName: string; path: string; release(): Promise<void> }[]> {
+    const handles: { fileName: string; path: string; release(): Promise<void> }[] = [];
+    try {
+      for (const w of recipe.weights) {
+        const h = await this.weights.acquire({ fileName: w.fileName, source: { kind: 'r2', bucketAlias: 'models', key: w.r2Key }, sha256: w.sha256, bytes: w.approxBytes });
+        handles.push({ fileName: w.fileName, ...h });
+      }
+      return handles;
+    } catch (e) {
+      await Promise.all(handles.map((h) => h.release().catch(() => undefined)));
+      throw new JobFailure('infrastructure', `Fetching the base-model weights failed: ${(e as Error).message}.`, { cause: e });
+    }
+  }
+
+  private async render(ctx: JobContext, p: Prepared, attemptDir: string, fetched: { images: unknown[] }, weights: { fileName: string }[]) {
+    const jobDir = join(attemptDir, 'job');
+    const outputDir = join(attemptDir, 'output');
+    await rm(attemptDir, { recursive: true, force: true });
+    await mkdir(jobDir, { recursive: true });
+    await mkdir(outputDir, { recursive: true });
+    const baseModelFiles: Record<string, string> = {};
+    for (const w of p.recipe.weights) if (weights.some((h) => h.fileName === w.fileName)) baseModelFiles[w.role] = w.fileName;
+    const rendered = p.recipe.render({
+      jobId: ctx.jobId,
+      parameters: p.parameters,
+      triggerWord: p.triggerWord,
+      outputName: p.outputName,
+      dataset: { imageCount: fetched.images.length },
+      baseModelFiles,
+    });
+    for (const f of rendered.files) {
+      const target = join(jobDir, f.path);
+      if (!target.startsWith(jobDir + '/')) throw new JobFailure('engine', `Recipe rendered a file outside the job folder: ${f.path}`);
+      await mkdir(join(target, '..'), { recursive: true });
+      await writeFile(target, f.content, { mode: 0o644 });
+    }
+    await writeFile(join(jobDir, 'job-spec.json'), JSON.stringify({ jobId: ctx.jobId, recipe: p.recipe.id, version: p.recipe.version, parameters: p.parameters, triggerWord: p.triggerWord, outputName: p.outputName }, null, 2));
+    await this.makeReadable(jobDir);
+    // The container runs as uid 1000 with a read-only root: only the output folder is writable.
+    await chmod(outputDir, 0o777);
+    await chown(outputDir, 1000, 1000).catch(() => undefined);
+    return { jobDir, outputDir, rendered };
+  }
+
+  private async train(
+    ctx: JobContext,
+    p: Prepared,
+    io: { datasetDir: string; jobDir: string; outputDir: string; logFile: string; steps: { name: string; argv: string[]; reportsTrainingProgress: boolean }[]; weights: { fileName: string; path: string }[] },
+  ): Promise<void> {
+    const image = await this.images.resolve(p.recipe);
+    await this.runtime.ensureImage(image).catch((e: Error) => {
+      throw new JobFailure('infrastructure', `The training image ${image} is not available: ${e.message}. Build it with "nx run recipe-builder:build-images".`, { cause: e });
+    });
+    const allocation = await this.allocator.allocateWait({ count: p.recipe.gpu.count, minVramGb: p.recipe.gpu.minVramGb }, ctx.signal);
+    if (!allocation) {
+      ctx.throwIfStopped();
+      throw new JobFailure('infrastructure', `No GPU with ${p.recipe.gpu.minVramGb} GB VRAM is available on this worker.`);
+    }
+    this.metrics.slotsBusy.set(this.allocator.busyCount());
+    try {
+      await this.transition(ctx, 'RUNNING');
+      const progress = this.progressWriter(ctx);
+      for (const step of io.steps) {
+        ctx.throwIfStopped();
+        const parser = p.recipe.createProgressParser();
+        const errors: string[] = [];
+        const result = await this.runtime.run(
+          {
+            image,
+            argv: step.argv,
+            workdir: p.recipe.image.workdir,
+            env: { HOME: CONTAINER_PATHS.scratch, PYTHONUNBUFFERED: '1', STATIONTHIS_JOB_ID: ctx.jobId },
+            mounts: [
+              { hostPath: io.datasetDir, containerPath: CONTAINER_PATHS.dataset, readOnly: true },
+              { hostPath: io.jobDir, containerPath: CONTAINER_PATHS.job, readOnly: true },
+              { hostPath: io.outputDir, containerPath: CONTAINER_PATHS.output, readOnly: false },
+              ...io.weights.map((w) => ({ hostPath: w.path, containerPath: `${CONTAINER_PATHS.models}/${w.fileName}`, readOnly: true })),
+            ],
+            gpus: allocation.deviceIds.length > 0 ? { deviceIds: allocation.deviceIds } : null,
+            network: p.recipe.network,
+            memoryBytes: this.config.containerMemoryBytes,
+            pidsLimit: this.config.containerPidsLimit,
+            labels: { jobId: ctx.jobId, attemptId: ctx.lease.attemptId, workerId: ctx.lease.workerId, step: step.name },
+            deadlineMs: this.config.maxJobMs,
+            stallTimeoutMs: this.config.stallTimeoutMs,
+            logFilePath: io.logFile,
+          },
+          {
+            onLine: (line: string) => {
+              for (const ev of parser.feed(line)) {
+                if (ev.kind === 'error') errors.push(`${ev.signature}: ${ev.line}`);
+                if (step.reportsTrainingProgress) progress.event(ev);
+              }
+              progress.line(line);
+            },
+          },
+          ctx.signal,
+        );
+        await progress.flush();
+        if (result.failureClass === 'cancelled' || ctx.signal.aborted) {
+          ctx.throwIfStopped();
+        }
+        if (result.failureClass) {
+          if (errors.some((e) => e.startsWith('cuda-oom') || e.startsWith('host-oom')) || result.oomKilled) throw containerFailureMessage('oom', step.name, result.lastLines);
+          throw containerFailureMessage(result.failureClass, step.name, errors.length ? errors : result.lastLines);
+        }
+        if (errors.some((e) => e.startsWith('nan-loss'))) {
+          throw new JobFailure('engine', `Training diverged (loss became NaN) during "${step.name}". Lower the learning rate and retry. Points were refunded.`);
+        }
+      }
+    } finally {
+      allocation.release();
+      this.metrics.slotsBusy.set(this.allocator.busyCount());
+    }
+  }
+
+  private async checkOutput(recipe: Recipe, loraPath: string): Promise<void> {
+    let header;
+    try {
+      const fh = await open(loraPath, 'r');
+      try {
+        const len = Buffer.alloc(8);
+        await fh.read(len, 0, 8, 0);
+        const n = Number(len.readBigUInt64LE(0));
+        if (n <= 0 || n > 100 * 1024 * 1024) throw new Error(`implausible header length ${n}`);
+        const buf = Buffer.alloc(8 + n);
+        await fh.read(buf, 0, 8 + n, 0);
+        header = parseSafetensorsHeader(buf);
+      } finally {
+        await fh.close();
+      }
+    } catch (e) {
+      throw new JobFailure('engine', `Training finished but produced no valid LoRA file (${basename(loraPath)}: ${(e as Error).message}). Points were refunded.`, { cause: e });
+    }
+    const check = recipe.checkOutput(header);
+    if (!check.ok) throw new JobFailure('engine', `The trained LoRA failed its checks: ${check.problems.join('; ')}. Points were refunded.`);
+  }
+
+  private async upload(
+    ctx: JobContext,
+    state: PipelineState,
+    p: Prepared,
+    files: { loraPath: string; outputDir: string; logFile: string; jobDir: string; samplesDir?: string },
+  ): Promise<UploadState> {
+    if (!state.slug) {
+      state.slug = `${slugify(p.outputName)}-${randomBytes(3).toString('hex')}`;
+      await this.setState(ctx, { slug: state.slug });
+    }
+    const key = loraKey(state.slug);
+    try {
+      const lora = await this.uploader.upload({ filePath: files.loraPath, bucketAlias: 'models', key, contentType: 'application/octet-stream', cacheControl: 'public, max-age=31536000, immutable' });
+      this.metrics.bytesMoved.inc({ direction: 'up', kind: 'lora' }, lora.bytes);
+      const sampleUrls: string[] = [];
+      if (files.samplesDir) {
+        const dir = join(files.outputDir, files.samplesDir);
+        const names = (await readdir(dir).catch(() => [] as string[])).filter((n) => /\.(png|jpe?g|webp)$/i.test(n)).sort().slice(0, 4);
+        for (const name of names) {
+          const up = await this.uploader.upload({ filePath: join(dir, name), bucketAlias: 'models', key: jobArtifactKey(ctx.jobId, `samples/${name}`), contentType: name.endsWith('.png') ? 'image/png' : name.endsWith('.webp') ? 'image/webp' : 'image/jpeg' });
+          sampleUrls.push(up.publicUrl);
+        }
+      }
+      const log = (await stat(files.logFile).catch(() => null))
+        ? await this.uploader.upload({ filePath: files.logFile, bucketAlias: 'models', key: jobArtifactKey(ctx.jobId, `logs/attempt-${ctx.lease.attemptId}.log`), contentType: 'text/plain; charset=utf-8' })
+        : undefined;
+      const config = await this.uploader.upload({ filePath: join(files.jobDir, 'job-spec.json'), bucketAlias: 'models', key: jobArtifactKey(ctx.jobId, 'config/job-spec.json'), contentType: 'application/json' });
+      const upload: UploadState = { loraUrl: lora.publicUrl, loraKey: key, sha256: lora.sha256, autov2: lora.autov2, bytes: lora.bytes, sampleUrls, logUrl: log?.publicUrl, configUrl: config.publicUrl };
+      await this.setState(ctx, { upload });
+      ctx.log.info({ loraUrl: upload.loraUrl, bytes: upload.bytes, sha256: upload.sha256 }, 'outputs uploaded');
+      return upload;
+    } catch (e) {
+      throw new JobFailure('infrastructure', `Uploading the trained model failed: ${(e as Error).message}.`, { cause: e });
+    }
+  }
+
+  private async register(ctx: JobContext, state: PipelineState, p: Prepared): Promise<void> {
+    if (state.loraModelId) return;
+    const upload = state.upload!;
+    const model = await this.models.registerTrainedModel({
+      trainingId: ctx.jobId,
+      datasetId: String(ctx.job.datasetId),
+      ownerAccountId: String(ctx.job.ownerAccountId ?? ctx.job.userId),
+      name: p.outputName,
+      slug: state.slug!,
+      triggerWord: p.triggerWord,
+      baseModel: p.recipe.baseModel,
+      tool: p.recipe.engine.name,
+      engineCommit: p.recipe.engine.commit,
+      recipeId: p.recipe.id,
+      recipeVersion: p.recipe.version,
+      steps: Number((p.parameters as { steps?: number }).steps ?? 0),
+      durationSeconds: state.trainSeconds ?? 0,
+      modelFileUrl: upload.loraUrl,
+      previewImages: upload.sampleUrls,
+      sha256: upload.sha256,
+      autov2: upload.autov2,
+      sizeBytes: upload.bytes,
+      description: ctx.job.description ? String(ctx.job.description) : undefined,
+    } as never);
+    state.loraModelId = String((model as { _id?: unknown; id?: unknown })._id ?? (model as { id?: unknown }).id);
+    await this.setState(ctx, { loraModelId: state.loraModelId });
+  }
+
+  /** Settles points per the recorded intent, credits contributors on success, then ends the job. */
+  private async finish(ctx: JobContext, state: PipelineState, outcome: 'completed' | 'failed' | 'cancelled', reason: string, p?: Prepared, failureClass?: string): Promise<void> {
+    const intent = state.settleIntent;
+    if (state.charged && intent) {
+      await this.ledger.settle({ jobId: ctx.jobId, usedPoints: intent.usedPoints, reason: intent.reason });
+      if (outcome === 'completed' && intent.usedPoints > 0) await this.creditContributors(ctx, intent.usedPoints, p);
+      await this.setState(ctx, { settled: true });
+    }
+    const actualCostPoints = intent?.usedPoints ?? 0;
+    if (outcome === 'completed') {
+      const upload = state.upload!;
+      await this.jobs.complete(ctx.lease, {
+        loraModelId: state.loraModelId,
+        modelRepoUrl: upload.loraUrl,
+        previewImages: upload.sampleUrls,
+        triggerWords: [ctx.job.triggerWord ?? (ctx.job.triggerWords as string[] | undefined)?.[0]].filter(Boolean),
+        actualCostPoints,
+        costReconciled: true,
+        progress: 100,
+      });
+      this.metrics.jobsByState.inc({ state: 'COMPLETED' });
+      ctx.log.info({ loraUrl: upload.loraUrl, actualCostPoints }, 'job completed');
+    } else if (outcome === 'cancelled') {
+      await this.jobs.cancelComplete(ctx.lease, { actualCostPoints, costReconciled: true, failureReason: reason });
+      this.metrics.jobsByState.inc({ state: 'CANCELLED' });
+      ctx.log.info({ actualCostPoints }, 'job cancelled');
+    } else {
+      await this.jobs.fail(ctx.lease, { failureReason: reason, failureClass: (failureClass ?? 'infrastructure') as never, actualCostPoints, costReconciled: Boolean(state.charged) });
+      this.metrics.jobsByState.inc({ state: 'FAILED' });
+      ctx.log.warn({ failureReason: reason, failureClass }, 'job failed');
+    }
+  }
+
+  private async creditContributors(ctx: JobContext, usedPoints: number, p?: Prepared): Promise<void> {
+    const owner = String(ctx.job.ownerAccountId ?? ctx.job.userId);
+    const dataset = p?.dataset ?? (await this.datasets.findById(String(ctx.job.datasetId)));
+    const creator = dataset?.ownerAccountId ? String(dataset.ownerAccountId) : undefined;
+    const creatorPoints = Math.floor(usedPoints * this.config.shares.datasetCreator);
+    if (creator && creator !== owner && creatorPoints > 0) {
+      await this.ledger.credit({ jobId: ctx.jobId, recipientAccountId: creator, points: creatorPoints, kind: 'dataset-creator', reason: `dataset used by training ${ctx.jobId}` });
+    }
+    const trainerPoints = Math.floor(usedPoints * this.config.shares.trainer);
+    if (trainerPoints > 0) {
+      await this.ledger.credit({ jobId: ctx.jobId, recipientAccountId: owner, points: trainerPoints, kind: 'trainer', reason: `trainer reward for ${ctx.jobId}` });
+    }
+  }
+
+  // ------------------------------------------------------------------ helpers
+
+  /** GPU time actually used, priced like the quote, never above the quote. */
+  usedPoints(quote: { points: number; gpuUsdPerHour: number }, seconds: number): number {
+    const usd = (seconds / 3600) * quote.gpuUsdPerHour * this.config.platformFeeMultiplier;
+    return Math.min(quote.points, Math.ceil(usd / POINT_USD));
+  }
+
+  private async step<T>(ctx: JobContext, name: string, recipe: string, fn: () => Promise<T>): Promise<T> {
+    ctx.log.info({ step: name }, `step ${name}`);
+    await this.jobs.updateProgress(ctx.lease, { logLines: [`[worker] ${new Date().toISOString()} ${name}`] }).catch(() => undefined);
+    return this.metrics.timed(name, recipe, fn);
+  }
+
+  private async transition(ctx: JobContext, to: 'PROVISIONING' | 'RUNNING' | 'FINALIZING'): Promise<void> {
+    if (ctx.job.status === to) return;
+    const ok = await this.jobs.transition(ctx.lease, to);
+    if (ok) ctx.job.status = to as TrainingJobDoc['status'];
+  }
+
+  private async setState(ctx: JobContext, patch: Partial<PipelineState>): Promise<void> {
+    const ok = await this.jobs.setPipelineState(ctx.lease, patch as Record<string, unknown>);
+    if (!ok) {
+      ctx.stop('lease-lost');
+      ctx.throwIfStopped();
+    }
+  }
+
+  private async makeReadable(dir: string): Promise<void> {
+    await chmod(dir, 0o755);
+    for (const entry of await readdir(dir, { withFileTypes: true })) {
+      const full = join(dir, entry.name);
+      if (entry.isDirectory()) await this.makeReadable(full);
+      else await chmod(full, 0o644);
+    }
+  }
+
+  /** Throttled progress: at most one write per interval, always the latest values. */
+  private progressWriter(ctx: JobContext) {
+    const throttleMs = this.config.progressThrottleMs;
+    let pending: { progress?: number; currentStep?: number; totalSteps?: number; currentLoss?: number; etaSeconds?: number } = {};
+    let lines: string[] = [];
+    let last = 0;
+    let inFlight: Promise<unknown> = Promise.resolve();
+    const write = () => {
+      const p = pending;
+      const l = lines.slice(-PROGRESS_LOG_TAIL);
+      pending = {};
+      lines = [];
+      last = Date.now();
+      inFlight = inFlight.then(() => this.jobs.updateProgress(ctx.lease, { ...p, logLines: l }).then((ok) => {
+        if (ok === false) ctx.stop('lease-lost');
+      })).catch((e) => ctx.log.warn({ err: e }, 'progress write failed'));
+    };
+    const maybeWrite = () => {
+      if (Date.now() - last >= throttleMs) write();
+    };
+    return {
+      event(ev: ProgressEvent) {
+        if (ev.kind === 'step') {
+          pending.currentStep = ev.step;
+          pending.totalSteps = ev.totalSteps;
+          pending.progress = Math.min(99, Math.floor((ev.step / Math.max(1, ev.totalSteps)) * 100));
+          if (ev.loss !== undefined && Number.isFinite(ev.loss)) pending.currentLoss = ev.loss;
+          if (ev.etaSeconds !== undefined) pending.etaSeconds = ev.etaSeconds;
+          maybeWrite();
+        }
+      },
+      line(line: string) {
+        lines.push(line.slice(0, 500));
+        if (lines.length > PROGRESS_LOG_TAIL * 4) lines = lines.slice(-PROGRESS_LOG_TAIL);
+        maybeWrite();
+      },
+      async flush() {
+        if (Object.keys(pending).length || lines.length) write();
+        await inFlight;
+      },
+    };
+  }
+}
+
+export function slugify(name: string): string {
+  return name.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 48) || 'lora';
+}

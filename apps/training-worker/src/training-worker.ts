@@ -1,0 +1,190 @@
+/**
+ * The worker loop: claims jobs while slots are free, runs each attempt with a
+ * heartbeat and a cancel watcher, and shuts down gracefully. Start-up and a
+ * periodic maintenance pass recover what crashed workers left behind:
+ * orphan containers, expired leases and unsettled points.
+ */
+import { inject, injectable } from 'tsyringe';
+import { TERMINAL_STATUSES, TrainingJobRepository } from '@stationthis/db';
+import { PointsLedger } from '@stationthis/points';
+import { CONTAINER_RUNTIME, ContainerRuntime, GpuAllocator, LABELS } from '@stationthis/docker';
+import { ROOT_LOGGER, WORKER_CONFIG } from './tokens';
+import type { WorkerConfig } from './config/worker-config';
+import type { Logger } from './observability/logger';
+import { WorkerMetrics } from './observability/metrics';
+import { JobContext } from './pipeline/job-context';
+import { JobPipeline } from './pipeline/job-pipeline';
+import { LeaseLost, ShutdownRequested } from './pipeline/failures';
+
+const MAINTENANCE_EVERY_MS = 60_000;
+
+@injectable()
+export class TrainingWorker {
+  private stopping = false;
+  private readonly active = new Map<string, { ctx: JobContext; done: Promise<void> }>();
+  private wake: (() => void) | null = null;
+  private lastMaintenance = 0;
+  private processed = 0;
+
+  constructor(
+    @inject(WORKER_CONFIG) private readonly config: WorkerConfig,
+    @inject(ROOT_LOGGER) private readonly log: Logger,
+    private readonly jobs: TrainingJobRepository,
+    private readonly ledger: PointsLedger,
+    @inject(CONTAINER_RUNTIME) private readonly runtime: ContainerRuntime,
+    private readonly allocator: GpuAllocator,
+    private readonly pipeline: JobPipeline,
+    private readonly metrics: WorkerMetrics,
+  ) {}
+
+  get isStopping(): boolean {
+    return this.stopping;
+  }
+
+  get jobsProcessed(): number {
+    return this.processed;
+  }
+
+  /** Runs until stop() (or, with exitWhenIdle, until the queue is empty and nothing runs). */
+  async run(): Promise<void> {
+    const slots = Math.max(1, this.allocator.capacity());
+    this.metrics.slotsTotal.set(slots);
+    this.log.info({ workerId: this.config.workerId, environment: this.config.environment, slots }, 'worker started');
+    await this.maintenance();
+    while (!this.stopping) {
+      if (Date.now() - this.lastMaintenance > MAINTENANCE_EVERY_MS) await this.maintenance().catch((err) => this.log.error({ err }, 'maintenance failed'));
+      let claimedAny = false;
+      while (!this.stopping && this.active.size < slots) {
+        const claimed = await this.claim();
+        if (!claimed) break;
+        claimedAny = true;
+      }
+      if (this.config.exitWhenIdle && !claimedAny && this.active.size === 0) {
+        this.log.info({ processed: this.processed }, 'queue empty and no job running: exiting (WORKER_EXIT_WHEN_IDLE)');
+        break;
+      }
+      await this.sleep(this.config.pollMs);
+    }
+    await Promise.all([...this.active.values()].map((a) => a.done));
+  }
+
+  /**
+   * Graceful stop: claim nothing more, let running jobs finish within the
+   * grace period, then stop their containers and hand the jobs back.
+   */
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.wake?.();
+    this.log.info({ running: this.active.size, graceMs: this.config.shutdownGraceMs }, 'stopping: no new claims');
+    const all = Promise.all([...this.active.values()].map((a) => a.done));
+    const timer = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), this.config.shutdownGraceMs).unref());
+    if ((await Promise.race([all.then(() => 'done' as const), timer])) === 'timeout') {
+      for (const { ctx } of this.active.values()) ctx.stop('shutdown');
+      await all;
+    }
+  }
+
+  private async claim(): Promise<boolean> {
+    const claimed = await this.jobs.claimNext({ workerId: this.config.workerId, environment: this.config.environment, leaseMs: this.config.leaseMs, ...(this.config.onlyJobId ? { jobId: this.config.onlyJobId } : {}) } as never);
+    if (!claimed) return false;
+    const { job, lease } = claimed;
+    const ctx = new JobContext(job, lease, this.log.child({ jobId: lease.jobId, attemptId: lease.attemptId }));
+    ctx.log.info({ attempt: job.attempts, modelType: job.modelType }, 'job claimed');
+    this.metrics.activeJobs.inc();
+    const done = this.runAttempt(ctx).finally(() => {
+      this.active.delete(lease.jobId);
+      this.metrics.activeJobs.dec();
+      this.processed++;
+      this.wake?.();
+    });
+    this.active.set(lease.jobId, { ctx, done });
+    return true;
+  }
+
+  private async runAttempt(ctx: JobContext): Promise<void> {
+    const heartbeat = setInterval(() => {
+      this.jobs.heartbeat(ctx.lease, this.config.leaseMs).then(
+        (ok) => {
+          if (!ok) {
+            ctx.log.warn('lease lost: another worker owns this job now; stopping without further writes');
+            ctx.stop('lease-lost');
+          }
+        },
+        (err) => ctx.log.warn({ err }, 'heartbeat failed'),
+      );
+    }, Math.max(500, Math.floor(this.config.leaseMs / 3)));
+    const cancelWatch = setInterval(() => {
+      this.jobs.isCancelRequested(ctx.lease).then(
+        (yes) => {
+          if (yes) {
+            ctx.log.info('cancel requested by user');
+            ctx.stop('cancel');
+          }
+        },
+        () => undefined,
+      );
+    }, this.config.cancelPollMs);
+    try {
+      await this.pipeline.run(ctx);
+    } catch (err) {
+      if (err instanceof ShutdownRequested) {
+        await this.jobs.releaseLease(ctx.lease, 'worker shut down; job handed back to the queue').catch((e) => ctx.log.error({ err: e }, 'hand-back failed; lease will expire'));
+        ctx.log.info('job handed back to the queue');
+      } else if (err instanceof LeaseLost) {
+        ctx.log.warn('attempt abandoned after losing the lease');
+      } else {
+        ctx.log.error({ err }, 'attempt crashed; the lease will expire and recovery will settle the job');
+      }
+    } finally {
+      clearInterval(heartbeat);
+      clearInterval(cancelWatch);
+    }
+  }
+
+  /** Recover what crashed workers left: containers, expired leases, unsettled points. */
+  async maintenance(): Promise<void> {
+    this.lastMaintenance = Date.now();
+    const removed = await this.runtime.sweepOrphans(async (labels) => {
+      const jobId = labels[LABELS.jobId];
+      const attemptId = labels[LABELS.attemptId];
+      if (!jobId || !attemptId) return false;
+      if ([...this.active.values()].some((a) => a.ctx.lease.attemptId === attemptId)) return true;
+      const job = await this.jobs.findById(jobId);
+      if (!job || TERMINAL_STATUSES.includes(job.status as never)) return false;
+      const lease = job.lease as { attemptId?: string; expiresAt?: Date } | undefined;
+      return Boolean(lease && lease.attemptId === attemptId && lease.expiresAt && new Date(lease.expiresAt).getTime() > Date.now());
+    });
+    if (removed.length) this.log.warn({ containers: removed }, 'removed orphan containers');
+    const recovered = await this.jobs.recoverExpiredLeases(new Date());
+    if (recovered.requeued.length || recovered.failed.length) this.log.warn(recovered, 'recovered expired leases');
+    await this.settleTerminalJobs();
+  }
+
+  /** Terminal jobs whose points were charged but never settled (a crash in between): settle now. */
+  private async settleTerminalJobs(): Promise<void> {
+    const candidates = await this.jobs.list({ status: { $in: ['FAILED', 'CANCELLED', 'COMPLETED'] }, 'pipeline.charged': true, 'pipeline.settled': { $ne: true } } as never);
+    for (const job of candidates) {
+      const pipeline = (job.pipeline ?? {}) as { settleIntent?: { usedPoints: number; reason: string } };
+      const usedPoints = job.status === 'FAILED' ? 0 : (pipeline.settleIntent?.usedPoints ?? 0);
+      const jobId = String(job._id);
+      await this.ledger.settle({ jobId, usedPoints, reason: pipeline.settleIntent?.reason ?? `settled by recovery after ${job.status}` });
+      await this.jobs.markSettled(jobId);
+      this.log.warn({ jobId, usedPoints }, 'settled points for a job left unsettled by a crash');
+    }
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(() => {
+        this.wake = null;
+        resolve();
+      }, ms);
+      this.wake = () => {
+        clearTimeout(t);
+        this.wake = null;
+        resolve();
+      };
+    });
+  }
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Every test, unit and integration, against the real local services.
+# Usage: bash tools/test-all.sh [jest args...]
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
+
+log "build and type-check every project"
+npx nx run-many -t build --outputStyle=static
+npx nx run-many -t typecheck --outputStyle=static
+
+log "lint (module boundaries)"
+npx nx run-many -t lint --outputStyle=static
+
+log "jest: all projects"
+mkdir -p .state
+set +e
+npx jest --ci --json --outputFile=.state/jest-results.json "$@"
+rc=$?
+set -e
+node -e '
+  const r = require("./.state/jest-results.json");
+  const skipped = r.numPendingTests + r.numTodoTests;
+  console.log(`\n${r.numPassedTests} passed, ${r.numFailedTests} failed, ${skipped} skipped`);
+' || true
+exit $rc
