@@ -5,7 +5,7 @@
  * orphan containers, expired leases and unsettled points.
  */
 import { inject, injectable } from 'tsyringe';
-import { TERMINAL_STATUSES, TrainingJobRepository } from '@stationthis/db';
+import { LEASED_STATUSES, TERMINAL_STATUSES, TrainingJobRepository } from '@stationthis/db';
 import { PointsLedger } from '@stationthis/points';
 import { CONTAINER_RUNTIME, ContainerRuntime, GpuAllocator, LABELS } from '@stationthis/docker';
 import { ROOT_LOGGER, WORKER_CONFIG } from './tokens';
@@ -15,8 +15,6 @@ import { WorkerMetrics } from './observability/metrics';
 import { JobContext } from './pipeline/job-context';
 import { JobPipeline } from './pipeline/job-pipeline';
 import { LeaseLost, ShutdownRequested } from './pipeline/failures';
-
-const MAINTENANCE_EVERY_MS = 60_000;
 
 @injectable()
 export class TrainingWorker {
@@ -52,14 +50,14 @@ export class TrainingWorker {
     this.log.info({ workerId: this.config.workerId, environment: this.config.environment, slots }, 'worker started');
     await this.maintenance();
     while (!this.stopping) {
-      if (Date.now() - this.lastMaintenance > MAINTENANCE_EVERY_MS) await this.maintenance().catch((err) => this.log.error({ err }, 'maintenance failed'));
+      if (Date.now() - this.lastMaintenance > this.config.maintenanceMs) await this.maintenance().catch((err) => this.log.error({ err }, 'maintenance failed'));
       let claimedAny = false;
       while (!this.stopping && this.active.size < slots) {
         const claimed = await this.claim();
         if (!claimed) break;
         claimedAny = true;
       }
-      if (this.config.exitWhenIdle && !claimedAny && this.active.size === 0) {
+      if (this.config.exitWhenIdle && !claimedAny && this.active.size === 0 && !(await this.othersHoldJobs())) {
         this.log.info({ processed: this.processed }, 'queue empty and no job running: exiting (WORKER_EXIT_WHEN_IDLE)');
         break;
       }
@@ -145,6 +143,9 @@ export class TrainingWorker {
   /** Recover what crashed workers left: containers, expired leases, unsettled points. */
   async maintenance(): Promise<void> {
     this.lastMaintenance = Date.now();
+    // Leases first: a container whose lease just expired is an orphan in the same pass.
+    const recovered = await this.jobs.recoverExpiredLeases(new Date());
+    if (recovered.requeued.length || recovered.failed.length) this.log.warn(recovered, 'recovered expired leases');
     const removed = await this.runtime.sweepOrphans(async (labels) => {
       const jobId = labels[LABELS.jobId];
       const attemptId = labels[LABELS.attemptId];
@@ -156,22 +157,31 @@ export class TrainingWorker {
       return Boolean(lease && lease.attemptId === attemptId && lease.expiresAt && new Date(lease.expiresAt).getTime() > Date.now());
     });
     if (removed.length) this.log.warn({ containers: removed }, 'removed orphan containers');
-    const recovered = await this.jobs.recoverExpiredLeases(new Date());
-    if (recovered.requeued.length || recovered.failed.length) this.log.warn(recovered, 'recovered expired leases');
     await this.settleTerminalJobs();
   }
 
-  /** Terminal jobs whose points were charged but never settled (a crash in between): settle now. */
+  /**
+   * Jobs the system ended on a worker's behalf (expired lease with no attempts
+   * left, cancel of an orphaned job) are flagged refundDue: settle their points
+   * per the recorded intent (none recorded: full refund), then clear the flag.
+   * Settlement is idempotent in the ledger, so a crash between the two is safe.
+   */
   private async settleTerminalJobs(): Promise<void> {
-    const candidates = await this.jobs.list({ status: { $in: ['FAILED', 'CANCELLED', 'COMPLETED'] }, 'pipeline.charged': true, 'pipeline.settled': { $ne: true } } as never);
-    for (const job of candidates) {
-      const pipeline = (job.pipeline ?? {}) as { settleIntent?: { usedPoints: number; reason: string } };
-      const usedPoints = job.status === 'FAILED' ? 0 : (pipeline.settleIntent?.usedPoints ?? 0);
+    for (const job of await this.jobs.findRefundsDue()) {
       const jobId = String(job._id);
-      await this.ledger.settle({ jobId, usedPoints, reason: pipeline.settleIntent?.reason ?? `settled by recovery after ${job.status}` });
-      await this.jobs.markSettled(jobId);
-      this.log.warn({ jobId, usedPoints }, 'settled points for a job left unsettled by a crash');
+      const intent = (job.pipeline as { settleIntent?: { usedPoints: number; reason: string } } | undefined)?.settleIntent;
+      const usedPoints = job.status === 'FAILED' ? 0 : (intent?.usedPoints ?? 0);
+      // Settle even without pipeline.charged: a crash can land between the ledger's charge and that flag.
+      await this.ledger.settle({ jobId, usedPoints, reason: intent?.reason ?? `settled by recovery after ${job.status}` });
+      await this.jobs.clearRefundDue(jobId);
+      this.log.warn({ jobId, status: job.status, usedPoints }, 'settled points for a job ended by recovery');
     }
+  }
+
+  /** With exitWhenIdle: jobs leased by someone else may come back to the queue (expired leases), so stay. */
+  private async othersHoldJobs(): Promise<boolean> {
+    const leased = await this.jobs.list({ status: [...LEASED_STATUSES], environment: this.config.environment, limit: 1 });
+    return leased.length > 0;
   }
 
   private sleep(ms: number): Promise<void> {

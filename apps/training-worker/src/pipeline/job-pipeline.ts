@@ -137,6 +137,7 @@ export class JobPipeline {
         }
       } else {
         ctx.log.info({ loraUrl: state.upload.loraUrl }, 'resuming after upload: outputs already stored');
+        await this.transition(ctx, 'RUNNING');
         await this.transition(ctx, 'FINALIZING');
       }
 
@@ -149,7 +150,7 @@ export class JobPipeline {
     } catch (err) {
       if (err instanceof CancelRequested || ctx.stopReason === 'cancel') {
         const seconds = trainStartedAt ? (Date.now() - trainStartedAt) / 1000 : 0;
-        const used = state.charged && state.quote ? this.usedPoints(state.quote, seconds) : 0;
+        const used = state.quote ? this.usedPoints(state.quote, seconds) : 0;
         state.settleIntent = { outcome: 'cancelled', usedPoints: used, reason: `cancelled by user after ${Math.round(seconds)} s of training` };
         await this.setState(ctx, { settleIntent: state.settleIntent });
         await this.finish(ctx, state, 'cancelled', state.settleIntent.reason);
@@ -165,7 +166,7 @@ export class JobPipeline {
         return;
       }
       state.settleIntent = { outcome: 'failed', usedPoints: 0, reason: failure.userMessage };
-      if (state.charged) await this.setState(ctx, { settleIntent: state.settleIntent });
+      if (state.quote) await this.setState(ctx, { settleIntent: state.settleIntent });
       await this.finish(ctx, state, 'failed', failure.userMessage, undefined, failure.failureClass);
     }
   }
@@ -230,7 +231,6 @@ export class JobPipeline {
     }
     state.charged = true;
     await this.setState(ctx, { charged: true });
-    await this.jobs.transition(ctx.lease, 'PROVISIONING', { estimatedCostPoints: state.quote.points });
   }
 
   private async fetchDataset(ctx: JobContext, p: Prepared, datasetDir: string) {
@@ -313,7 +313,7 @@ export class JobPipeline {
     }
     this.metrics.slotsBusy.set(this.allocator.busyCount());
     try {
-      await this.transition(ctx, 'RUNNING');
+      await this.transition(ctx, 'RUNNING', { estimatedCostPoints: p.quote.points });
       const progress = this.progressWriter(ctx);
       for (const step of io.steps) {
         ctx.throwIfStopped();
@@ -458,13 +458,17 @@ export class JobPipeline {
   /** Settles points per the recorded intent, credits contributors on success, then ends the job. */
   private async finish(ctx: JobContext, state: PipelineState, outcome: 'completed' | 'failed' | 'cancelled', reason: string, p?: Prepared, failureClass?: string): Promise<void> {
     const intent = state.settleIntent;
-    if (state.charged && intent) {
+    // The quote is recorded before the charge, so a charge whose flag was lost in a crash is still settled.
+    if (state.quote && intent) {
       await this.ledger.settle({ jobId: ctx.jobId, usedPoints: intent.usedPoints, reason: intent.reason });
       if (outcome === 'completed' && intent.usedPoints > 0) await this.creditContributors(ctx, intent.usedPoints, p);
       await this.setState(ctx, { settled: true });
     }
     const actualCostPoints = intent?.usedPoints ?? 0;
     if (outcome === 'completed') {
+      // A resumed attempt starts in PROVISIONING; COMPLETED is reachable only from FINALIZING.
+      await this.transition(ctx, 'RUNNING');
+      await this.transition(ctx, 'FINALIZING');
       const upload = state.upload!;
       await this.jobs.complete(ctx.lease, {
         loraModelId: state.loraModelId,
@@ -516,10 +520,15 @@ export class JobPipeline {
     return this.metrics.timed(name, recipe, fn);
   }
 
-  private async transition(ctx: JobContext, to: 'PROVISIONING' | 'RUNNING' | 'FINALIZING'): Promise<void> {
-    if (ctx.job.status === to) return;
-    const ok = await this.jobs.transition(ctx.lease, to);
-    if (ok) ctx.job.status = to as TrainingJobDoc['status'];
+  private async transition(ctx: JobContext, to: 'RUNNING' | 'FINALIZING', fields: Record<string, unknown> = {}): Promise<void> {
+    const order: Record<string, number> = { QUEUED: 0, PROVISIONING: 1, RUNNING: 2, FINALIZING: 3 };
+    if ((order[ctx.job.status] ?? 9) >= order[to]) return; // only ever move forward
+    const ok = await this.jobs.transition(ctx.lease, to, fields);
+    if (!ok) {
+      ctx.stop('lease-lost');
+      ctx.throwIfStopped();
+    }
+    ctx.job.status = to as TrainingJobDoc['status'];
   }
 
   private async setState(ctx: JobContext, patch: Partial<PipelineState>): Promise<void> {

@@ -1,0 +1,111 @@
+/**
+ * The product path on real services: a queued smoke job becomes a registered
+ * LoRA in the models bucket, with points charged, reconciled and credited.
+ */
+import { GetObjectCommand, HeadObjectCommand } from '@aws-sdk/client-s3';
+import { S3_CLIENT, loadStorageConfig } from '@stationthis/storage';
+import { parseSafetensorsHeader } from '@stationthis/recipes';
+import { createHarness, ensureSmokeImage, Harness } from './harness';
+
+jest.setTimeout(600_000);
+
+describe('training worker: happy path end to end', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    await ensureSmokeImage();
+    h = await createHarness('happy');
+  });
+  afterAll(() => h?.close());
+
+  it('trains, uploads, registers and settles one job', async () => {
+    const { owner, wallet } = await h.seedAccount(5000);
+    const creator = await h.seedAccount(0);
+    const datasetId = await h.seedDataset(creator.owner, { visibility: 'public' });
+    const jobId = await h.enqueue({ ownerAccountId: owner, datasetId, walletAddress: wallet, name: 'Happy Path LoRA', triggerWord: 'h4ppy' } as never);
+
+    await h.runWorker();
+    const job = await h.job(jobId);
+    expect(job.failureReason).toBeUndefined();
+    expect(job.status).toBe('COMPLETED');
+    expect(job.progress).toBe(100);
+    expect(job.totalSteps).toBeGreaterThan(0);
+    expect(job.loraModelId).toBeDefined();
+
+    // The model is registered the way the platform registers trained models.
+    const model = await h.db.collection('loraModels').findOne({ _id: job.loraModelId });
+    expect(model).toBeTruthy();
+    const slug = String(model!.slug);
+    expect(slug).toMatch(/^happy-path-lora-[0-9a-f]{6}$/);
+    expect(model!.triggerWords).toEqual(['h4ppy']);
+    expect(model!.trainedFrom).toMatchObject({ tool: 'stationthis-smoke' });
+    expect(String(model!.trainedFrom.trainingId)).toBe(jobId);
+    const config = loadStorageConfig(h.env);
+    const modelsBase = config.buckets.models.publicBaseUrl.replace(/\/$/, '');
+    expect(model!.publishedTo.modelFileUrl).toBe(`${modelsBase}/loras/${slug}.safetensors`);
+    expect((model!.previewImages as string[]).length).toBeGreaterThan(0);
+
+    // The LoRA really is in the models bucket, and it is a valid safetensors file.
+    const s3 = h.app.container.resolve(S3_CLIENT);
+    const bucket = config.buckets.models.bucket;
+    const head = await s3.send(new HeadObjectCommand({ Bucket: bucket, Key: `loras/${slug}.safetensors` }));
+    expect(head.ContentLength).toBeGreaterThan(100);
+    const obj = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: `loras/${slug}.safetensors` }));
+    const header = parseSafetensorsHeader(await obj.Body!.transformToByteArray());
+    expect(Object.keys(header.tensors).some((k) => k.includes('lora_down'))).toBe(true);
+    expect(Object.values(header.metadata).join(' ')).toContain('h4ppy');
+
+    // Points: charged the quote, refunded the unused part, credited creator and trainer.
+    const summary = await h.ledger.jobSummary(jobId);
+    expect(summary.charged).toBe(job.estimatedCostPoints);
+    expect(summary.charged - summary.refunded).toBe(job.actualCostPoints);
+    const trainerCredit = Math.floor(job.actualCostPoints! * 0.02);
+    const creatorCredit = Math.floor(job.actualCostPoints! * 0.05);
+    expect(await h.balance(owner, wallet)).toBe(5000 - job.actualCostPoints! + trainerCredit);
+    expect(await h.balance(creator.owner, creator.wallet)).toBe(creatorCredit);
+    const history = await h.ledger.history({ jobId });
+    expect(history.length).toBeGreaterThanOrEqual(2);
+
+    expect(await h.containersFor(jobId)).toEqual([]);
+  });
+
+  it('runs two jobs at once on two slots', async () => {
+    const { owner, wallet } = await h.seedAccount(5000);
+    const datasetId = await h.seedDataset(owner);
+    const a = await h.enqueue({ ownerAccountId: owner, datasetId, walletAddress: wallet, name: 'slot-a', parameters: { steps: 30 } } as never);
+    const b = await h.enqueue({ ownerAccountId: owner, datasetId, walletAddress: wallet, name: 'slot-b', parameters: { steps: 30 } } as never);
+    const { done } = h.startWorker({ CPU_SLOTS: '2', WORKER_EXIT_WHEN_IDLE: 'true' });
+    // Both are RUNNING at the same moment.
+    let overlapped = false;
+    const watch = (async () => {
+      while (!overlapped) {
+        const [ja, jb] = await Promise.all([h.job(a), h.job(b)]);
+        if (ja.status === 'RUNNING' && jb.status === 'RUNNING') overlapped = true;
+        if (['COMPLETED', 'FAILED'].includes(ja.status) && ['COMPLETED', 'FAILED'].includes(jb.status)) break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    })();
+    await done;
+    await watch;
+    expect(overlapped).toBe(true);
+    expect((await h.job(a)).status).toBe('COMPLETED');
+    expect((await h.job(b)).status).toBe('COMPLETED');
+  });
+
+  it('shares one queue between two workers: every job runs exactly once', async () => {
+    const { owner, wallet } = await h.seedAccount(10_000);
+    const datasetId = await h.seedDataset(owner);
+    const ids = [];
+    for (let i = 0; i < 3; i++) ids.push(await h.enqueue({ ownerAccountId: owner, datasetId, walletAddress: wallet, name: `shared-${i}` } as never));
+    const w1 = h.startWorker({ WORKER_ID: 'worker-one', WORKER_EXIT_WHEN_IDLE: 'true' });
+    const w2 = h.startWorker({ WORKER_ID: 'worker-two', WORKER_EXIT_WHEN_IDLE: 'true' });
+    await Promise.all([w1.done, w2.done]);
+    const jobs = await Promise.all(ids.map((id) => h.job(id)));
+    for (const j of jobs) {
+      expect(j.status).toBe('COMPLETED');
+      expect(j.attempts).toBe(1);
+    }
+    // One model per job, no duplicates from racing workers.
+    expect(new Set(jobs.map((j) => String(j.loraModelId))).size).toBe(3);
+    for (const j of jobs) expect(await h.db.collection('loraModels').countDocuments({ _id: j.loraModelId })).toBe(1);
+  });
+});
