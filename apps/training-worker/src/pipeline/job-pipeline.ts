@@ -45,6 +45,8 @@ export interface PipelineState {
   charged?: boolean;
   slug?: string;
   trainSeconds?: number;
+  /** Wall-clock spans of each container run (benchmarks: orchestration overhead, GPU idle gaps). */
+  containerRuns?: { step: string; startedAt: Date; endedAt: Date }[];
   upload?: UploadState;
   loraModelId?: string;
   settleIntent?: { outcome: 'completed' | 'failed' | 'cancelled'; usedPoints: number; reason: string };
@@ -315,10 +317,12 @@ export class JobPipeline {
     try {
       await this.transition(ctx, 'RUNNING', { estimatedCostPoints: p.quote.points });
       const progress = this.progressWriter(ctx);
+      const runs: { step: string; startedAt: Date; endedAt: Date }[] = [];
       for (const step of io.steps) {
         ctx.throwIfStopped();
         const parser = p.recipe.createProgressParser();
         const errors: string[] = [];
+        const startedAt = new Date();
         const result = await this.runtime.run(
           {
             image,
@@ -351,6 +355,7 @@ export class JobPipeline {
           },
           ctx.signal,
         );
+        runs.push({ step: step.name, startedAt, endedAt: new Date() });
         await progress.flush();
         if (result.failureClass === 'cancelled' || ctx.signal.aborted) {
           ctx.throwIfStopped();
@@ -363,6 +368,7 @@ export class JobPipeline {
           throw new JobFailure('engine', `Training diverged (loss became NaN) during "${step.name}". Lower the learning rate and retry. Points were refunded.`);
         }
       }
+      await this.setState(ctx, { containerRuns: runs });
     } finally {
       allocation.release();
       this.metrics.slotsBusy.set(this.allocator.busyCount());
