@@ -11,7 +11,8 @@ export default [
         'error',
         {
           enforceBuildableLibDependency: true,
-          allow: [],
+          // Test helpers shared by every project's tests (not a library).
+          allow: ['**/tools/testing/**'],
           depConstraints: [
             // Apps compose libraries; nothing imports an app.
             { sourceTag: 'type:app', onlyDependOnLibsWithTags: ['type:lib'] },

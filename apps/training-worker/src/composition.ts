@@ -9,7 +9,7 @@ import { MongoClient } from 'mongodb';
 import { connectMongo, DatasetRepository, LoraModelRepository, MONGO_DB, TrainingJobRepository } from '@stationthis/db';
 import { PointsLedger, POINTS_DB } from '@stationthis/points';
 import { createS3Client, loadStorageConfig, S3_CLIENT, STORAGE_CONFIG } from '@stationthis/storage';
-import { CONTAINER_RUNTIME, createDockerClient, DOCKER, DockerContainerRuntime, GpuAllocator, GpuInventory } from '@stationthis/docker';
+import { registerDocker } from '@stationthis/docker';
 import { ROOT_LOGGER, WORKER_CONFIG } from './tokens';
 import type { WorkerConfig } from './config/worker-config';
 import { createLogger, Logger, redactUrl } from './observability/logger';
@@ -42,11 +42,8 @@ export async function compose(config: WorkerConfig, env: NodeJS.ProcessEnv = pro
   container.register(STORAGE_CONFIG, { useValue: storageConfig });
   container.register(S3_CLIENT, { useValue: createS3Client(storageConfig) });
 
-  container.register(DOCKER, { useValue: createDockerClient(env) });
-  container.register(CONTAINER_RUNTIME, { useFactory: instanceCachingFactory((c) => c.resolve(DockerContainerRuntime)) });
-  const inventory = await GpuInventory.detect(env);
-  container.register(GpuInventory, { useValue: inventory });
-  container.register(GpuAllocator, { useFactory: instanceCachingFactory(() => new GpuAllocator(inventory)) });
+  // Docker client, hardened runtime, GPU inventory (nvidia-smi or GPU_DEVICES/CPU_SLOTS) and allocator.
+  await registerDocker(container, env);
 
   for (const singleton of [TrainingJobRepository, DatasetRepository, LoraModelRepository, PointsLedger]) {
     container.registerSingleton(singleton as never);

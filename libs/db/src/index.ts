@@ -1,1 +1,43 @@
-export const LIB_NAME = '@stationthis/db';
+export { MONGO_DB, connectMongo, redactUrl } from './mongo';
+export { idForms, isObjectIdHex, toObjectId, toObjectIdOrString, type IdLike } from './ids';
+export {
+  JOB_STATUSES,
+  TERMINAL_STATUSES,
+  LEASED_STATUSES,
+  ACTIVE_STATUSES,
+  InvalidTransitionError,
+  allowedFrom,
+  assertTransition,
+  canTransition,
+  isJobStatus,
+  isTerminal,
+  type JobStatus,
+} from './job-status';
+export * from './training-job';
+export {
+  TrainingJobRepository,
+  DEFAULT_MAX_ATTEMPTS,
+  LOG_TAIL_LINES,
+  environmentFilter,
+  type FailInput,
+  type ClaimStrategy,
+  type TrainingJobRepositoryOptions,
+} from './training-job-repository';
+export { ProgressThrottle, mergeProgress, type ProgressThrottleOptions } from './progress-throttle';
+export {
+  DatasetRepository,
+  DATASETS_COLLECTION,
+  type DatasetDoc,
+  type DatasetEmbellishment,
+  type CreateDatasetInput,
+} from './dataset-repository';
+export {
+  LoraModelRepository,
+  LORA_MODELS_COLLECTION,
+  checkpointFor,
+  modelIdForTrainingJob,
+  slugify,
+  type LoraModelDoc,
+  type RegisterTrainedModelInput,
+} from './lora-model-repository';
+export { UserCoreReader, USER_CORE_COLLECTION, type UserCoreDoc, type UserWallet } from './user-core-reader';

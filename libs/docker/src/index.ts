@@ -1,1 +1,46 @@
+export { DOCKER, createDockerClient, dockerConnectionOptions, DEFAULT_DOCKER_SOCKET, type DockerClientEnv } from './docker-client';
+export { LABELS, MANAGED_LABEL_VALUE, MANAGED_LABEL_FILTER } from './labels';
+export {
+  CONTAINER_RUNTIME,
+  type ContainerRuntime,
+  type ContainerRunSpec,
+  type ContainerMount,
+  type ContainerRunObserver,
+  type ContainerRunResult,
+  type FailureClass,
+  type LogStreamName,
+  type RegistryAuth,
+} from './container-runtime';
+export { DockerContainerRuntime, ImagePullError, type DockerRuntimeTuning } from './docker-container-runtime';
+export {
+  buildContainerCreateOptions,
+  validateRunSpec,
+  containerLabels,
+  ContainerSpecError,
+  DEFAULT_USER,
+  DEFAULT_PIDS_LIMIT,
+  DEFAULT_STOP_GRACE_SECONDS,
+  DEFAULT_GPU_SHM_BYTES,
+  DEFAULT_CPU_SHM_BYTES,
+  DEFAULT_TMP_TMPFS,
+  GPU_ULIMITS,
+} from './container-spec';
+export { assertNoSecrets, secretNameReason, secretValueReason, SecretInEnvironmentError } from './env-guard';
+export { LineSplitter, DockerStreamDemuxer, RingBuffer, DEFAULT_MAX_LINE_BYTES, type DemuxSink } from './log-stream';
+export {
+  GPU_INVENTORY,
+  readGpuInventory,
+  parseNvidiaSmiCsv,
+  parseGpuDevicesEnv,
+  runNvidiaSmi,
+  NVIDIA_SMI_ARGS,
+  GpuConfigError,
+  type GpuDevice,
+  type GpuInventory,
+  type GpuInventoryEnv,
+  type NvidiaSmiRunner,
+} from './gpu-inventory';
+export { GpuAllocator, UnsatisfiableGpuRequestError, type GpuRequest, type Allocation } from './gpu-allocator';
+export { registerDocker } from './register';
+
 export const LIB_NAME = '@stationthis/docker';

@@ -1,1 +1,16 @@
-export const LIB_NAME = '@stationthis/points';
+export { POINTS_DB } from './tokens';
+export { POINT_USD, usdToPoints, pointsToUsd } from './units';
+export { InsufficientPointsError, MovementBusyError, MovementConflictError, SimulatedCrashError } from './errors';
+export {
+  PointsLedger,
+  CREDIT_LEDGER_COLLECTION,
+  MOVEMENTS_COLLECTION,
+  SPEND_MARKER_FIELD,
+  chargeKey,
+  refundKey,
+  creditKey,
+  ledgerEntryIdFor,
+  planSpends,
+  platformSpendOrder,
+} from './points-ledger';
+export type * from './types';

@@ -1,1 +1,25 @@
+/**
+ * @stationthis/recipes: pure training recipes (SDXL, FLUX.1, WAN, CPU smoke).
+ * No I/O: other platform apps import this to build forms and quote prices.
+ * See README.md for the API and ADR 0003 for the engine choices.
+ */
+export * from './contract';
+export { listRecipes, getRecipe, recipeForModelType, requiredWeights } from './registry';
+export { sanitizeTriggerWord, sanitizeOutputName, TRIGGER_WORD_PATTERN, OUTPUT_NAME_PATTERN, JOB_ID_PATTERN } from './sanitize';
+export { parseSafetensorsHeader, safetensorsHeaderLength, MAX_SAFETENSORS_HEADER_BYTES } from './safetensors';
+export { jobParametersFromPlatformDoc, PLATFORM_PARAMETER_FIELDS } from './platform';
+export { PROGRESS_PARSER, KohyaProgressParser, classifyErrorLine, ERROR_SIGNATURES } from './progress';
+export type { TqdmLine } from './progress';
+export { USD_PER_POINT, PLATFORM_FEE, SAFETY_FACTOR, GPU_USD_PER_HOUR, gpuClassFor, usdToPoints } from './pricing';
+export { sdxlRecipe } from './recipes/sdxl';
+export type { SdxlParameters } from './recipes/sdxl';
+export { fluxRecipe } from './recipes/flux';
+export type { FluxParameters } from './recipes/flux';
+export { wanRecipe } from './recipes/wan';
+export type { WanParameters } from './recipes/wan';
+export { smokeRecipe } from './recipes/smoke';
+export type { SmokeParameters } from './recipes/smoke';
+export { SMOKE_TRAINER_PY, SMOKE_TRAINER_SHA256 } from './smoke/smoke-trainer.generated';
+
+/** Package name, kept for the workspace skeleton's smoke test. */
 export const LIB_NAME = '@stationthis/recipes';

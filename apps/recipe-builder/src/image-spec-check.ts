@@ -1,0 +1,127 @@
+/**
+ * Checks a recipe's image spec before anything is rendered. Every value that
+ * ends up inside a Dockerfile or a shell line is checked against a strict
+ * pattern here, so the renderer can interpolate without surprises (no shell
+ * injection through a package name, no `latest`, no credentials in a URL).
+ */
+import type { BaseImageRef, BuildableRecipe } from './recipe-types';
+
+export interface ParsedImageRef {
+  /** Repository including any registry host, e.g. 'nvidia/cuda'. */
+  repository: string;
+  tag?: string;
+  digest?: string;
+}
+
+/** Splits 'registry:port/repo:tag@sha256:…' into its parts. */
+export function parseImageRef(ref: string): ParsedImageRef {
+  let rest = ref;
+  let digest: string | undefined;
+  const at = rest.indexOf('@');
+  if (at >= 0) {
+    digest = rest.slice(at + 1);
+    rest = rest.slice(0, at);
+  }
+  const colon = rest.lastIndexOf(':');
+  if (colon > rest.lastIndexOf('/')) {
+    return { repository: rest.slice(0, colon), tag: rest.slice(colon + 1), digest };
+  }
+  return { repository: rest, digest };
+}
+
+/** The reference written into FROM: 'image:tag' or 'image:tag@sha256:…'. */
+export function baseImageReference(base: BaseImageRef): string {
+  return base.digest ? `${base.image}@${base.digest}` : base.image;
+}
+
+const DIGEST = /^sha256:[0-9a-f]{64}$/;
+const TAG = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
+const REPOSITORY = /^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?\/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$/;
+
+/** Problems with one image reference that must be pinned by tag (digest optional). */
+export function checkPinnedImageRef(ref: string, where: string): string[] {
+  const problems: string[] = [];
+  const parsed = parseImageRef(ref);
+  if (!REPOSITORY.test(parsed.repository)) problems.push(`${where}: '${ref}' is not a valid image repository name`);
+  if (!parsed.tag) problems.push(`${where}: '${ref}' has no tag; pin an explicit version tag`);
+  else if (parsed.tag === 'latest') problems.push(`${where}: '${ref}' uses the 'latest' tag; pin an explicit version tag`);
+  else if (!TAG.test(parsed.tag)) problems.push(`${where}: '${ref}' has an invalid tag`);
+  if (parsed.digest !== undefined && !DIGEST.test(parsed.digest)) problems.push(`${where}: '${ref}' has a digest that is not 'sha256:<64 hex>'`);
+  return problems;
+}
+
+/** Names that suggest a credential. Used for ENV keys here and ARG names in the tests. */
+// Matched per '_' segment so TOKENIZERS_PARALLELISM passes but HF_TOKEN does not.
+export const SECRET_NAME =
+  /(?:^|_)(?:SECRET|TOKEN|PASSWORD|PASSWD|PASS|CREDENTIALS?|AUTH|API_?KEY|ACCESS_?KEY(?:_ID)?|PRIVATE_?KEY)(?:_|$)|(?:SECRET|TOKEN|PASSWORD)$/i;
+
+const APT_PACKAGE = /^[a-z0-9][a-z0-9+.-]+$/;
+const PIP_PIN = /^[A-Za-z0-9][A-Za-z0-9._-]*(?:\[[A-Za-z0-9._,-]+\])?==[A-Za-z0-9.+!_-]+$/;
+const PYTHON = /^python3(?:\.[0-9]+)?$/;
+const ENV_KEY = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const SAFE_ARG = /^[A-Za-z0-9_@%+=:,./-]+$/;
+
+/** Every problem with a recipe's identity, engine and image spec, at once. Empty means renderable. */
+export function checkBuildableRecipe(recipe: BuildableRecipe): string[] {
+  const p: string[] = [];
+  const at = `recipe ${recipe.id}@${recipe.version}`;
+  const spec = recipe.image;
+  if (!/^[a-z0-9][a-z0-9-]*$/.test(recipe.id)) p.push(`${at}: id must be lower-case letters, digits and '-' (it names the build folder)`);
+  if (!TAG.test(recipe.version)) p.push(`${at}: version '${recipe.version}' is not usable as an image tag`);
+  if (!/^[a-z0-9]+(?:[._-][a-z0-9]+)*$/.test(spec.name)) p.push(`${at}: image.name '${spec.name}' is not a valid repository name component`);
+  if (!/^[0-9a-f]{40}$/.test(recipe.engine.commit)) p.push(`${at}: engine.commit must be a full 40-hex commit, got '${recipe.engine.commit}'`);
+  if (spec.engineSource.kind === 'git' && !/^https:\/\/[A-Za-z0-9.-]+\/[A-Za-z0-9._/-]+$/.test(recipe.engine.repository)) {
+    p.push(`${at}: engine.repository must be a plain https URL without credentials (it is cloned), got '${recipe.engine.repository}'`);
+  }
+  if (spec.engineSource.kind === 'bundled' && !/^[A-Za-z0-9@:/._+-]+$/.test(recipe.engine.repository)) {
+    p.push(`${at}: engine.repository '${recipe.engine.repository}' must be a plain identifier (letters, digits, @:/._+-)`);
+  }
+  p.push(...checkPinnedImageRef(baseImageReference(spec.builderBase), `${at}: image.builderBase`));
+  p.push(...checkPinnedImageRef(baseImageReference(spec.runtimeBase), `${at}: image.runtimeBase`));
+  if (spec.builderBase.image.includes('@') || spec.runtimeBase.image.includes('@')) p.push(`${at}: put base image digests in 'digest', not in 'image'`);
+  for (const pkg of [...spec.builderAptPackages, ...spec.runtimeAptPackages]) {
+    if (!APT_PACKAGE.test(pkg)) p.push(`${at}: apt package '${pkg}' is not a valid Debian package name`);
+  }
+  if (!PYTHON.test(spec.python)) p.push(`${at}: image.python must look like 'python3' or 'python3.10', got '${spec.python}'`);
+  for (const req of spec.pipRequirements) {
+    if (!PIP_PIN.test(req)) p.push(`${at}: pip requirement '${req}' must be pinned as 'name==version'`);
+  }
+  for (const url of spec.pipExtraIndexUrls ?? []) {
+    if (!/^https?:\/\/[A-Za-z0-9.:-]+(\/[A-Za-z0-9._~/-]*)?$/.test(url)) {
+      p.push(`${at}: extra index URL '${url}' must be a plain URL (no credentials, no query)`);
+    }
+  }
+  if (spec.engineSource.kind === 'git') {
+    for (const arg of spec.engineSource.installCommand ?? []) {
+      if (!SAFE_ARG.test(arg)) p.push(`${at}: engine install argument '${arg}' contains characters outside [A-Za-z0-9_@%+=:,./-]`);
+    }
+  } else {
+    for (const file of Object.keys(spec.engineSource.files)) {
+      const rel = file.replace(/^\/+/, '');
+      if (rel === '' || rel.split('/').some((s) => s === '' || s === '.' || s === '..') || !/^[A-Za-z0-9._/-]+$/.test(rel)) {
+        p.push(`${at}: bundled file path '${file}' must be a plain relative or absolute path without '..'`);
+      }
+    }
+  }
+  for (const [i, step] of (spec.buildSteps ?? []).entries()) {
+    if (step.argv.length === 0) p.push(`${at}: buildSteps[${i}] has an empty argv`);
+    // A line break would end the RUN instruction in the middle of the shell line.
+    if (step.argv.some((a) => /[\r\n]/.test(a)) || /[\r\n]/.test(step.description)) p.push(`${at}: buildSteps[${i}] contains a line break`);
+  }
+  for (const [i, check] of (spec.flagChecks ?? []).entries()) {
+    if (check.argv.length === 0) p.push(`${at}: flagChecks[${i}] has an empty argv`);
+    if (check.argv.some((a) => /[\r\n]/.test(a))) p.push(`${at}: flagChecks[${i}] argv contains a line break`);
+    for (const flag of check.flags) {
+      if (!/^--?[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(flag)) p.push(`${at}: flagChecks[${i}] flag '${flag}' is not a plain --flag`);
+    }
+  }
+  if (spec.healthcheck.some((a) => /[\r\n]/.test(a))) p.push(`${at}: image.healthcheck contains a line break`);
+  if (spec.healthcheck.length === 0) p.push(`${at}: image.healthcheck must name a command`);
+  if (!/^\/[A-Za-z0-9._/-]*$/.test(spec.workdir) || spec.workdir.split('/').includes('..')) p.push(`${at}: image.workdir must be an absolute path`);
+  for (const [key, value] of Object.entries(spec.env ?? {})) {
+    if (!ENV_KEY.test(key)) p.push(`${at}: env key '${key}' is not a valid variable name`);
+    if (SECRET_NAME.test(key)) p.push(`${at}: env key '${key}' looks like a secret; images carry no secrets (the worker injects them at run time)`);
+    if (/[\r\n]/.test(value)) p.push(`${at}: env value of '${key}' contains a line break`);
+  }
+  return p;
+}

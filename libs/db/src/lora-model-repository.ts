@@ -1,0 +1,218 @@
+import { createHash } from 'node:crypto';
+import { ObjectId, type Collection, type Db, type Filter } from 'mongodb';
+import { inject, injectable } from 'tsyringe';
+import { idForms, toObjectId, toObjectIdOrString, type IdLike } from './ids';
+import { MONGO_DB } from './mongo';
+
+export const LORA_MODELS_COLLECTION = 'loraModels';
+
+/** A `loraModels` document as createTrainedLoRAModel writes it (stationthis-platform.md 1.4). */
+export interface LoraModelDoc {
+  _id: ObjectId;
+  slug: string;
+  name: string;
+  description?: string;
+  triggerWords: string[];
+  cognates: Array<{ word: string; replaceWith: string }>;
+  defaultWeight: number;
+  modelType?: string;
+  checkpoint: string;
+  trainedFrom?: {
+    trainingId: ObjectId;
+    datasetId?: ObjectId | string;
+    tool: string;
+    steps?: number;
+    baseModel: string;
+    duration?: number;
+    finalLoss?: number | null;
+    trainedAt: Date;
+  };
+  tags: Array<{ tag: string; source: string; score?: number }>;
+  previewImages: string[];
+  usageCount: number;
+  visibility: string;
+  permissionType: string;
+  createdBy: ObjectId;
+  ownedBy: ObjectId;
+  publishedTo?: Record<string, unknown>;
+  moderation?: Record<string, unknown>;
+  createdAt: Date;
+  updatedAt: Date;
+  [extra: string]: unknown;
+}
+
+export interface RegisterTrainedModelInput {
+  trainingJobId: IdLike;
+  masterAccountId: IdLike;
+  datasetId?: IdLike;
+  modelName: string;
+  triggerWord: string;
+  baseModel: string;
+  /** Public or presigned URL of the .safetensors file (becomes publishedTo.modelFileUrl). */
+  modelFileUrl: string;
+  /** Object-store key of the file (publishedTo.storageKey), for our own bookkeeping. */
+  storageKey?: string;
+  description?: string;
+  tool?: string;
+  steps?: number;
+  durationSeconds?: number;
+  finalLoss?: number | null;
+  previewImages?: string[];
+  visibility?: 'public' | 'private' | 'unlisted';
+  extra?: Record<string, unknown>;
+}
+
+/** The platform's checkpoint mapping, in its order (loRAModelDb.js:251-260). */
+export function checkpointFor(baseModel: string): string {
+  const b = baseModel.toLowerCase();
+  if (b.includes('kontext')) return 'KONTEXT';
+  if (b.includes('flux')) return 'FLUX';
+  if (b.includes('sdxl')) return 'SDXL';
+  if (b.includes('sd1.5')) return 'SD1.5';
+  if (b.includes('sd3')) return 'SD3';
+  if (b.includes('wan')) return 'WAN';
+  return baseModel.toUpperCase();
+}
+
+export function slugify(name: string): string {
+  const s = name
+    .toLowerCase()
+    .normalize('NFKD')
+    .replace(/[^a-z0-9]+/g, '-')
+    .replace(/^-+|-+$/g, '')
+    .slice(0, 60);
+  return s || 'lora';
+}
+
+/**
+ * A deterministic ObjectId for the model trained by `trainingJobId`: the job
+ * id's timestamp plus 8 bytes of a hash. A retried registration computes the
+ * same `_id`, so the `_id` index makes it idempotent; FerretDB has no partial
+ * unique index, and a plain unique index on `trainedFrom.trainingId` would
+ * collide on imported models that lack it.
+ */
+export function modelIdForTrainingJob(trainingJobId: IdLike): ObjectId {
+  const text = String(trainingJobId);
+  const bytes = Buffer.alloc(12);
+  const ts = ObjectId.isValid(text) && text.length === 24 ? new ObjectId(text).getTimestamp().getTime() / 1000 : 0;
+  bytes.writeUInt32BE(Math.floor(ts));
+  createHash('sha256').update(`loraModel:${text}`).digest().copy(bytes, 4, 0, 8);
+  return new ObjectId(bytes);
+}
+
+/** Write side of `loraModels` for trained models; everything else is the platform's. */
+@injectable()
+export class LoraModelRepository {
+  private readonly models: Collection<LoraModelDoc>;
+
+  constructor(@inject(MONGO_DB) db: Db) {
+    this.models = db.collection<LoraModelDoc>(LORA_MODELS_COLLECTION);
+  }
+
+  /** Non-unique on slug: existing platform data may already hold duplicates (no unique index there). */
+  async ensureIndexes(): Promise<void> {
+    await this.models.createIndexes([
+      { key: { slug: 1 }, name: 'st_slug' },
+      { key: { 'trainedFrom.trainingId': 1 }, name: 'st_trained_from' },
+    ]);
+  }
+
+  /**
+   * Register the model a training job produced. Idempotent by training job id:
+   * a retry (after a crash, or a duplicate delivery) returns the existing doc.
+   * The slug is `slugify(name)-<6 hex>`, the hex derived from the job id so a
+   * retry computes the same one; on a clash with another model it is re-derived.
+   */
+  async registerTrainedModel(input: RegisterTrainedModelInput): Promise<{ model: LoraModelDoc; created: boolean }> {
+    const _id = modelIdForTrainingJob(input.trainingJobId);
+    const existing = await this.models.findOne({ _id });
+    if (existing) return { model: existing, created: false };
+
+    const owner = toObjectId(input.masterAccountId, 'masterAccountId');
+    const checkpoint = checkpointFor(input.baseModel);
+    const now = new Date();
+    const slug = await this.freeSlug(input.modelName, String(input.trainingJobId));
+    const doc: LoraModelDoc = {
+      ...(input.extra ?? {}),
+      _id,
+      slug,
+      name: input.modelName,
+      description: input.description ?? '',
+      triggerWords: [input.triggerWord],
+      cognates: [],
+      defaultWeight: 1.0,
+      modelType: 'lora',
+      checkpoint,
+      trainedFrom: {
+        trainingId: toObjectId(input.trainingJobId, 'trainingJobId'),
+        datasetId: input.datasetId !== undefined ? toObjectIdOrString(input.datasetId) : undefined,
+        tool: input.tool ?? 'ai-toolkit',
+        steps: input.steps,
+        baseModel: input.baseModel,
+        duration: input.durationSeconds,
+        finalLoss: input.finalLoss ?? null,
+        trainedAt: now,
+      },
+      tags: [
+        { tag: 'trained', source: 'training' },
+        { tag: checkpoint.toLowerCase(), source: 'training' },
+      ],
+      previewImages: input.previewImages ?? [],
+      usageCount: 0,
+      rating: { avg: 0, count: 0 },
+      visibility: input.visibility ?? 'public',
+      permissionType: 'public',
+      createdBy: owner,
+      ownedBy: owner,
+      publishedTo: { modelFileUrl: input.modelFileUrl, storageKey: input.storageKey, uploadedAt: now },
+      moderation: {
+        status: 'approved',
+        flagged: false,
+        requestedBy: owner,
+        requestedAt: now,
+        reviewedBy: 'AUTO_APPROVED_TRAINING',
+        reviewedAt: now,
+        issues: [],
+      },
+      createdAt: now,
+      updatedAt: now,
+    };
+    stripUndefined(doc.trainedFrom as unknown as Record<string, unknown>);
+    stripUndefined(doc.publishedTo as Record<string, unknown>);
+    try {
+      await this.models.insertOne(doc);
+      return { model: doc, created: true };
+    } catch (err) {
+      if ((err as { code?: number }).code !== 11000) throw err;
+      const winner = await this.models.findOne({ _id });
+      if (!winner) throw err;
+      return { model: winner, created: false };
+    }
+  }
+
+  async findByTrainingJobId(trainingJobId: IdLike): Promise<LoraModelDoc | null> {
+    return this.models.findOne({ 'trainedFrom.trainingId': { $in: idForms(trainingJobId) } } as Filter<LoraModelDoc>);
+  }
+
+  async findById(id: IdLike): Promise<LoraModelDoc | null> {
+    return this.models.findOne({ _id: toObjectIdOrString(id) } as Filter<LoraModelDoc>);
+  }
+
+  async findBySlug(slug: string): Promise<LoraModelDoc | null> {
+    return this.models.findOne({ slug });
+  }
+
+  private async freeSlug(name: string, seed: string): Promise<string> {
+    const base = slugify(name);
+    for (let i = 0; i < 20; i++) {
+      const hex = createHash('sha256').update(`${seed}:${i}`).digest('hex').slice(0, 6);
+      const slug = `${base}-${hex}`;
+      if (!(await this.models.findOne({ slug }, { projection: { _id: 1 } }))) return slug;
+    }
+    throw new Error(`Could not find a free slug for "${name}" after 20 tries; the loraModels slug space looks corrupted.`);
+  }
+}
+
+function stripUndefined(obj: Record<string, unknown>): void {
+  for (const k of Object.keys(obj)) if (obj[k] === undefined) delete obj[k];
+}

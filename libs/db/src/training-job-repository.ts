@@ -1,0 +1,530 @@
+import { randomUUID } from 'node:crypto';
+import type { Collection, Db, Filter, ObjectId, UpdateFilter } from 'mongodb';
+import { inject, injectable } from 'tsyringe';
+import { idForms, toObjectIdOrString } from './ids';
+import {
+  allowedFrom,
+  InvalidTransitionError,
+  isJobStatus,
+  LEASED_STATUSES,
+  type JobStatus,
+} from './job-status';
+import { MONGO_DB } from './mongo';
+import {
+  TRAINING_JOBS_COLLECTION,
+  type CancelRequestResult,
+  type ClaimOptions,
+  type EnqueueTrainingJobInput,
+  type FailureClass,
+  type Lease,
+  type ProgressUpdate,
+  type RecoveryResult,
+  type TrainingEnvironment,
+  type TrainingJobDoc,
+  type TrainingJobFilter,
+} from './training-job';
+
+export const DEFAULT_MAX_ATTEMPTS = 3;
+export const LOG_TAIL_LINES = 50;
+const MAX_LOG_LINE_CHARS = 500;
+
+/** Fields a caller may never set through `fields`: they belong to the lifecycle itself. */
+const RESERVED_FIELDS = new Set(['_id', 'status', 'lease', 'attempts', 'cancelRequestedAt', 'refundDue']);
+
+/** Priority first (higher wins), then FIFO; `_id` breaks ties deterministically. */
+const CLAIM_SORT = { priority: -1, createdAt: 1, _id: 1 } as const;
+
+export type ClaimStrategy = 'sorted-find-and-modify' | 'candidate-batch';
+
+export interface TrainingJobRepositoryOptions {
+  /** 'auto' (default) detects FerretDB via buildInfo. */
+  claimStrategy?: ClaimStrategy | 'auto';
+  /** Candidate ids fetched per scan in the candidate-batch strategy (default 128). */
+  claimBatch?: number;
+  /** Max age of the candidate list before a rescan (default 5000 ms). */
+  candidateTtlMs?: number;
+}
+
+export interface FailInput {
+  failureReason: string;
+  failureClass: FailureClass;
+  [field: string]: unknown;
+}
+
+/**
+ * The `trainingJobs` queue: claim with a lease, heartbeat, fenced writes,
+ * cancel requests and recovery of expired leases. Every write is a single
+ * conditional `updateOne`/`findOneAndUpdate` (no transactions, FerretDB-safe),
+ * and every write made on behalf of a worker filters on its `lease.attemptId`.
+ */
+@injectable()
+export class TrainingJobRepository {
+  private readonly jobs: Collection<TrainingJobDoc>;
+  private readonly options: Required<Omit<TrainingJobRepositoryOptions, 'claimStrategy'>> = {
+    claimBatch: 128,
+    candidateTtlMs: 5000,
+  };
+  private strategy: ClaimStrategy | undefined;
+  private readonly candidates = new Map<
+    TrainingEnvironment,
+    { ids: ObjectId[]; fetchedAt: number; lastScanCount: number; loading?: Promise<void> }
+  >();
+
+  constructor(@inject(MONGO_DB) private readonly db: Db) {
+    this.jobs = db.collection<TrainingJobDoc>(TRAINING_JOBS_COLLECTION);
+  }
+
+  /** Idempotent; only plain and compound indexes (FerretDB v1 has no partial, sparse or TTL). */
+  async ensureIndexes(): Promise<void> {
+    await this.jobs.createIndexes([
+      // claimNext: equality on status (+ environment $in), then the sort.
+      { key: { status: 1, environment: 1, priority: -1, createdAt: 1 }, name: 'st_claim' },
+      // recoverExpiredLeases: leased statuses whose lease expired.
+      { key: { status: 1, 'lease.expiresAt': 1 }, name: 'st_lease_expiry' },
+      // list(): a user's jobs, newest first (the platform sorts in JS; this serves it too).
+      { key: { ownerAccountId: 1, createdAt: -1 }, name: 'st_owner_created' },
+      // findRefundsDue()
+      { key: { refundDue: 1 }, name: 'st_refund_due' },
+    ]);
+  }
+
+  /** Insert a platform-shaped QUEUED job (what TrainingService.create writes), for the CLI and tests. */
+  async enqueue(input: EnqueueTrainingJobInput): Promise<string> {
+    const now = new Date();
+    const owner = String(input.ownerAccountId);
+    const doc: Record<string, unknown> = {
+      ...(input.extra ?? {}),
+      userId: owner,
+      ownerAccountId: owner,
+      name: input.name,
+      modelName: input.name,
+      description: input.description,
+      walletAddress: input.walletAddress,
+      datasetId: String(input.datasetId),
+      datasetImageCount: input.datasetImageCount,
+      modelType: input.modelType ?? input.baseModel,
+      baseModel: input.baseModel,
+      offeringId: '',
+      steps: input.steps,
+      triggerWord: input.triggerWord,
+      triggerWords: input.triggerWord ? [input.triggerWord] : undefined,
+      costPoints: input.costPoints,
+      environment: input.environment ?? 'production',
+      status: 'QUEUED',
+      progress: 0,
+      priority: input.priority ?? 0,
+      attempts: 0,
+      maxAttempts: input.maxAttempts ?? DEFAULT_MAX_ATTEMPTS,
+      createdAt: now,
+      updatedAt: now,
+    };
+    // Like the platform's validateData: never store undefined/null keys on insert.
+    for (const key of Object.keys(doc)) if (doc[key] === undefined || doc[key] === null) delete doc[key];
+    const result = await this.jobs.insertOne(doc as unknown as TrainingJobDoc);
+    return result.insertedId.toHexString();
+  }
+
+  /**
+   * Tune the claim path. `auto` (default) asks the server once: MongoDB gets
+   * one sorted findOneAndUpdate; FerretDB v1 (which pushes down only `_id`
+   * filters and sorts in memory, so a sorted claim scans the whole collection)
+   * gets the candidate-batch claim below.
+   */
+  configure(options: TrainingJobRepositoryOptions): this {
+    Object.assign(this.options, options);
+    if (options.claimStrategy && options.claimStrategy !== 'auto') this.strategy = options.claimStrategy;
+    return this;
+  }
+
+  /**
+   * Atomically take the next QUEUED job of this environment: priority desc,
+   * then FIFO. A fresh attemptId fences out whoever held the job before.
+   */
+  async claimNext(opts: ClaimOptions): Promise<{ job: TrainingJobDoc; lease: Lease } | null> {
+    const strategy = this.strategy ?? (this.strategy = await this.detectStrategy());
+    const job = strategy === 'sorted-find-and-modify' ? await this.claimSorted(opts) : await this.claimFromCandidates(opts);
+    if (!job) return null;
+    return { job, lease: { jobId: job._id.toHexString(), attemptId: job.lease!.attemptId, workerId: opts.workerId } };
+  }
+
+  /** The claim update, shared by both strategies. */
+  private claimUpdate(opts: ClaimOptions): UpdateFilter<TrainingJobDoc> {
+    const now = new Date();
+    return {
+      $set: {
+        status: 'PROVISIONING',
+        lease: { workerId: opts.workerId, attemptId: randomUUID(), expiresAt: new Date(now.getTime() + opts.leaseMs), claimedAt: now },
+        startedAt: now,
+        heartbeatAt: now,
+        updatedAt: now,
+      },
+      $inc: { attempts: 1 },
+    } as unknown as UpdateFilter<TrainingJobDoc>;
+  }
+
+  /** MongoDB: one atomic sorted findOneAndUpdate served by the st_claim index. */
+  private claimSorted(opts: ClaimOptions): Promise<TrainingJobDoc | null> {
+    return this.jobs.findOneAndUpdate(
+      { status: 'QUEUED', ...environmentFilter(opts.environment) } as Filter<TrainingJobDoc>,
+      this.claimUpdate(opts),
+      { sort: CLAIM_SORT, returnDocument: 'after' },
+    );
+  }
+
+  /**
+   * FerretDB v1: one sorted scan fetches the next `claimBatch` candidate ids
+   * (shared by every claimer in this process), then each claim is a
+   * conditional findOneAndUpdate by `_id` (pushed down, cheap) that still
+   * requires `status: 'QUEUED'`, so a job is claimed exactly once even when
+   * several processes race for the same candidates. The list is refreshed when
+   * empty or older than `candidateTtlMs`, which bounds how long a newly queued
+   * higher-priority job can wait behind it.
+   */
+  private async claimFromCandidates(opts: ClaimOptions): Promise<TrainingJobDoc | null> {
+    for (;;) {
+      const pool = this.candidatePool(opts.environment);
+      if (pool.ids.length === 0 || Date.now() - pool.fetchedAt > this.options.candidateTtlMs) {
+        await this.refreshCandidates(opts.environment);
+        if (pool.lastScanCount === 0) return null; // nothing QUEUED at all
+        continue;
+      }
+      const id = pool.ids.shift()!;
+      // A cheap read first: on FerretDB v1 a conditional update that matches nothing costs a scan.
+      const current = await this.jobs.findOne({ _id: id } as Filter<TrainingJobDoc>, { projection: { status: 1 } });
+      if (current?.status !== 'QUEUED') continue;
+      const job = await this.jobs.findOneAndUpdate(
+        { _id: id, status: 'QUEUED', ...environmentFilter(opts.environment) } as Filter<TrainingJobDoc>,
+        this.claimUpdate(opts),
+        { returnDocument: 'after' },
+      );
+      if (job) return job;
+    }
+  }
+
+  private candidatePool(environment: TrainingEnvironment): { ids: ObjectId[]; fetchedAt: number; lastScanCount: number; loading?: Promise<void> } {
+    let pool = this.candidates.get(environment);
+    if (!pool) this.candidates.set(environment, (pool = { ids: [], fetchedAt: 0, lastScanCount: -1 }));
+    return pool;
+  }
+
+  /** One scan at a time per environment; concurrent claimers wait for it. */
+  private async refreshCandidates(environment: TrainingEnvironment): Promise<void> {
+    const pool = this.candidatePool(environment);
+    if (!pool.loading) {
+      pool.loading = (async () => {
+        try {
+          const docs = await this.jobs
+            .find({ status: 'QUEUED', ...environmentFilter(environment) } as Filter<TrainingJobDoc>, { projection: { _id: 1 } })
+            .sort(CLAIM_SORT)
+            .limit(this.options.claimBatch)
+            .toArray();
+          pool.ids = docs.map((d) => d._id);
+          pool.lastScanCount = docs.length;
+          pool.fetchedAt = Date.now();
+        } finally {
+          pool.loading = undefined;
+        }
+      })();
+    }
+    await pool.loading;
+  }
+
+  private async detectStrategy(): Promise<ClaimStrategy> {
+    try {
+      const info = await this.db.admin().command({ buildInfo: 1 });
+      return 'ferretdbVersion' in info ? 'candidate-batch' : 'sorted-find-and-modify';
+    } catch {
+      return 'sorted-find-and-modify';
+    }
+  }
+
+  /**
+   * Extend the lease. `false` means the lease is lost (recovered, or the job was
+   * ended by someone else): the worker must stop its container and write nothing
+   * more. `updatedAt` is refreshed too, because the platform's stuck-job sweeper
+   * (findStuckJobs) judges liveness by `updatedAt`.
+   */
+  async heartbeat(lease: Lease, leaseMs: number): Promise<boolean> {
+    const now = new Date();
+    const r = await this.jobs.updateOne(this.fenced(lease), {
+      $set: { 'lease.expiresAt': new Date(now.getTime() + leaseMs), heartbeatAt: now, updatedAt: now },
+    });
+    return r.matchedCount === 1;
+  }
+
+  /**
+   * Move a leased job to `to`. Validity is checked by the filter itself
+   * (`status ∈ allowedFrom(to)`), so a concurrent change cannot slip past it.
+   * Returns false when the lease is lost or the job is in a state that does not
+   * allow `to` (e.g. the platform already set CANCELLED).
+   */
+  async transition(lease: Lease, to: JobStatus, fields: Record<string, unknown> = {}): Promise<boolean> {
+    if (!isJobStatus(to)) throw new InvalidTransitionError('(leased)', String(to));
+    if (to === 'QUEUED') {
+      throw new InvalidTransitionError('(leased)', 'QUEUED via transition(); use releaseLease() so attempts stay right');
+    }
+    const from = allowedFrom(to).filter((s) => LEASED_STATUSES.includes(s));
+    if (from.length === 0) throw new InvalidTransitionError('(leased)', to);
+    const now = new Date();
+    const set: Record<string, unknown> = { ...ownedFields(fields), status: to, updatedAt: now };
+    if (to === 'COMPLETED' || to === 'FAILED' || to === 'CANCELLED') set['finishedAt'] = now;
+    const r = await this.jobs.updateOne(this.fenced(lease, from), { $set: set } as UpdateFilter<TrainingJobDoc>);
+    return r.matchedCount === 1;
+  }
+
+  /**
+   * Progress fields the UI reads, plus ETA and a bounded log tail. FerretDB
+   * ignores `$push: {$slice}`, so the tail is read, trimmed and `$set`; only
+   * the lease holder writes it, so there is no lost update. Callers should go
+   * through a ProgressThrottle.
+   */
+  async updateProgress(lease: Lease, p: ProgressUpdate): Promise<boolean> {
+    const set: Record<string, unknown> = { updatedAt: new Date() };
+    if (p.progress !== undefined) set['progress'] = clamp(Math.round(p.progress * 10) / 10, 0, 100);
+    if (p.currentStep !== undefined) set['currentStep'] = p.currentStep;
+    if (p.totalSteps !== undefined) set['totalSteps'] = p.totalSteps;
+    if (p.currentLoss !== undefined) set['currentLoss'] = finiteOrNull(p.currentLoss);
+    if (p.etaSeconds !== undefined) set['etaSeconds'] = finiteOrNull(p.etaSeconds);
+    if (p.logLines && p.logLines.length > 0) {
+      const current = await this.jobs.findOne(this.fenced(lease), { projection: { logTail: 1 } });
+      if (!current) return false;
+      set['logTail'] = [...(current.logTail ?? []), ...p.logLines.map(cleanLogLine)].slice(-LOG_TAIL_LINES);
+    }
+    const r = await this.jobs.updateOne(this.fenced(lease), { $set: set });
+    return r.matchedCount === 1;
+  }
+
+  /** Fenced `$set` of `pipeline.<key>` for each key of `patch`; other pipeline keys are kept. */
+  async setPipelineState(lease: Lease, patch: Record<string, unknown>): Promise<boolean> {
+    const set: Record<string, unknown> = { updatedAt: new Date() };
+    for (const [key, value] of Object.entries(patch)) {
+      if (key.includes('.') || key.startsWith('$')) {
+        throw new Error(`Pipeline state key "${key}" contains "." or starts with "$"; use a flat key.`);
+      }
+      set[`pipeline.${key}`] = value;
+    }
+    const r = await this.jobs.updateOne(this.fenced(lease), { $set: set });
+    return r.matchedCount === 1;
+  }
+
+  /** FINALIZING → COMPLETED; sets the platform's `completedAt` and progress 100. */
+  complete(lease: Lease, fields: Record<string, unknown> = {}): Promise<boolean> {
+    return this.transition(lease, 'COMPLETED', { progress: 100, ...fields, completedAt: new Date() });
+  }
+
+  /** Any leased state → FAILED, with the reason the UI shows and our failure class. */
+  fail(lease: Lease, input: FailInput): Promise<boolean> {
+    return this.transition(lease, 'FAILED', { ...input });
+  }
+
+  /** The owner observed a cancel request and stopped its work: → CANCELLED. */
+  cancelComplete(lease: Lease, fields: Record<string, unknown> = {}): Promise<boolean> {
+    return this.transition(lease, 'CANCELLED', { ...fields, cancelledAt: new Date() });
+  }
+
+  /**
+   * Hand the job back on graceful shutdown. The attempt is given back
+   * (`attempts - 1`): the job did nothing wrong, and a rolling deploy must not
+   * burn its retries (the BullMQ maxStalledCount lesson). `releases` counts
+   * these hand-backs for visibility. When a cancel was requested or the
+   * pipeline says a re-run is unsafe, the job is ended instead (with
+   * refundDue) because nobody else should pick it up.
+   */
+  async releaseLease(lease: Lease, reason: string): Promise<boolean> {
+    const job = await this.jobs.findOne(this.fenced(lease));
+    if (!job) return false;
+    const outcome = await this.giveUp(job, 'release', reason, new Date());
+    return outcome !== null;
+  }
+
+  /**
+   * Ask for a job to stop. A QUEUED job becomes CANCELLED at once (nothing ran,
+   * nothing was charged); a leased job gets `cancelRequestedAt` for its owner
+   * to observe.
+   */
+  async requestCancel(jobId: string, by?: string): Promise<CancelRequestResult> {
+    const now = new Date();
+    const _id = toObjectIdOrString(jobId);
+    const direct = await this.jobs.updateOne({ _id, status: 'QUEUED' } as Filter<TrainingJobDoc>, {
+      $set: { status: 'CANCELLED', cancelRequestedAt: now, cancelRequestedBy: by, cancelledAt: now, finishedAt: now, updatedAt: now },
+    });
+    if (direct.matchedCount === 1) return 'cancelled';
+    const requested = await this.jobs.updateOne(
+      { _id, status: { $in: [...LEASED_STATUSES] }, cancelRequestedAt: null } as Filter<TrainingJobDoc>,
+      { $set: { cancelRequestedAt: now, cancelRequestedBy: by, updatedAt: now } },
+    );
+    if (requested.matchedCount === 1) return 'requested';
+    const job = await this.jobs.findOne({ _id } as Filter<TrainingJobDoc>, { projection: { status: 1, cancelRequestedAt: 1 } });
+    if (!job) return 'not-found';
+    if (LEASED_STATUSES.includes(job.status)) return 'already-requested';
+    // QUEUED can only be seen here if it was re-queued between our two writes: try again.
+    if (job.status === 'QUEUED') return this.requestCancel(jobId, by);
+    return 'terminal';
+  }
+
+  /** True once a cancel was requested, or the platform's own cancel already set CANCELLED. */
+  async isCancelRequested(lease: Lease): Promise<boolean> {
+    const job = await this.jobs.findOne(
+      { _id: toObjectIdOrString(lease.jobId) } as Filter<TrainingJobDoc>,
+      { projection: { status: 1, cancelRequestedAt: 1 } },
+    );
+    if (!job) return true;
+    return job.cancelRequestedAt != null || job.status === 'CANCELLED';
+  }
+
+  /**
+   * Reclaim jobs whose lease expired (the owner died or hung). Re-queue while
+   * attempts remain and `pipeline.retryUnsafe` is not set; else FAILED
+   * (infrastructure) with `refundDue: true`. A job with a pending cancel
+   * request becomes CANCELLED with `refundDue: true`. Safe to run from every
+   * worker at once: each write is conditional on the same expired attemptId.
+   * Also adopts legacy QUEUED jobs without `priority` (they would sort last).
+   */
+  async recoverExpiredLeases(now: Date = new Date(), batch = 200): Promise<RecoveryResult> {
+    const result: RecoveryResult = { requeued: [], failed: [], cancelled: [] };
+    await this.jobs.updateMany({ status: 'QUEUED', priority: { $exists: false } } as Filter<TrainingJobDoc>, {
+      $set: { priority: 0 },
+    });
+    const expired = await this.jobs
+      .find({ status: { $in: [...LEASED_STATUSES] }, 'lease.expiresAt': { $lt: now } } as Filter<TrainingJobDoc>)
+      .limit(batch)
+      .toArray();
+    for (const job of expired) {
+      const outcome = await this.giveUp(job, 'expired', 'the worker stopped renewing its lease', now);
+      if (outcome === 'QUEUED') result.requeued.push(job._id.toHexString());
+      else if (outcome === 'FAILED') result.failed.push(job._id.toHexString());
+      else if (outcome === 'CANCELLED') result.cancelled.push(job._id.toHexString());
+    }
+    return result;
+  }
+
+  /** Jobs the system ended on a worker's behalf; the worker settles points for each, then calls clearRefundDue. */
+  async findRefundsDue(limit = 50): Promise<TrainingJobDoc[]> {
+    return this.jobs.find({ refundDue: true } as Filter<TrainingJobDoc>).limit(limit).toArray();
+  }
+
+  async clearRefundDue(jobId: string): Promise<boolean> {
+    const r = await this.jobs.updateOne({ _id: toObjectIdOrString(jobId), refundDue: true } as Filter<TrainingJobDoc>, {
+      $set: { refundDue: false, refundSettledAt: new Date() },
+    });
+    return r.matchedCount === 1;
+  }
+
+  async findById(id: string): Promise<TrainingJobDoc | null> {
+    return this.jobs.findOne({ _id: toObjectIdOrString(id) } as Filter<TrainingJobDoc>);
+  }
+
+  async list(filter: TrainingJobFilter = {}): Promise<TrainingJobDoc[]> {
+    const q: Record<string, unknown> = {};
+    if (filter.ownerAccountId !== undefined) q['ownerAccountId'] = { $in: idForms(filter.ownerAccountId) };
+    if (filter.status !== undefined) q['status'] = Array.isArray(filter.status) ? { $in: filter.status } : filter.status;
+    if (filter.environment !== undefined) Object.assign(q, environmentFilter(filter.environment));
+    return this.jobs
+      .find(q as Filter<TrainingJobDoc>)
+      .sort({ createdAt: -1 })
+      .limit(filter.limit ?? 100)
+      .toArray();
+  }
+
+  /** The fencing filter: this job, this attempt, and still in a leased state. */
+  private fenced(lease: Lease, statuses: readonly JobStatus[] = LEASED_STATUSES): Filter<TrainingJobDoc> {
+    return {
+      _id: toObjectIdOrString(lease.jobId),
+      'lease.attemptId': lease.attemptId,
+      status: { $in: [...statuses] },
+    } as Filter<TrainingJobDoc>;
+  }
+
+  /**
+   * Shared by release and recovery: decide from a snapshot, then write with a
+   * filter that fails if any input of the decision changed since the read.
+   */
+  private async giveUp(
+    job: TrainingJobDoc,
+    mode: 'release' | 'expired',
+    why: string,
+    now: Date,
+  ): Promise<JobStatus | null> {
+    const attemptId = job.lease?.attemptId;
+    if (!attemptId) return null;
+    const attempts = (job.attempts ?? 1) - (mode === 'release' ? 1 : 0);
+    const maxAttempts = job.maxAttempts ?? DEFAULT_MAX_ATTEMPTS;
+    const unsafe = job.pipeline?.retryUnsafe === true;
+    const cancelRequested = job.cancelRequestedAt != null;
+    const filter: Record<string, unknown> = {
+      _id: job._id,
+      status: job.status,
+      'lease.attemptId': attemptId,
+      cancelRequestedAt: cancelRequested ? job.cancelRequestedAt : null,
+      'pipeline.retryUnsafe': unsafe ? true : { $ne: true },
+    };
+    if (mode === 'expired') filter['lease.expiresAt'] = { $lt: now };
+
+    let set: Record<string, unknown>;
+    let inc: Record<string, number> | undefined;
+    let outcome: JobStatus;
+    if (cancelRequested) {
+      outcome = 'CANCELLED';
+      set = { status: outcome, refundDue: true, cancelledAt: now, finishedAt: now, failureReason: `Cancelled; ${why}.` };
+    } else if (unsafe || attempts >= maxAttempts) {
+      outcome = 'FAILED';
+      const detail = unsafe
+        ? 'it stopped at a step that cannot be re-run safely'
+        : `it has used ${attempts} of ${maxAttempts} attempts`;
+      set = {
+        status: outcome,
+        refundDue: true,
+        finishedAt: now,
+        failureClass: 'infrastructure' satisfies FailureClass,
+        failureReason: `Training stopped because ${why} and ${detail}. Your points are refunded.`,
+      };
+    } else {
+      outcome = 'QUEUED';
+      set = { status: outcome, lease: null, progress: 0, etaSeconds: null };
+      set[mode === 'release' ? 'lastReleasedAt' : 'lastLeaseExpiredAt'] = now;
+      set[mode === 'release' ? 'lastReleaseReason' : 'lastRecoveryReason'] = why;
+      inc = mode === 'release' ? { attempts: -1, releases: 1 } : { leaseExpiries: 1 };
+    }
+    set['updatedAt'] = now;
+    const update: UpdateFilter<TrainingJobDoc> = { $set: set };
+    if (inc) update.$inc = inc as UpdateFilter<TrainingJobDoc>['$inc'];
+    const r = await this.jobs.updateOne(filter as Filter<TrainingJobDoc>, update);
+    return r.matchedCount === 1 ? outcome : null;
+  }
+}
+
+/** The platform's environment scope (trainingDb.fetchQueued): production also matches missing/null. */
+export function environmentFilter(environment: TrainingEnvironment): Record<string, unknown> {
+  return environment === 'development'
+    ? { environment: 'development' }
+    : { environment: { $in: ['production', null] } };
+}
+
+function ownedFields(fields: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(fields)) {
+    if (value === undefined) continue;
+    const root = key.split('.')[0];
+    if (RESERVED_FIELDS.has(root)) {
+      throw new Error(`Field "${key}" is managed by the job lifecycle and cannot be set through transition fields.`);
+    }
+    out[key] = value;
+  }
+  return out;
+}
+
+function clamp(n: number, lo: number, hi: number): number {
+  return Math.min(hi, Math.max(lo, n));
+}
+
+/** FerretDB rejects NaN and ±Infinity doubles; an engine can print "loss: nan". */
+function finiteOrNull(n: number | null): number | null {
+  return n !== null && Number.isFinite(n) ? n : null;
+}
+
+function cleanLogLine(line: string): string {
+  // FerretDB rejects NUL characters in strings; ANSI colour codes are noise in the UI.
+  // eslint-disable-next-line no-control-regex
+  const clean = line.replace(/\u0000/g, '').replace(/\u001b\[[0-9;]*[A-Za-z]/g, '');
+  return clean.length > MAX_LOG_LINE_CHARS ? `${clean.slice(0, MAX_LOG_LINE_CHARS)}…` : clean;
+}

@@ -1,0 +1,152 @@
+import type { ObjectId } from 'mongodb';
+import type { JobStatus } from './job-status';
+
+export const TRAINING_JOBS_COLLECTION = 'trainingJobs';
+
+/** The lease a worker holds while it owns a job. `attemptId` is the fencing token. */
+export interface JobLease {
+  workerId: string;
+  attemptId: string;
+  expiresAt: Date;
+  claimedAt: Date;
+}
+
+/** What a worker keeps in memory and passes to every write. */
+export interface Lease {
+  jobId: string;
+  attemptId: string;
+  workerId: string;
+}
+
+export type TrainingEnvironment = 'production' | 'development';
+
+/**
+ * Why a job failed: `user` (bad input, no refund of used time is owed by the
+ * platform), `infrastructure` (our side: full refund), `engine` (trainer
+ * crashed), `insufficient-points` (never started, nothing charged).
+ */
+export type FailureClass = 'user' | 'infrastructure' | 'engine' | 'insufficient-points' | 'timeout';
+
+/**
+ * A `trainingJobs` document. The first block is the platform's shape
+ * (stationthis-platform.md 1.2: ids are strings here); the second block is ours.
+ * Unknown platform fields are kept: every update is a `$set` of named fields.
+ */
+export interface TrainingJobDoc {
+  _id: ObjectId;
+  // --- platform fields ---
+  userId: string;
+  ownerAccountId: string;
+  name: string;
+  modelName?: string;
+  description?: string;
+  notes?: string;
+  walletAddress?: string;
+  datasetId: string;
+  datasetImageCount?: number;
+  modelType?: string;
+  baseModel?: string;
+  offeringId?: string;
+  steps?: number;
+  learningRate?: number;
+  loraRank?: number;
+  triggerWord?: string;
+  triggerWords?: string[];
+  costPoints?: number;
+  estimatedCostPoints?: number;
+  actualCostPoints?: number;
+  costReconciled?: boolean;
+  environment?: TrainingEnvironment | null;
+  status: JobStatus;
+  progress?: number;
+  currentStep?: number;
+  totalSteps?: number;
+  currentLoss?: number | null;
+  failureReason?: string;
+  loraModelId?: ObjectId;
+  modelRepoUrl?: string;
+  createdAt: Date;
+  updatedAt: Date;
+  startedAt?: Date;
+  completedAt?: Date;
+  // --- ours ---
+  lease?: JobLease | null;
+  /** Claims so far (a graceful release gives its attempt back). */
+  attempts?: number;
+  maxAttempts?: number;
+  /** Higher first; legacy jobs without it are adopted as 0 by recoverExpiredLeases. */
+  priority?: number;
+  cancelRequestedAt?: Date | null;
+  cancelRequestedBy?: string;
+  failureClass?: FailureClass;
+  etaSeconds?: number | null;
+  logTail?: string[];
+  /** Per-step resume state owned by the worker's pipeline (e.g. `pipeline.charged`, `pipeline.uploadKey`). */
+  pipeline?: PipelineState;
+  /** Set when the system (not the owning worker) ended the job: the worker must settle points, then clear it. */
+  refundDue?: boolean;
+  heartbeatAt?: Date;
+  finishedAt?: Date;
+  [extra: string]: unknown;
+}
+
+/**
+ * Pipeline state is free-form, except one convention the repository reads:
+ * `retryUnsafe: true` means "re-running from the start is not safe now", so an
+ * expired lease fails the job (with refund) instead of re-queueing it.
+ */
+export interface PipelineState {
+  retryUnsafe?: boolean;
+  [step: string]: unknown;
+}
+
+export interface EnqueueTrainingJobInput {
+  ownerAccountId: string | ObjectId;
+  datasetId: string | ObjectId;
+  name: string;
+  baseModel: string;
+  modelType?: string;
+  walletAddress?: string;
+  steps?: number;
+  triggerWord?: string;
+  description?: string;
+  datasetImageCount?: number;
+  costPoints?: number;
+  environment?: TrainingEnvironment;
+  priority?: number;
+  maxAttempts?: number;
+  /** Any other platform fields (e.g. learningRate, tags); stored as given. */
+  extra?: Record<string, unknown>;
+}
+
+export interface ProgressUpdate {
+  progress?: number;
+  currentStep?: number;
+  totalSteps?: number;
+  currentLoss?: number | null;
+  etaSeconds?: number | null;
+  logLines?: string[];
+}
+
+export interface ClaimOptions {
+  workerId: string;
+  environment: TrainingEnvironment;
+  leaseMs: number;
+}
+
+export interface RecoveryResult {
+  requeued: string[];
+  /** FAILED with failureClass 'infrastructure' and refundDue: true. */
+  failed: string[];
+  /** Cancel was requested and the owner died: CANCELLED with refundDue: true. */
+  cancelled: string[];
+}
+
+export type CancelRequestResult = 'cancelled' | 'requested' | 'already-requested' | 'terminal' | 'not-found';
+
+export interface TrainingJobFilter {
+  ownerAccountId?: string | ObjectId;
+  status?: JobStatus | JobStatus[];
+  environment?: TrainingEnvironment;
+  limit?: number;
+}

@@ -1,0 +1,29 @@
+import { Lifecycle, type DependencyContainer, type InjectionToken } from 'tsyringe';
+import { CONTAINER_RUNTIME } from './container-runtime';
+import { createDockerClient, DOCKER, type DockerClientEnv } from './docker-client';
+import { DockerContainerRuntime } from './docker-container-runtime';
+import { GpuAllocator } from './gpu-allocator';
+import { GPU_INVENTORY, readGpuInventory, type GpuInventoryEnv, type NvidiaSmiRunner } from './gpu-inventory';
+
+/**
+ * Binds this library into a composition root: DOCKER (from DOCKER_HOST),
+ * CONTAINER_RUNTIME and DockerContainerRuntime (one singleton), GPU_INVENTORY
+ * (nvidia-smi or GPU_DEVICES / CPU_SLOTS, read once now) and a singleton
+ * GpuAllocator. Async because the inventory runs nvidia-smi.
+ */
+export async function registerDocker(
+  container: DependencyContainer,
+  env: DockerClientEnv & GpuInventoryEnv = process.env,
+  smi?: NvidiaSmiRunner,
+): Promise<void> {
+  for (const token of [DOCKER, CONTAINER_RUNTIME, GPU_INVENTORY] as Array<InjectionToken<unknown>>) {
+    if (container.isRegistered(token)) {
+      throw new Error(`registerDocker: ${String(token)} is already registered in this container; register the docker lib once per composition root.`);
+    }
+  }
+  container.register(DOCKER, { useValue: createDockerClient(env) });
+  container.register(GPU_INVENTORY, { useValue: await readGpuInventory(env, smi) });
+  container.register(DockerContainerRuntime, { useClass: DockerContainerRuntime }, { lifecycle: Lifecycle.ContainerScoped });
+  container.register(CONTAINER_RUNTIME, { useToken: DockerContainerRuntime });
+  container.register(GpuAllocator, { useClass: GpuAllocator }, { lifecycle: Lifecycle.ContainerScoped });
+}

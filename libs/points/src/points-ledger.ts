@@ -1,0 +1,697 @@
+import { createHash, randomUUID } from 'node:crypto';
+import { ObjectId, type Collection, type Db, type Document, type Filter } from 'mongodb';
+import { inject, injectable } from 'tsyringe';
+import { InsufficientPointsError, MovementBusyError, MovementConflictError, SimulatedCrashError } from './errors';
+import { POINTS_DB } from './tokens';
+import type {
+  AccountRef,
+  ChargeInput,
+  ChargeResult,
+  CreditInput,
+  CreditKind,
+  CreditResult,
+  JobPointsSummary,
+  LedgerMovement,
+  MovementKind,
+  PointsLedgerOptions,
+  SettleInput,
+  SettleResult,
+  SettleOutcome,
+  Spend,
+} from './types';
+
+export const CREDIT_LEDGER_COLLECTION = 'credit_ledger';
+export const MOVEMENTS_COLLECTION = 'training_points_movements';
+/** Field we add to a credit_ledger entry while a charge is being applied to it (2PC "pendingTransactions"). */
+export const SPEND_MARKER_FIELD = 'training_spend_keys';
+
+/** The platform's entry types for refund entries; ours for the creator and trainer shares. */
+const REFUND_TYPE: Record<SettleOutcome, string> = {
+  completed: 'TRAINING_REFUND',
+  failed: 'TRAINING_REFUND',
+  cancelled: 'TRAINING_REFUND_CANCELLED',
+};
+const CREDIT_TYPE: Record<CreditKind, string> = {
+  'dataset-creator': 'TRAINING_DATASET_CREATOR_SHARE',
+  trainer: 'TRAINING_TRAINER_SHARE',
+};
+
+export function chargeKey(jobId: string): string {
+  return `training:${jobId}:charge`;
+}
+export function refundKey(jobId: string): string {
+  return `training:${jobId}:refund`;
+}
+export function creditKey(jobId: string, kind: CreditKind): string {
+  return `training:${jobId}:credit:${kind}`;
+}
+
+/**
+ * A deterministic ObjectId for the credit_ledger entry a movement creates. The
+ * platform's code expects ObjectId `_id`s in credit_ledger; deriving it from the
+ * idempotency key makes the always-present `_id` index reject a second insert
+ * even where the platform's unique `deposit_tx_hash` index was never created.
+ */
+export function ledgerEntryIdFor(key: string): ObjectId {
+  return new ObjectId(createHash('sha256').update(`credit_ledger:${key}`).digest().subarray(0, 12));
+}
+
+interface LedgerEntryDoc {
+  _id: ObjectId;
+  status?: string;
+  points_remaining?: number;
+  funding_rate_applied?: number | null;
+  createdAt?: Date;
+  [SPEND_MARKER_FIELD]?: string[];
+  [extra: string]: unknown;
+}
+
+interface MovementDoc {
+  _id: string;
+  jobId: string;
+  kind: MovementKind;
+  creditKind?: CreditKind;
+  accountId: string;
+  walletAddress?: string | null;
+  points: number;
+  reason: string;
+  state: 'pending' | 'applied' | 'rolling_back';
+  plan?: Array<{ entryId: ObjectId; points: number }>;
+  usedPoints?: number;
+  chargedPoints?: number;
+  outcome?: SettleOutcome;
+  ledgerEntryId?: ObjectId | null;
+  lock?: { token: string; until: Date } | null;
+  createdAt: Date;
+  updatedAt: Date;
+  appliedAt?: Date;
+}
+
+const DUPLICATE_KEY = 11000;
+const INDEX_EXISTS_CODES = new Set([85, 86]); // IndexOptionsConflict, IndexKeySpecsConflict
+
+/**
+ * Exactly-once training points on the platform's `credit_ledger`, with only
+ * single-document atomic writes (no transactions: FerretDB v1 has none).
+ *
+ * - Every movement has a deterministic key and a journal document in
+ *   `training_points_movements`, written first; every later write is
+ *   idempotent, so running the same call again after a crash between any two
+ *   writes finishes the movement instead of repeating it.
+ * - A charge spends credit_ledger entries with guarded `$inc`s
+ *   (`points_remaining >= n` and the key not yet in the entry's marker list),
+ *   so no entry or account goes negative under concurrency.
+ * - Refunds and credits are new CONFIRMED credit_ledger entries, shaped like
+ *   the platform's createRewardCreditEntry, with a deterministic `_id` and
+ *   `deposit_tx_hash` = key (the platform's unique non-sparse index).
+ * See roadmap/training-system/adr/0002-leases-fencing-and-ledger-idempotency.md.
+ */
+@injectable()
+export class PointsLedger {
+  private readonly ledger: Collection<LedgerEntryDoc>;
+  private readonly movements: Collection<MovementDoc>;
+  private lockMs = 30_000;
+  private maxChargeRetries = 10;
+  private faultHook: ((step: string) => void) | undefined;
+
+  constructor(@inject(POINTS_DB) db: Db) {
+    this.ledger = db.collection<LedgerEntryDoc>(CREDIT_LEDGER_COLLECTION);
+    this.movements = db.collection<MovementDoc>(MOVEMENTS_COLLECTION);
+  }
+
+  /** Tunables and the test fault hook; returns `this` so it chains after resolve(). */
+  configure(options: PointsLedgerOptions): this {
+    if (options.lockMs !== undefined) this.lockMs = options.lockMs;
+    if (options.maxChargeRetries !== undefined) this.maxChargeRetries = options.maxChargeRetries;
+    if ('faultHook' in options) this.faultHook = options.faultHook;
+    return this;
+  }
+
+  /**
+   * Our journal's indexes, and the platform's two balance indexes (from
+   * scripts/create-credit-ledger-indexes.js). If the platform already made an
+   * equivalent index under another name, that one is kept.
+   */
+  async ensureIndexes(): Promise<void> {
+    await this.movements.createIndexes([
+      { key: { jobId: 1, createdAt: 1 }, name: 'st_job' },
+      { key: { accountId: 1, createdAt: 1 }, name: 'st_account' },
+      { key: { state: 1, updatedAt: 1 }, name: 'st_state' },
+    ]);
+    const specs: Array<{ key: Record<string, 1>; name: string }> = [
+      { key: { master_account_id: 1, status: 1, points_remaining: 1 }, name: 'st_account_balance' },
+      { key: { depositor_address: 1, status: 1, points_remaining: 1 }, name: 'st_wallet_balance' },
+    ];
+    for (const spec of specs) {
+      try {
+        await this.ledger.createIndex(spec.key, { name: spec.name });
+      } catch (err) {
+        if (!INDEX_EXISTS_CODES.has((err as { code?: number }).code ?? 0)) throw err;
+      }
+    }
+  }
+
+  /** Spendable points: CONFIRMED entries with points_remaining > 0, by account (both id forms) or wallet. */
+  async balance(account: AccountRef): Promise<number> {
+    const entries = await this.spendableEntries(account);
+    return entries.reduce((sum, e) => sum + (e.points_remaining ?? 0), 0);
+  }
+
+  /**
+   * Charge the quote for `jobId`, exactly once. Entries are spent in the
+   * platform's order (PointsService._deductFromCreditLedger): entries without
+   * `funding_rate_applied` (refunds, rewards) first, then ascending funding
+   * rate; oldest first within a rate. Throws InsufficientPointsError, leaving
+   * nothing behind, when the balance is short.
+   */
+  async charge(input: ChargeInput): Promise<ChargeResult> {
+    assertPoints(input.points, 'charge');
+    const key = chargeKey(input.jobId);
+    if (await this.movements.findOne({ _id: refundKey(input.jobId) }, { projection: { _id: 1 } })) {
+      throw new MovementConflictError(
+        `Training job ${input.jobId} was already settled; it cannot be charged again under the same job id.`,
+      );
+    }
+    for (let round = 0; round <= this.maxChargeRetries; round++) {
+      let journal = await this.movements.findOne({ _id: key });
+      let token: string;
+      if (journal?.state === 'applied') {
+        await this.cleanSpendMarkers(journal);
+        return chargeResult(journal, true);
+      }
+      if (!journal) {
+        const entries = await this.spendableEntries(input);
+        const balance = entries.reduce((sum, e) => sum + (e.points_remaining ?? 0), 0);
+        if (balance < input.points) throw new InsufficientPointsError(balance, input.points, input.jobId);
+        token = randomUUID();
+        const now = new Date();
+        const doc: MovementDoc = {
+          _id: key,
+          jobId: input.jobId,
+          kind: 'charge',
+          accountId: String(input.masterAccountId),
+          walletAddress: normalizeWallet(input.walletAddress),
+          points: input.points,
+          reason: input.reason,
+          state: 'pending',
+          plan: planSpends(entries, input.points),
+          lock: { token, until: new Date(now.getTime() + this.lockMs) },
+          createdAt: now,
+          updatedAt: now,
+        };
+        try {
+          await this.movements.insertOne(doc);
+        } catch (err) {
+          if ((err as { code?: number }).code === DUPLICATE_KEY) continue; // a concurrent caller won; follow it
+          throw err;
+        }
+        this.step('charge:journal');
+        journal = doc;
+      } else {
+        if (journal.points !== input.points) {
+          throw new MovementConflictError(
+            `Training job ${input.jobId} already has a charge of ${journal.points} points; a charge of ${input.points} was asked.`,
+          );
+        }
+        const locked = await this.acquireLock(key);
+        if (!locked) continue;
+        journal = locked.doc;
+        token = locked.token;
+      }
+      try {
+        if (journal.state === 'rolling_back') {
+          await this.rollBackCharge(journal, token);
+          continue;
+        }
+        if (journal.state === 'applied') continue;
+        const applied = await this.applyCharge(journal, token);
+        if (applied) {
+          const done = (await this.movements.findOne({ _id: key })) as MovementDoc;
+          await this.cleanSpendMarkers(done);
+          return chargeResult(done, false);
+        }
+        // The plan went stale (a concurrent charge spent an entry): undo and plan again.
+        await this.rollBackCharge(journal, token);
+        await sleep(5 + Math.random() * 20 * (round + 1));
+      } catch (err) {
+        if (!(err instanceof SimulatedCrashError)) await this.releaseLock(key, token).catch(() => undefined);
+        throw err;
+      }
+    }
+    throw new Error(
+      `Charging training job ${input.jobId} lost ${this.maxChargeRetries + 1} races with concurrent charges on the ` +
+        'same account; nothing was charged. Retry later.',
+    );
+  }
+
+  /**
+   * Reconcile a charged job exactly once: refund `charged - usedPoints`
+   * (clamped to [0, charged]). Success: usedPoints = actual GPU cost. Platform
+   * failure: 0. Cancel: the time used. The first settle wins; a later one,
+   * even with other figures, returns the first result. A job never charged
+   * settles to zero without writing anything.
+   */
+  async settle(input: SettleInput): Promise<SettleResult> {
+    const key = refundKey(input.jobId);
+    let charge = await this.movements.findOne({ _id: chargeKey(input.jobId) });
+    if (charge && charge.state !== 'applied') {
+      // The charger died mid-way: finish (or undo) it first, so the refund is computed from what was taken.
+      try {
+        await this.charge({
+          jobId: charge.jobId,
+          masterAccountId: charge.accountId,
+          walletAddress: charge.walletAddress,
+          points: charge.points,
+          reason: charge.reason,
+        });
+      } catch (err) {
+        if (!(err instanceof InsufficientPointsError)) throw err;
+      }
+      charge = await this.movements.findOne({ _id: chargeKey(input.jobId) });
+    }
+    if (!charge) {
+      return { key, jobId: input.jobId, charged: 0, usedPoints: 0, refunded: 0, ledgerEntryId: null, replay: false };
+    }
+    const charged = charge.points;
+    const used = Math.min(charged, Math.max(0, Math.round(input.usedPoints)));
+    const refund = charged - used;
+    const entryId = ledgerEntryIdFor(key);
+    let journal = await this.movements.findOne({ _id: key });
+    let replay = true;
+    if (!journal) {
+      const now = new Date();
+      const doc: MovementDoc = {
+        _id: key,
+        jobId: input.jobId,
+        kind: 'refund',
+        accountId: charge.accountId,
+        walletAddress: charge.walletAddress ?? null,
+        points: refund,
+        reason: input.reason,
+        state: refund > 0 ? 'pending' : 'applied',
+        usedPoints: used,
+        chargedPoints: charged,
+        outcome: input.outcome ?? (used === 0 ? 'failed' : 'completed'),
+        ledgerEntryId: refund > 0 ? entryId : null,
+        createdAt: now,
+        updatedAt: now,
+        ...(refund > 0 ? {} : { appliedAt: now }),
+      };
+      try {
+        await this.movements.insertOne(doc);
+        journal = doc;
+        replay = false;
+        this.step('settle:journal');
+      } catch (err) {
+        if ((err as { code?: number }).code !== DUPLICATE_KEY) throw err;
+        journal = (await this.movements.findOne({ _id: key })) as MovementDoc;
+      }
+    }
+    if (journal.state === 'pending') {
+      replay = false;
+      await this.insertLedgerEntry(journal, REFUND_TYPE[journal.outcome ?? 'failed'], {
+        trainingJobId: journal.jobId,
+        chargedPoints: journal.chargedPoints,
+        usedPoints: journal.usedPoints,
+      });
+      this.step('settle:ledger');
+      await this.markApplied(key);
+      this.step('settle:applied');
+    }
+    return {
+      key,
+      jobId: input.jobId,
+      charged: journal.chargedPoints ?? charged,
+      usedPoints: journal.usedPoints ?? used,
+      refunded: journal.points,
+      ledgerEntryId: journal.ledgerEntryId ? journal.ledgerEntryId.toHexString() : null,
+      replay,
+    };
+  }
+
+  /**
+   * Credit a contributor for `jobId` exactly once per (jobId, kind). Shares
+   * are minted like the platform's contributor rewards; the caller decides the
+   * amount and whether it applies (e.g. dataset creator ≠ job owner).
+   */
+  async credit(input: CreditInput): Promise<CreditResult> {
+    assertPoints(input.points, 'credit');
+    const key = creditKey(input.jobId, input.kind);
+    let journal = await this.movements.findOne({ _id: key });
+    let replay = true;
+    if (!journal) {
+      const now = new Date();
+      const doc: MovementDoc = {
+        _id: key,
+        jobId: input.jobId,
+        kind: 'credit',
+        creditKind: input.kind,
+        accountId: String(input.recipientAccountId),
+        walletAddress: normalizeWallet(input.recipientWalletAddress),
+        points: input.points,
+        reason: input.reason,
+        state: 'pending',
+        ledgerEntryId: ledgerEntryIdFor(key),
+        createdAt: now,
+        updatedAt: now,
+      };
+      try {
+        await this.movements.insertOne(doc);
+        journal = doc;
+        replay = false;
+        this.step('credit:journal');
+      } catch (err) {
+        if ((err as { code?: number }).code !== DUPLICATE_KEY) throw err;
+        journal = (await this.movements.findOne({ _id: key })) as MovementDoc;
+      }
+    }
+    if (journal.state === 'pending') {
+      replay = false;
+      await this.insertLedgerEntry(journal, CREDIT_TYPE[input.kind], { trainingJobId: journal.jobId });
+      this.step('credit:ledger');
+      await this.markApplied(key);
+      this.step('credit:applied');
+    }
+    return {
+      key,
+      jobId: input.jobId,
+      kind: input.kind,
+      points: journal.points,
+      ledgerEntryId: journal.ledgerEntryId ? journal.ledgerEntryId.toHexString() : null,
+      replay,
+    };
+  }
+
+  /** Every movement of a job, or every movement paid by or to an account, oldest first. */
+  async history(query: { jobId: string } | { masterAccountId: string | ObjectId }): Promise<LedgerMovement[]> {
+    const filter: Filter<MovementDoc> =
+      'jobId' in query ? { jobId: query.jobId } : { accountId: String(query.masterAccountId) };
+    const docs = await this.movements.find(filter).sort({ createdAt: 1, _id: 1 }).toArray();
+    return docs.map(toMovement);
+  }
+
+  async jobSummary(jobId: string): Promise<JobPointsSummary> {
+    const docs = await this.movements.find({ jobId, state: 'applied' }).toArray();
+    const summary: JobPointsSummary = {
+      jobId,
+      charged: 0,
+      refunded: 0,
+      credited: { 'dataset-creator': 0, trainer: 0 },
+      totalCredited: 0,
+    };
+    for (const d of docs) {
+      if (d.kind === 'charge') summary.charged += d.points;
+      else if (d.kind === 'refund') summary.refunded += d.points;
+      else if (d.kind === 'credit' && d.creditKind) {
+        summary.credited[d.creditKind] += d.points;
+        summary.totalCredited += d.points;
+      }
+    }
+    return summary;
+  }
+
+  /**
+   * The 2PC tutorial's recovery sweep: finish movements whose caller died
+   * (state not applied, not touched for `olderThanMs`). Charges are driven to
+   * applied or rolled back; refunds and credits are completed.
+   */
+  async replayPending(olderThanMs = 60_000): Promise<string[]> {
+    const cutoff = new Date(Date.now() - olderThanMs);
+    const stuck = await this.movements
+      .find({ state: { $in: ['pending', 'rolling_back'] }, updatedAt: { $lt: cutoff } })
+      .limit(100)
+      .toArray();
+    const done: string[] = [];
+    for (const m of stuck) {
+      try {
+        if (m.kind === 'charge') {
+          await this.charge({ jobId: m.jobId, masterAccountId: m.accountId, walletAddress: m.walletAddress, points: m.points, reason: m.reason });
+        } else if (m.kind === 'refund') {
+          await this.settle({ jobId: m.jobId, usedPoints: m.usedPoints ?? 0, reason: m.reason, outcome: m.outcome });
+        } else if (m.creditKind) {
+          await this.credit({
+            jobId: m.jobId,
+            recipientAccountId: m.accountId,
+            recipientWalletAddress: m.walletAddress,
+            points: m.points,
+            kind: m.creditKind,
+            reason: m.reason,
+          });
+        }
+        done.push(m._id);
+      } catch (err) {
+        if (err instanceof InsufficientPointsError) done.push(m._id); // rolled back: nothing charged
+        else if (!(err instanceof MovementBusyError)) throw err;
+      }
+    }
+    return done;
+  }
+
+  // ---------------------------------------------------------------- internals
+
+  private async spendableEntries(account: AccountRef): Promise<LedgerEntryDoc[]> {
+    const or: Document[] = [{ master_account_id: { $in: idForms(account.masterAccountId) } }];
+    const wallet = normalizeWallet(account.walletAddress);
+    if (wallet) {
+      const forms = account.walletAddress && account.walletAddress !== wallet ? [wallet, account.walletAddress] : [wallet];
+      or.push({ depositor_address: { $in: forms } });
+    }
+    const entries = await this.ledger
+      .find({ status: 'CONFIRMED', points_remaining: { $gt: 0 }, $or: or } as Filter<LedgerEntryDoc>)
+      .toArray();
+    return entries.sort(platformSpendOrder);
+  }
+
+  /** Apply every planned spend; false if one no longer fits (the plan is stale). */
+  private async applyCharge(journal: MovementDoc, token: string): Promise<boolean> {
+    const key = journal._id;
+    for (const [i, item] of (journal.plan ?? []).entries()) {
+      await this.renewLock(key, token);
+      const r = await this.ledger.updateOne(
+        {
+          _id: item.entryId,
+          status: 'CONFIRMED',
+          points_remaining: { $gte: item.points },
+          [SPEND_MARKER_FIELD]: { $ne: key },
+        } as Filter<LedgerEntryDoc>,
+        { $inc: { points_remaining: -item.points }, $push: { [SPEND_MARKER_FIELD]: key } } as Document,
+      );
+      if (r.matchedCount === 0) {
+        const already = await this.ledger.findOne({ _id: item.entryId, [SPEND_MARKER_FIELD]: key } as Filter<LedgerEntryDoc>);
+        if (!already) {
+          const flipped = await this.movements.updateOne(
+            { _id: key, state: 'pending', 'lock.token': token },
+            { $set: { state: 'rolling_back', updatedAt: new Date() } },
+          );
+          if (flipped.matchedCount === 0) throw new MovementBusyError(key);
+          this.step('charge:stale-plan');
+          return false;
+        }
+      } else {
+        this.step(`charge:spend:${i}`);
+      }
+    }
+    const r = await this.movements.updateOne(
+      { _id: key, state: 'pending', 'lock.token': token },
+      { $set: { state: 'applied', appliedAt: new Date(), updatedAt: new Date(), lock: null } },
+    );
+    if (r.matchedCount === 0) throw new MovementBusyError(key);
+    this.step('charge:applied');
+    return true;
+  }
+
+  /** Undo the spends this movement applied, then delete its journal: as if it never happened. */
+  private async rollBackCharge(journal: MovementDoc, token: string): Promise<void> {
+    const key = journal._id;
+    if (journal.state !== 'rolling_back') {
+      await this.movements.updateOne({ _id: key, 'lock.token': token }, { $set: { state: 'rolling_back', updatedAt: new Date() } });
+    }
+    for (const [i, item] of (journal.plan ?? []).entries()) {
+      await this.renewLock(key, token);
+      const r = await this.ledger.updateOne({ _id: item.entryId, [SPEND_MARKER_FIELD]: key } as Filter<LedgerEntryDoc>, {
+        $inc: { points_remaining: item.points },
+        $pull: { [SPEND_MARKER_FIELD]: key },
+      } as Document);
+      if (r.matchedCount === 1) this.step(`charge:undo:${i}`);
+      await this.dropEmptyMarker(item.entryId);
+    }
+    const r = await this.movements.deleteOne({ _id: key, state: 'rolling_back', 'lock.token': token });
+    if (r.deletedCount === 0) throw new MovementBusyError(key);
+    this.step('charge:rolled-back');
+  }
+
+  /** After the journal says applied, the markers are no longer needed: remove them (idempotent). */
+  private async cleanSpendMarkers(journal: MovementDoc): Promise<void> {
+    for (const [i, item] of (journal.plan ?? []).entries()) {
+      const r = await this.ledger.updateOne(
+        { _id: item.entryId, [SPEND_MARKER_FIELD]: journal._id } as Filter<LedgerEntryDoc>,
+        { $pull: { [SPEND_MARKER_FIELD]: journal._id } } as Document,
+      );
+      if (r.matchedCount === 1) this.step(`charge:unmark:${i}`);
+      await this.dropEmptyMarker(item.entryId);
+    }
+  }
+
+  /** Leave no empty marker array behind on a platform document. */
+  private async dropEmptyMarker(entryId: ObjectId): Promise<void> {
+    await this.ledger.updateOne(
+      { _id: entryId, [SPEND_MARKER_FIELD]: { $size: 0 } } as Filter<LedgerEntryDoc>,
+      { $unset: { [SPEND_MARKER_FIELD]: '' } },
+    );
+  }
+
+  /** Platform-shaped CONFIRMED entry (createRewardCreditEntry), keyed for idempotency. */
+  private async insertLedgerEntry(journal: MovementDoc, type: string, related: Record<string, unknown>): Promise<void> {
+    const now = new Date();
+    const entry: LedgerEntryDoc = {
+      _id: journal.ledgerEntryId ?? ledgerEntryIdFor(journal._id),
+      master_account_id: toAccountIdForm(journal.accountId),
+      status: 'CONFIRMED',
+      type,
+      description: journal.reason,
+      points_credited: journal.points,
+      points_remaining: journal.points,
+      related_items: related,
+      // The platform's unique, non-sparse index: a missing value would collide with every other
+      // entry lacking it, so (like upsertRewardTally) we set a synthetic, unique one.
+      deposit_tx_hash: journal._id,
+      idempotency_key: journal._id,
+      createdAt: now,
+      updatedAt: now,
+    };
+    if (journal.walletAddress) entry['depositor_address'] = journal.walletAddress;
+    try {
+      await this.ledger.insertOne(entry);
+    } catch (err) {
+      if ((err as { code?: number }).code !== DUPLICATE_KEY) throw err; // inserted before a crash: done
+    }
+  }
+
+  private async markApplied(key: string): Promise<void> {
+    const now = new Date();
+    await this.movements.updateOne({ _id: key, state: 'pending' }, { $set: { state: 'applied', appliedAt: now, updatedAt: now } });
+  }
+
+  /** Take over a movement whose lock is free or expired; waits up to one lock period. */
+  private async acquireLock(key: string): Promise<{ doc: MovementDoc; token: string } | null> {
+    const token = randomUUID();
+    const deadline = Date.now() + this.lockMs + 1000;
+    for (;;) {
+      const now = new Date();
+      const doc = await this.movements.findOneAndUpdate(
+        { _id: key, state: { $ne: 'applied' }, $or: [{ lock: null }, { 'lock.until': { $lt: now } }] } as Filter<MovementDoc>,
+        { $set: { lock: { token, until: new Date(now.getTime() + this.lockMs) }, updatedAt: now } },
+        { returnDocument: 'after' },
+      );
+      if (doc) return { doc, token };
+      const current = await this.movements.findOne({ _id: key }, { projection: { state: 1 } });
+      if (!current || current.state === 'applied') return null; // gone or finished: the caller re-reads
+      if (Date.now() > deadline) throw new MovementBusyError(key);
+      await sleep(Math.min(50, this.lockMs / 4 + 1));
+    }
+  }
+
+  /** Extend our lock before each write to a ledger entry; if it was taken over, stop at once. */
+  private async renewLock(key: string, token: string): Promise<void> {
+    const r = await this.movements.updateOne(
+      { _id: key, 'lock.token': token },
+      { $set: { 'lock.until': new Date(Date.now() + this.lockMs) } },
+    );
+    if (r.matchedCount === 0) throw new MovementBusyError(key);
+  }
+
+  private async releaseLock(key: string, token: string): Promise<void> {
+    await this.movements.updateOne({ _id: key, 'lock.token': token }, { $set: { lock: null } });
+  }
+
+  private step(name: string): void {
+    this.faultHook?.(name);
+  }
+}
+
+/** Greedy over the ordered entries: take from each until the quote is covered. */
+export function planSpends(entries: LedgerEntryDoc[], points: number): Array<{ entryId: ObjectId; points: number }> {
+  const plan: Array<{ entryId: ObjectId; points: number }> = [];
+  let left = points;
+  for (const e of entries) {
+    if (left <= 0) break;
+    const take = Math.min(left, Math.floor(e.points_remaining ?? 0));
+    if (take <= 0) continue;
+    plan.push({ entryId: e._id, points: take });
+    left -= take;
+  }
+  return plan;
+}
+
+/** Entries without funding_rate_applied first, then ascending rate, then oldest, then _id. */
+export function platformSpendOrder(a: LedgerEntryDoc, b: LedgerEntryDoc): number {
+  const ra = a.funding_rate_applied ?? null;
+  const rb = b.funding_rate_applied ?? null;
+  if (ra === null && rb !== null) return -1;
+  if (ra !== null && rb === null) return 1;
+  if (ra !== null && rb !== null && ra !== rb) return ra - rb;
+  const ta = a.createdAt?.getTime?.() ?? 0;
+  const tb = b.createdAt?.getTime?.() ?? 0;
+  if (ta !== tb) return ta - tb;
+  return a._id.toHexString().localeCompare(b._id.toHexString());
+}
+
+function idForms(id: string | ObjectId): Array<string | ObjectId> {
+  const text = String(id);
+  return /^[0-9a-fA-F]{24}$/.test(text) ? [new ObjectId(text), text] : [text];
+}
+
+/** New entries use ObjectId like the platform; a non-hex legacy id stays a string. */
+function toAccountIdForm(id: string): ObjectId | string {
+  return /^[0-9a-fA-F]{24}$/.test(id) ? new ObjectId(id) : id;
+}
+
+/** Deposits store depositor_address lower-cased. */
+function normalizeWallet(wallet: string | null | undefined): string | null {
+  return wallet ? wallet.trim().toLowerCase() : null;
+}
+
+function assertPoints(points: number, what: string): void {
+  if (!Number.isSafeInteger(points) || points <= 0) {
+    throw new RangeError(`A ${what} needs a positive whole number of points, got ${points}.`);
+  }
+}
+
+function chargeResult(journal: MovementDoc, replay: boolean): ChargeResult {
+  return {
+    key: journal._id,
+    jobId: journal.jobId,
+    points: journal.points,
+    spends: planToSpends(journal.plan),
+    replay,
+  };
+}
+
+function planToSpends(plan: MovementDoc['plan']): Spend[] {
+  return (plan ?? []).map((p) => ({ entryId: p.entryId.toHexString(), points: p.points }));
+}
+
+function toMovement(d: MovementDoc): LedgerMovement {
+  const m: LedgerMovement = {
+    key: d._id,
+    jobId: d.jobId,
+    kind: d.kind,
+    accountId: d.accountId,
+    walletAddress: d.walletAddress ?? null,
+    points: d.points,
+    reason: d.reason,
+    state: d.state,
+    createdAt: d.createdAt,
+  };
+  if (d.creditKind) m.creditKind = d.creditKind;
+  if (d.plan) m.spends = planToSpends(d.plan);
+  if (d.usedPoints !== undefined) m.usedPoints = d.usedPoints;
+  if (d.chargedPoints !== undefined) m.chargedPoints = d.chargedPoints;
+  if (d.ledgerEntryId !== undefined) m.ledgerEntryId = d.ledgerEntryId ? d.ledgerEntryId.toHexString() : null;
+  if (d.appliedAt) m.appliedAt = d.appliedAt;
+  return m;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

@@ -1,0 +1,105 @@
+import type { ObjectId } from 'mongodb';
+
+export type MovementKind = 'charge' | 'refund' | 'credit';
+export type CreditKind = 'dataset-creator' | 'trainer';
+export type SettleOutcome = 'completed' | 'failed' | 'cancelled';
+
+export interface AccountRef {
+  masterAccountId: string | ObjectId;
+  walletAddress?: string | null;
+}
+
+export interface ChargeInput extends AccountRef {
+  jobId: string;
+  /** The quote: a positive integer; the charge is never more than this. */
+  points: number;
+  reason: string;
+}
+
+export interface Spend {
+  entryId: string;
+  points: number;
+}
+
+export interface ChargeResult {
+  key: string;
+  jobId: string;
+  points: number;
+  spends: Spend[];
+  /** True when this call found the movement already applied (a retry or duplicate). */
+  replay: boolean;
+}
+
+export interface SettleInput {
+  jobId: string;
+  /** Points actually used (GPU time); 0 for a platform-side failure. Clamped to [0, charged]. */
+  usedPoints: number;
+  reason: string;
+  /** Picks the ledger entry type the platform uses (TRAINING_REFUND vs TRAINING_REFUND_CANCELLED). */
+  outcome?: SettleOutcome;
+}
+
+export interface SettleResult {
+  key: string;
+  jobId: string;
+  charged: number;
+  usedPoints: number;
+  refunded: number;
+  ledgerEntryId: string | null;
+  replay: boolean;
+}
+
+export interface CreditInput {
+  jobId: string;
+  recipientAccountId: string | ObjectId;
+  /** Lets the platform's wallet-based balance see the credit (EconomyService.creditPoints omits it). */
+  recipientWalletAddress?: string | null;
+  points: number;
+  kind: CreditKind;
+  reason: string;
+}
+
+export interface CreditResult {
+  key: string;
+  jobId: string;
+  kind: CreditKind;
+  points: number;
+  ledgerEntryId: string | null;
+  replay: boolean;
+}
+
+/** One row of points history (the journal document, minus internals). */
+export interface LedgerMovement {
+  key: string;
+  jobId: string;
+  kind: MovementKind;
+  creditKind?: CreditKind;
+  accountId: string;
+  walletAddress?: string | null;
+  points: number;
+  reason: string;
+  state: 'pending' | 'applied' | 'rolling_back';
+  spends?: Spend[];
+  usedPoints?: number;
+  chargedPoints?: number;
+  ledgerEntryId?: string | null;
+  createdAt: Date;
+  appliedAt?: Date;
+}
+
+export interface JobPointsSummary {
+  jobId: string;
+  charged: number;
+  refunded: number;
+  credited: Record<CreditKind, number>;
+  totalCredited: number;
+}
+
+export interface PointsLedgerOptions {
+  /** How long one caller may hold a movement before another may take over (default 30 000 ms). */
+  lockMs?: number;
+  /** Called after every write with a step name; a test throws SimulatedCrashError from it. */
+  faultHook?: (step: string) => void;
+  /** Re-plans of a charge that lost a race for an entry before giving up (default 10). */
+  maxChargeRetries?: number;
+}

@@ -1,0 +1,55 @@
+/** Quotes for sample jobs, in platform points (1 point = $0.000337). */
+import { getRecipe, GPU_USD_PER_HOUR, PLATFORM_FEE, SAFETY_FACTOR, USD_PER_POINT, type Recipe } from '../index';
+
+function quote(id: string, raw: Record<string, unknown>, dataset: { imageCount: number; videoCount?: number }) {
+  const recipe = getRecipe(id) as Recipe;
+  const v = recipe.validate(raw);
+  if (!v.ok) throw new Error(JSON.stringify(v.issues));
+  return recipe.quote(v.value, dataset);
+}
+
+describe('quotes', () => {
+  it('uses the documented constants', () => {
+    expect(USD_PER_POINT).toBe(0.000337);
+    expect(PLATFORM_FEE).toBe(0.2);
+    expect(SAFETY_FACTOR).toBe(1.5);
+    expect(GPU_USD_PER_HOUR.map((g) => g.usdPerHour)).toEqual([0.35, 0.8, 1.5, 3]);
+  });
+
+  // Sample jobs; the numbers are pinned so pricing changes are deliberate.
+  it.each([
+    ['sdxl-lora', {}, { imageCount: 20 }, 837, 1611],
+    ['sdxl-lora', { steps: 3000, batchSize: 2 }, { imageCount: 40 }, 2958, 5695],
+    ['flux-lora', {}, { imageCount: 20 }, 1638, 3154],
+    ['flux-lora', { steps: 1000 }, { imageCount: 20 }, 937, 1805],
+    ['flux-lora', { steps: 4000, blocksToSwap: 16 }, { imageCount: 30 }, 4390, 8454],
+    ['wan-lora', {}, { imageCount: 20 }, 4564, 3845],
+    ['wan-lora', {}, { imageCount: 10, videoCount: 10 }, 10149, 8550],
+    ['wan-lora', { task: 't2v-1.3B' }, { imageCount: 20 }, 1217, 1025],
+    ['smoke-cpu', {}, { imageCount: 6 }, 20, 13],
+  ] as const)('%s %j on %j = %i points (~%i s)', (id, raw, dataset, points, seconds) => {
+    const q = quote(id, raw, dataset);
+    expect({ points: q.points, estimatedSeconds: q.estimatedSeconds }).toEqual({ points, estimatedSeconds: seconds });
+  });
+
+  it('matches the formula: ceil(hours × $/h × (1 + fee) × safety / $ per point), and the breakdown sums to the total', () => {
+    const q = quote('flux-lora', {}, { imageCount: 20 });
+    const expected = Math.ceil(((q.estimatedSeconds / 3600) * q.gpuUsdPerHour * 1.2 * 1.5) / 0.000337);
+    expect(Math.abs(q.points - expected)).toBeLessThanOrEqual(2); // estimatedSeconds is rounded up
+    expect(q.breakdown.reduce((s, l) => s + l.points, 0)).toBe(q.points);
+    expect(q.gpuUsdPerHour).toBe(0.35);
+  });
+
+  it('grows with steps, images and resolution', () => {
+    const base = quote('sdxl-lora', {}, { imageCount: 20 }).points;
+    expect(quote('sdxl-lora', { steps: 3000 }, { imageCount: 20 }).points).toBeGreaterThan(base);
+    expect(quote('sdxl-lora', {}, { imageCount: 200 }).points).toBeGreaterThan(base);
+    expect(quote('sdxl-lora', { resolution: 1536 }, { imageCount: 20 }).points).toBeGreaterThan(base);
+  });
+
+  it('keeps the smoke recipe cheap and small (10-210 points)', () => {
+    expect(quote('smoke-cpu', { steps: 10 }, { imageCount: 1 }).points).toBe(11);
+    expect(quote('smoke-cpu', { steps: 2000 }, { imageCount: 50 }).points).toBe(210);
+    expect(quote('smoke-cpu', {}, { imageCount: 6 }).gpuUsdPerHour).toBe(0);
+  });
+});

@@ -1,0 +1,119 @@
+/**
+ * Uploads a trained model (or any job artifact) from a local file, computing
+ * its sha256 and AutoV2 hash in the same pass as the upload.
+ *
+ * AutoV2 is Civitai's name for AUTOMATIC1111's "shorthash": the first 10 hex
+ * characters of the SHA-256 of the whole file (A1111 `modules/hashes.py`,
+ * `calculate_shorthash` → `sha256(...)[0:10]`). Civitai shows it upper-case
+ * and matches it case-insensitively; we return lower-case like A1111.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream, promises as fsp } from 'node:fs';
+import { Transform } from 'node:stream';
+import { inject, injectable } from 'tsyringe';
+import type { BucketAlias } from './config';
+import { StorageError } from './errors';
+import { ObjectStorage } from './object-storage';
+
+export interface UploadRequest {
+  filePath: string;
+  bucketAlias: BucketAlias;
+  key: string;
+  contentType: string;
+  cacheControl?: string;
+  metadata?: Record<string, string>;
+  onProgress?: (p: { uploadedBytes: number; hashedBytes: number; totalBytes: number }) => void;
+  signal?: AbortSignal;
+  /** Multipart part size (default 16 MiB) and parts in flight (default 4). */
+  partSize?: number;
+  queueSize?: number;
+}
+
+export interface UploadedObject {
+  bucketAlias: BucketAlias;
+  key: string;
+  bytes: number;
+  /** Lower-case hex SHA-256 of the whole file. */
+  sha256: string;
+  /** First 10 hex characters of sha256 (Civitai AutoV2 / A1111 shorthash). */
+  autov2: string;
+  publicUrl: string;
+}
+
+export function autoV2(sha256Hex: string): string {
+  return sha256Hex.slice(0, 10).toLowerCase();
+}
+
+@injectable()
+export class ModelUploader {
+  constructor(@inject(ObjectStorage) private readonly storage: ObjectStorage) {}
+
+  async upload(req: UploadRequest): Promise<UploadedObject> {
+    const bucket = this.storage.bucket(req.bucketAlias).bucket;
+    let totalBytes: number;
+    try {
+      const st = await fsp.stat(req.filePath);
+      if (!st.isFile()) throw new Error('not a regular file');
+      totalBytes = st.size;
+    } catch (err) {
+      throw new StorageError('invalid-argument', `Cannot upload ${req.filePath} to '${req.key}' in bucket '${bucket}': ${(err as Error).message}.`, {
+        bucket,
+        key: req.key,
+        cause: err,
+      });
+    }
+    const hash = createHash('sha256');
+    let hashedBytes = 0;
+    let uploadedBytes = 0;
+    const report = () => req.onProgress?.({ uploadedBytes, hashedBytes, totalBytes });
+    const hasher = new Transform({
+      transform(chunk: Buffer, _enc, cb) {
+        hash.update(chunk);
+        hashedBytes += chunk.length;
+        cb(null, chunk);
+      },
+    });
+    const source = createReadStream(req.filePath, { highWaterMark: 1024 * 1024 });
+    source.once('error', (e) => hasher.destroy(e));
+    source.pipe(hasher);
+    const uploading = this.storage.uploadStream(req.bucketAlias, req.key, hasher, {
+      contentType: req.contentType,
+      cacheControl: req.cacheControl,
+      metadata: req.metadata,
+      partSize: req.partSize,
+      queueSize: req.queueSize,
+      signal: req.signal,
+      onProgress: (loaded) => {
+        uploadedBytes = loaded;
+        report();
+      },
+    });
+    try {
+      await uploading;
+    } finally {
+      // Close the file whether or not the upload finished reading it.
+      source.destroy();
+    }
+    const sha256 = hash.digest('hex');
+    // The file must not have changed under us, and the server must hold all of it.
+    const head = await this.storage.headObject(req.bucketAlias, req.key);
+    if (hashedBytes !== totalBytes || !head || head.bytes !== hashedBytes) {
+      await this.storage.deleteObject(req.bucketAlias, req.key).catch(() => undefined);
+      throw new StorageError(
+        'invalid-content',
+        `Upload of ${req.filePath} to '${req.key}' in bucket '${bucket}' is incomplete: file was ${totalBytes} bytes, ${hashedBytes} were read, the server holds ${head?.bytes ?? 'nothing'}. The object was removed; upload again.`,
+        { bucket, key: req.key },
+      );
+    }
+    uploadedBytes = hashedBytes;
+    report();
+    return {
+      bucketAlias: req.bucketAlias,
+      key: req.key,
+      bytes: hashedBytes,
+      sha256,
+      autov2: autoV2(sha256),
+      publicUrl: this.storage.publicUrl(req.bucketAlias, req.key),
+    };
+  }
+}
