@@ -48,5 +48,8 @@ describe('recipe selection', () => {
     expect(() => checkImageNamesUnique(fixtureRecipes)).not.toThrow();
     const twin = { ...fixtureSdxl, id: 'flux-lora' };
     expect(() => checkImageNamesUnique([...fixtureRecipes, twin])).toThrow(/'sdxl-kohya' \(sdxl-lora, flux-lora\)/);
+    expect(() => checkImageNamesUnique([...fixtureRecipes, twin], ['flux-lora'])).toThrow(/sdxl-kohya/);
+    // Building only recipes outside the clash is fine.
+    expect(() => checkImageNamesUnique([...fixtureRecipes, twin], ['smoke-cpu'])).not.toThrow();
   });
 });

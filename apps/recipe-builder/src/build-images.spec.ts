@@ -16,6 +16,7 @@ import Docker from 'dockerode';
 import { serviceEnv } from '../../../tools/testing/support';
 import { buildImages, checkImageNamesUnique, type BuildImagesOptions, type BuiltImage } from './build-images';
 import { readEventStream, streamError } from './docker-image';
+import { buildStateDirs } from './dockerfile';
 import { readImageManifest } from './image-manifest';
 import type { BuildableRecipe } from './recipe-types';
 import { loadRecipes } from './recipes-source';
@@ -77,8 +78,10 @@ async function runIn(image: string, cmd: string[]): Promise<{ code: number; outp
   try {
     await c.start();
     const { StatusCode } = (await c.wait()) as { StatusCode: number };
-    const logs = (await c.logs({ stdout: true, stderr: true })) as unknown as Buffer;
-    return { code: StatusCode, output: logs.toString('utf8') };
+    const logs: unknown = await c.logs({ stdout: true, stderr: true });
+    // docker-modem hands back parsed JSON when the output happens to be JSON.
+    const output = Buffer.isBuffer(logs) ? logs.toString('utf8') : typeof logs === 'string' ? logs : JSON.stringify(logs);
+    return { code: StatusCode, output };
   } finally {
     await c.remove({ force: true });
   }
@@ -88,8 +91,10 @@ describe('build-images against the local registry', () => {
   const { recipes, clash } = recipesForBuild();
   const production = recipes.filter((r) => r.product).map((r) => r.id);
   const smoke = recipes.find((r) => r.id === 'smoke-cpu') as BuildableRecipe;
-  const gitSha = `t${Date.now().toString(36)}`;
-  const built: BuiltImage[] = [];
+  // A fixed sha: the next run rebuilds the same images from cache under the same tags,
+  // so local images and registry tags do not pile up run after run.
+  const gitSha = 'rbtest';
+  const cacheTestImages: BuiltImage[] = [];
   const durations: Record<string, number> = {};
   let dir: string;
   let base: Omit<BuildImagesOptions, 'only' | 'recipes'>;
@@ -117,8 +122,10 @@ describe('build-images against the local registry', () => {
   });
 
   afterAll(async () => {
-    for (const img of built) {
-      for (const ref of img.tags) await docker.getImage(ref).remove({ noprune: true }).catch(() => undefined);
+    // The cache-test images carry one-off versions: remove them and their own layers
+    // (shared parents stay, they belong to the kept smoke image).
+    for (const img of cacheTestImages) {
+      for (const ref of img.tags) await docker.getImage(ref).remove().catch(() => undefined);
     }
     await rm(dir, { recursive: true, force: true });
     process.stdout.write(`recipe-builder durations: ${JSON.stringify(durations)}\n`);
@@ -126,7 +133,6 @@ describe('build-images against the local registry', () => {
 
   it('builds and pushes the smoke image on the local base, and it runs as uid 1000 with its healthcheck passing', async () => {
     const result = await buildImages({ ...base, recipes, only: ['smoke-cpu'] });
-    built.push(...result.images);
     const img = result.images[0];
     durations.smokeBuildMs = img.buildMs ?? -1;
     durations.smokePushMs = img.pushMs ?? -1;
@@ -150,7 +156,6 @@ describe('build-images against the local registry', () => {
 
   it('builds every production Dockerfile on the local base with OFFLINE_STUBS=1 and pushes it', async () => {
     const result = await buildImages({ ...base, recipes, only: production, offlineStubs: true, debianCompat: true });
-    built.push(...result.images);
     expect(result.images.map((i) => i.recipeId).sort()).toEqual([...production].sort());
     for (const img of result.images) {
       durations[`${img.recipeId}BuildMs`] = img.buildMs ?? -1;
@@ -161,6 +166,8 @@ describe('build-images against the local registry', () => {
       const stub = await runIn(img.tags[0], ['cat', `${recipe.image.workdir}/OFFLINE_STUB`]);
       expect(stub.output).toContain(`offline stub: ${recipe.engine.repository} at ${recipe.engine.commit}`);
       expect((await runIn(img.tags[0], ['python', '-c', 'import sys; print(sys.prefix)'])).output.trim()).toBe('/opt/venv');
+      // Directories the build steps fill (HF_HOME) reach the runtime image even when the steps were stubbed.
+      for (const d of (recipe.image.buildSteps ?? []).length > 0 ? buildStateDirs(recipe) : []) expect((await runIn(img.tags[0], ['test', '-d', d])).code).toBe(0);
       const labels = (await docker.getImage(img.tags[0]).inspect()).Config.Labels;
       expect(labels['ai.stationthis.recipe.version']).toBe(recipe.version);
       expect(labels['ai.stationthis.engine.commit']).toBe(recipe.engine.commit);
@@ -181,10 +188,11 @@ describe('build-images against the local registry', () => {
 
   it('rebuilds a config-only change from cache', async () => {
     // A recipe version bump changes only the labels and the provenance file.
+    const nonce = Date.now().toString(36);
     const bumped = (n: string) => recipes.map((r) => (r.id === 'smoke-cpu' ? { ...r, version: `${r.version}-cache.${n}` } : r));
-    const first = await buildImages({ ...base, recipes: bumped(`${gitSha}a`), only: ['smoke-cpu'], push: false });
-    const second = await buildImages({ ...base, recipes: bumped(`${gitSha}b`), only: ['smoke-cpu'], push: false });
-    built.push(...first.images, ...second.images);
+    const first = await buildImages({ ...base, recipes: bumped(`${nonce}a`), only: ['smoke-cpu'], push: false, manifestPath: join(dir, 'cache-manifest.json') });
+    const second = await buildImages({ ...base, recipes: bumped(`${nonce}b`), only: ['smoke-cpu'], push: false, manifestPath: join(dir, 'cache-manifest.json') });
+    cacheTestImages.push(...first.images, ...second.images);
     const [a, b] = [first.images[0], second.images[0]];
     durations.smokeConfigChangeFirstMs = a.buildMs ?? -1;
     durations.smokeConfigChangeSecondMs = b.buildMs ?? -1;

@@ -114,12 +114,14 @@ export function buildArgsFor(spec: ImageSpec, options: Pick<BuildImagesOptions, 
 /**
  * Each recipe needs its own image repository: tags are `<name>:<recipe-version>`
  * and `<name>:<git-sha>`, so two recipes sharing a name would overwrite each
- * other's tags (the git-sha tag on every build).
+ * other's tags (the git-sha tag on every build). Checked for the recipes about
+ * to be built (`only`, default all) against every recipe.
  */
-export function checkImageNamesUnique(recipes: BuildableRecipe[]): void {
+export function checkImageNamesUnique(recipes: BuildableRecipe[], only?: string[]): void {
   const byName = new Map<string, string[]>();
   for (const r of recipes) byName.set(r.image.name, [...(byName.get(r.image.name) ?? []), r.id]);
-  const clashes = [...byName.entries()].filter(([, ids]) => ids.length > 1);
+  const selected = (ids: string[]) => !only || only.length === 0 || ids.some((id) => only.includes(id));
+  const clashes = [...byName.entries()].filter(([, ids]) => ids.length > 1 && selected(ids));
   if (clashes.length > 0) {
     throw new Error(
       `Recipes share an image name, so their tags would overwrite each other in the registry: ${clashes
@@ -159,7 +161,7 @@ function progressPrinter(prefix: string, log: (line: string) => void): (e: Docke
 
 export async function buildImages(o: BuildImagesOptions): Promise<BuildImagesResult> {
   checkOptions(o);
-  checkImageNamesUnique(o.recipes);
+  checkImageNamesUnique(o.recipes, o.only);
   const generated = await generateBuildContexts(o.recipes, o.outDir, o.only);
   const auth = o.push && !o.dryRun ? await resolveRegistryAuth(o.registry, o.env ?? process.env, o.dockerConfigPath) : undefined;
   if (auth) o.log(`registry ${o.registry}: credentials from ${auth.source}`);

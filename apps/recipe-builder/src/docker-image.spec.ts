@@ -21,6 +21,7 @@ describe('docker-image against the real engine', () => {
     dir = await mkdtemp(join(tmpdir(), 'rb-stream-'));
   });
   afterAll(async () => {
+    // The ok-a/ok-b tags stay: the next run rebuilds the same image from cache, so nothing piles up.
     for (const ref of tagsToRemove) await docker.getImage(ref).remove({ noprune: true }).catch(() => undefined);
     await rm(dir, { recursive: true, force: true });
   });
@@ -37,15 +38,20 @@ describe('docker-image against the real engine', () => {
   }
 
   it('builds, applies .dockerignore, tags every reference, and counts cached steps', async () => {
-    const ctx = await context('ok', `FROM ${env.baseImage}\nCOPY . /ctx/\nRUN test -f /ctx/keep.txt && test ! -e /ctx/ignored.txt\n`);
+    // Two stages: the result must be the last stage, not the first (each stage reports an aux.ID).
+    const ctx = await context(
+      'ok',
+      `FROM ${env.baseImage} AS first\nRUN echo first > /first.txt\nFROM ${env.baseImage}\nCOPY --from=first /first.txt /first.txt\nCOPY . /ctx/\nRUN test -f /ctx/keep.txt && test ! -e /ctx/ignored.txt\nLABEL stage=last\n`,
+    );
     const tags = [`${TEST_REPO}:ok-a`, `${TEST_REPO}:ok-b`];
-    tagsToRemove.push(...tags);
     const first = await buildImage(docker, ctx, { tags, timeoutMs: 120_000 });
     expect(first.imageId).toMatch(/^sha256:[0-9a-f]{64}$/);
     for (const t of tags) expect((await docker.getImage(t).inspect()).Id).toBe(first.imageId);
+    expect((await docker.getImage(first.imageId).inspect()).Config.Labels).toEqual({ stage: 'last' });
     const again = await buildImage(docker, ctx, { tags, timeoutMs: 120_000 });
     expect(again.imageId).toBe(first.imageId);
-    expect(again.cachedSteps).toBe(again.totalSteps - 1); // everything but FROM
+    expect(again.cachedSteps).toBe(again.totalSteps - 2); // everything but the two FROMs
+    expect(again.steps.filter((s) => !s.cached).every((s) => s.instruction.startsWith('FROM '))).toBe(true);
   });
 
   it('fails on an error reported inside the build stream (HTTP 200)', async () => {

@@ -178,7 +178,8 @@ export async function buildImage(docker: Docker, contextDir: string, options: Bu
   });
   const failure = streamError(events);
   if (failure) throw new Error(`Build of ${contextDir} failed: ${failure.trim()}`);
-  const imageId = events.map((e) => e.aux?.ID).find((id): id is string => typeof id === 'string') ?? (await docker.getImage(firstTag).inspect()).Id;
+  // The tag the daemon applied is the authority: a multi-stage build reports one aux.ID per stage.
+  const imageId = (await docker.getImage(firstTag).inspect()).Id;
   for (const ref of otherTags) await tagImage(docker, imageId, ref);
   const steps = parseBuildSteps(events.map((e) => e.stream ?? '').join(''));
   return {

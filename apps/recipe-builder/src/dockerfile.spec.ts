@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fixtureRecipes, fixtureSdxl, fixtureSmoke } from './__fixtures__/recipes';
 import { renderBuildContext } from './build-context';
-import { renderDockerfile } from './dockerfile';
+import { buildStateDirs, renderDockerfile } from './dockerfile';
 import { generateBuildContexts } from './generate';
 import { checkBuildableRecipe } from './image-spec-check';
 import type { BuildableRecipe } from './recipe-types';
@@ -60,6 +60,25 @@ describe.each([
       expect(dockerfile).toContain(`git fetch -q --depth 1 origin ${recipe.engine.commit}`);
       expect(dockerfile).toMatch(/if \[ "\$\{OFFLINE_STUBS\}" = "1" \]; then \\\n\s+mkdir -p/);
     }
+  });
+});
+
+describe('build-step state directories', () => {
+  it('carries *_HOME/*_DIR/*_CACHE/*_ROOT paths outside /tmp, the venv and the workdir', () => {
+    const r: BuildableRecipe = {
+      ...fixtureSdxl,
+      image: {
+        ...fixtureSdxl.image,
+        env: { HF_HOME: '/opt/hf-home/', TORCH_HOME: '/tmp/torch', X_DIR: '/opt/sd-scripts/cache', MODELS_ROOT: '/srv/models', CONFIG_FILE: '/opt/x.yaml', MY_CACHE: 'relative' },
+        buildSteps: [{ description: 'fetch', argv: ['python', '-c', 'pass'], networked: true }],
+      },
+    };
+    expect(buildStateDirs(r)).toEqual(['/opt/hf-home', '/srv/models']);
+    const dockerfile = renderDockerfile(r);
+    expect(dockerfile).toContain('RUN mkdir -p /opt/hf-home /srv/models');
+    expect(dockerfile).toContain('COPY --from=builder /opt/hf-home /opt/hf-home');
+    // The build steps run with the recipe env, so they write where the runtime reads.
+    expect(dockerfile.indexOf('HF_HOME="/opt/hf-home/"')).toBeLessThan(dockerfile.indexOf('# Build step: fetch'));
   });
 });
 

@@ -217,6 +217,15 @@ export function renderDockerfile(recipe: BuildableRecipe): string {
       ]),
     );
   }
+  const stateDirs = buildStateDirs(recipe);
+  if (buildSteps.length > 0) {
+    const envKeys = Object.keys(spec.env ?? {}).sort();
+    if (envKeys.length > 0) {
+      // Build steps see the runtime environment, so what they fetch lands where the runtime looks (HF_HOME...).
+      emit(`ENV ${envKeys.map((k) => `${k}=${dockerQuote((spec.env ?? {})[k])}`).join(' \\\n    ')}`);
+    }
+    if (stateDirs.length > 0) emit(`# State directories filled by the build steps and copied into the runtime image.`, `RUN mkdir -p ${stateDirs.join(' ')}`);
+  }
   for (const step of buildSteps) {
     emit(`# Build step: ${oneLine(step.description)}${step.networked ? ' (networked: skipped with OFFLINE_STUBS=1)' : ''}`);
     if (step.networked) {
@@ -291,6 +300,7 @@ export function renderDockerfile(recipe: BuildableRecipe): string {
       .join(' \\\n    ')}`,
   );
   if (isGit || hasBundledEngineFiles) emit(`COPY --from=builder ${workdir} ${workdir}`);
+  if (buildSteps.length > 0) for (const d of stateDirs) emit(`COPY --from=builder ${d} ${d}`);
   if (!isGit) {
     for (const check of flagChecks) {
       emit('# Flag check: every flag the recipe renders must exist in the bundled engine (run with the runtime interpreter).', flagCheckRun(check, engine.commit, false));
@@ -315,6 +325,22 @@ export function renderDockerfile(recipe: BuildableRecipe): string {
     '',
   );
   return out.join('\n');
+}
+
+/**
+ * Directories the build steps may fill that the runtime reads: the recipe env's
+ * *_HOME / *_DIR / *_CACHE / *_ROOT values that are absolute paths outside /tmp
+ * (scratch at run time), the venv and the workdir (both copied anyway).
+ * Example: HF_HOME=/opt/hf-home, where the tokenizers are pre-downloaded.
+ */
+export function buildStateDirs(recipe: BuildableRecipe): string[] {
+  const spec = recipe.image;
+  const skip = (p: string) => p === '/tmp' || p.startsWith('/tmp/') || p === VENV_DIR || p.startsWith(`${VENV_DIR}/`) || p === spec.workdir || p.startsWith(`${spec.workdir.replace(/\/+$/, '')}/`);
+  const dirs = Object.entries(spec.env ?? {})
+    .filter(([k, v]) => /(_HOME|_DIR|_CACHE|_ROOT)$/.test(k) && /^\/[A-Za-z0-9._/-]+$/.test(v) && !v.split('/').includes('..'))
+    .map(([, v]) => v.replace(/\/+$/, ''))
+    .filter((v) => v !== '' && !skip(v));
+  return [...new Set(dirs)].sort();
 }
 
 /**

@@ -128,7 +128,7 @@ export async function createHarness(suite: string, extraEnv: NodeJS.ProcessEnv =
         const rgb = new Uint8Array(size * size * 3).map((_, k) => (k * (i + 3) * 37) % 251);
         const body = opts.badImage && i === 0 ? Buffer.from('this is not an image at all') : encodePng(size, size, rgb);
         const key = `${prefix}datasets/${owner}/img-${i}.png`;
-        await storage.putObject('datasets', key, body, 'image/png');
+        await storage.putObject('datasets', key, body, { contentType: 'image/png' });
         urls.push(storage.publicUrl('datasets', key));
         captions.push(`pattern number ${i}`);
       }

@@ -17,6 +17,7 @@ export * from './training-job';
 export {
   TrainingJobRepository,
   DEFAULT_MAX_ATTEMPTS,
+  CLAIM_TOKENS_COLLECTION,
   LOG_TAIL_LINES,
   environmentFilter,
   type FailInput,

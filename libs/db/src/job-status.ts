@@ -53,7 +53,7 @@ export class InvalidTransitionError extends Error {
   ) {
     super(
       `A training job cannot move from ${from} to ${to}. Allowed from ${from}: ` +
-        `${(isJobStatus(from) ? TRANSITIONS[from] : []).join(', ') || 'nothing (terminal)'}.`,
+        `${isJobStatus(from) ? TRANSITIONS[from].join(', ') || 'nothing (terminal)' : 'see the table in job-status.ts'}.`,
     );
     this.name = 'InvalidTransitionError';
   }

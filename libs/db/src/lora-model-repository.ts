@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { ObjectId, type Collection, type Db, type Filter } from 'mongodb';
 import { inject, injectable } from 'tsyringe';
 import { idForms, toObjectId, toObjectIdOrString, type IdLike } from './ids';
+import { ensureNamedIndexes } from './indexes';
 import { MONGO_DB } from './mongo';
 
 export const LORA_MODELS_COLLECTION = 'loraModels';
@@ -76,8 +77,9 @@ export function checkpointFor(baseModel: string): string {
 
 export function slugify(name: string): string {
   const s = name
-    .toLowerCase()
     .normalize('NFKD')
+    .replace(/[\u0300-\u036f]/g, '') // drop accents: "Ü" → "U"
+    .toLowerCase()
     .replace(/[^a-z0-9]+/g, '-')
     .replace(/^-+|-+$/g, '')
     .slice(0, 60);
@@ -111,7 +113,7 @@ export class LoraModelRepository {
 
   /** Non-unique on slug: existing platform data may already hold duplicates (no unique index there). */
   async ensureIndexes(): Promise<void> {
-    await this.models.createIndexes([
+    await ensureNamedIndexes(this.models, [
       { key: { slug: 1 }, name: 'st_slug' },
       { key: { 'trainedFrom.trainingId': 1 }, name: 'st_trained_from' },
     ]);

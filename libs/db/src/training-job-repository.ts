@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Collection, Db, Filter, ObjectId, UpdateFilter } from 'mongodb';
 import { inject, injectable } from 'tsyringe';
 import { idForms, toObjectIdOrString } from './ids';
+import { ensureNamedIndexes } from './indexes';
 import {
   allowedFrom,
   InvalidTransitionError,
@@ -30,6 +31,9 @@ const MAX_LOG_LINE_CHARS = 500;
 
 /** Fields a caller may never set through `fields`: they belong to the lifecycle itself. */
 const RESERVED_FIELDS = new Set(['_id', 'status', 'lease', 'attempts', 'cancelRequestedAt', 'refundDue']);
+
+/** Our collection of claim / recovery tokens (see claimFromCandidates). */
+export const CLAIM_TOKENS_COLLECTION = 'trainingJobClaims';
 
 /** Priority first (higher wins), then FIFO; `_id` breaks ties deterministically. */
 const CLAIM_SORT = { priority: -1, createdAt: 1, _id: 1 } as const;
@@ -70,13 +74,17 @@ export class TrainingJobRepository {
     { ids: ObjectId[]; fetchedAt: number; lastScanCount: number; loading?: Promise<void> }
   >();
 
+  /** One tiny document per claim or recovery decision: the unique `_id` makes the decision single-winner. */
+  private readonly tokens: Collection<{ _id: string; [k: string]: unknown }>;
+
   constructor(@inject(MONGO_DB) private readonly db: Db) {
     this.jobs = db.collection<TrainingJobDoc>(TRAINING_JOBS_COLLECTION);
+    this.tokens = db.collection(CLAIM_TOKENS_COLLECTION);
   }
 
   /** Idempotent; only plain and compound indexes (FerretDB v1 has no partial, sparse or TTL). */
   async ensureIndexes(): Promise<void> {
-    await this.jobs.createIndexes([
+    await ensureNamedIndexes(this.jobs, [
       // claimNext: equality on status (+ environment $in), then the sort.
       { key: { status: 1, environment: 1, priority: -1, createdAt: 1 }, name: 'st_claim' },
       // recoverExpiredLeases: leased statuses whose lease expired.
@@ -148,18 +156,19 @@ export class TrainingJobRepository {
   }
 
   /** The claim update, shared by both strategies. */
-  private claimUpdate(opts: ClaimOptions): UpdateFilter<TrainingJobDoc> {
+  private claimUpdate(opts: ClaimOptions, claimSeq?: number): UpdateFilter<TrainingJobDoc> {
     const now = new Date();
-    return {
-      $set: {
-        status: 'PROVISIONING',
-        lease: { workerId: opts.workerId, attemptId: randomUUID(), expiresAt: new Date(now.getTime() + opts.leaseMs), claimedAt: now },
-        startedAt: now,
-        heartbeatAt: now,
-        updatedAt: now,
-      },
-      $inc: { attempts: 1 },
-    } as unknown as UpdateFilter<TrainingJobDoc>;
+    const set: Record<string, unknown> = {
+      status: 'PROVISIONING',
+      lease: { workerId: opts.workerId, attemptId: randomUUID(), expiresAt: new Date(now.getTime() + opts.leaseMs), claimedAt: now },
+      startedAt: now,
+      heartbeatAt: now,
+      updatedAt: now,
+    };
+    const update: Record<string, unknown> = { $set: set, $inc: { attempts: 1 } };
+    if (claimSeq === undefined) (update['$inc'] as Record<string, number>)['claimSeq'] = 1;
+    else set['claimSeq'] = claimSeq;
+    return update as unknown as UpdateFilter<TrainingJobDoc>;
   }
 
   /** MongoDB: one atomic sorted findOneAndUpdate served by the st_claim index. */
@@ -172,13 +181,18 @@ export class TrainingJobRepository {
   }
 
   /**
-   * FerretDB v1: one sorted scan fetches the next `claimBatch` candidate ids
-   * (shared by every claimer in this process), then each claim is a
-   * conditional findOneAndUpdate by `_id` (pushed down, cheap) that still
-   * requires `status: 'QUEUED'`, so a job is claimed exactly once even when
-   * several processes race for the same candidates. The list is refreshed when
-   * empty or older than `candidateTtlMs`, which bounds how long a newly queued
-   * higher-priority job can wait behind it.
+   * FerretDB v1. Two of its properties shape this path (both measured, see the
+   * ADR): it pushes down only `_id` filters (a sorted claim scans and sorts the
+   * whole collection in memory), and a conditional update is NOT atomic under
+   * concurrency (read-modify-write: two writers can both pass the filter). The
+   * one primitive it does make atomic is a unique `_id` on insert.
+   *
+   * So: one sorted scan fetches the next `claimBatch` candidates (shared by
+   * every claimer in this process); for each, the claimer inserts the token
+   * `<jobId>:<claimSeq+1>` into trainingJobClaims. Exactly one claimer per
+   * generation can insert it; only that winner then updates the job. The list
+   * is refreshed when empty or older than `candidateTtlMs`, which bounds how
+   * long a newly queued higher-priority job can wait behind it.
    */
   private async claimFromCandidates(opts: ClaimOptions): Promise<TrainingJobDoc | null> {
     for (;;) {
@@ -189,15 +203,27 @@ export class TrainingJobRepository {
         continue;
       }
       const id = pool.ids.shift()!;
-      // A cheap read first: on FerretDB v1 a conditional update that matches nothing costs a scan.
-      const current = await this.jobs.findOne({ _id: id } as Filter<TrainingJobDoc>, { projection: { status: 1 } });
+      const current = await this.jobs.findOne({ _id: id } as Filter<TrainingJobDoc>, { projection: { status: 1, claimSeq: 1 } });
       if (current?.status !== 'QUEUED') continue;
+      const seq = typeof current['claimSeq'] === 'number' ? (current['claimSeq'] as number) : 0;
+      if (!(await this.insertToken(`claim:${id.toHexString()}:${seq + 1}`, { workerId: opts.workerId, at: new Date() }))) continue;
       const job = await this.jobs.findOneAndUpdate(
         { _id: id, status: 'QUEUED', ...environmentFilter(opts.environment) } as Filter<TrainingJobDoc>,
-        this.claimUpdate(opts),
+        this.claimUpdate(opts, seq + 1),
         { returnDocument: 'after' },
       );
       if (job) return job;
+    }
+  }
+
+  /** True if we inserted the token (we won the decision), false if it already existed. */
+  private async insertToken(id: string, fields: Record<string, unknown>): Promise<boolean> {
+    try {
+      await this.tokens.insertOne({ _id: id, ...fields });
+      return true;
+    } catch (err) {
+      if ((err as { code?: number }).code === 11000) return false;
+      throw err;
     }
   }
 
@@ -264,7 +290,7 @@ export class TrainingJobRepository {
       throw new InvalidTransitionError('(leased)', 'QUEUED via transition(); use releaseLease() so attempts stay right');
     }
     const from = allowedFrom(to).filter((s) => LEASED_STATUSES.includes(s));
-    if (from.length === 0) throw new InvalidTransitionError('(leased)', to);
+    if (from.length === 0) throw new InvalidTransitionError('(leased)', `${to} (only a claim enters it)`);
     const now = new Date();
     const set: Record<string, unknown> = { ...ownedFields(fields), status: to, updatedAt: now };
     if (to === 'COMPLETED' || to === 'FAILED' || to === 'CANCELLED') set['finishedAt'] = now;
@@ -390,6 +416,10 @@ export class TrainingJobRepository {
       .limit(batch)
       .toArray();
     for (const job of expired) {
+      // One recoverer per expired lease (a heartbeat changes expiresAt, hence the token), even where
+      // conditional updates are not atomic (FerretDB v1).
+      const token = `recover:${job.lease?.attemptId ?? job._id.toHexString()}:${job.lease?.expiresAt?.getTime() ?? 0}`;
+      if (!(await this.insertToken(token, { at: now }))) continue; // another recoverer took it
       const outcome = await this.giveUp(job, 'expired', 'the worker stopped renewing its lease', now);
       if (outcome === 'QUEUED') result.requeued.push(job._id.toHexString());
       else if (outcome === 'FAILED') result.failed.push(job._id.toHexString());

@@ -71,6 +71,8 @@ export interface TrainingJobDoc {
   completedAt?: Date;
   // --- ours ---
   lease?: JobLease | null;
+  /** Claims ever made (never decremented): the generation number of the claim token. */
+  claimSeq?: number;
   /** Claims so far (a graceful release gives its attempt back). */
   attempts?: number;
   maxAttempts?: number;

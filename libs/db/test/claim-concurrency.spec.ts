@@ -1,4 +1,5 @@
-import { ObjectId } from 'mongodb';
+import { MongoClient, ObjectId } from 'mongodb';
+import { serviceEnv } from '../../../tools/testing/support';
 import { TrainingJobRepository } from '../src';
 import { openTestDb, type TestDb } from './helpers';
 
@@ -35,8 +36,11 @@ describe('claimNext under concurrency (real server)', () => {
   it(`${CLAIMERS} claimers over ${JOBS} jobs: each job claimed exactly once, none lost`, async () => {
     const claimedBy = new Map<string, string[]>();
     const attemptIds = new Set<string>();
+    // one repository (and connection pool) per claimer, as separate worker processes would have
+    const clients = await Promise.all(Array.from({ length: CLAIMERS }, () => MongoClient.connect(serviceEnv().mongoUrl)));
     const claimer = async (w: number) => {
       const workerId = `w${w}`;
+      const repo = new TrainingJobRepository(clients[w].db(t.db.databaseName));
       for (;;) {
         const got = await repo.claimNext({ workerId, environment: 'production', leaseMs: 600_000 });
         if (!got) return;
@@ -48,7 +52,11 @@ describe('claimNext under concurrency (real server)', () => {
         expect(got.job.lease?.attemptId).toBe(got.lease.attemptId);
       }
     };
-    await Promise.all(Array.from({ length: CLAIMERS }, (_, w) => claimer(w)));
+    try {
+      await Promise.all(Array.from({ length: CLAIMERS }, (_, w) => claimer(w)));
+    } finally {
+      await Promise.all(clients.map((c) => c.close()));
+    }
 
     expect(claimedBy.size).toBe(JOBS);
     expect([...claimedBy.values()].every((l) => l.length === 1)).toBe(true);

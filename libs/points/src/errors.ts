@@ -14,10 +14,10 @@ export class InsufficientPointsError extends Error {
   }
 }
 
-/** Another caller holds the movement's lock for longer than we were willing to wait. */
+/** Another caller holds the account's charge lock for longer than we were willing to wait. */
 export class MovementBusyError extends Error {
   constructor(readonly key: string) {
-    super(`Points movement ${key} is being applied by another process; try again after its lock expires.`);
+    super(`Points lock ${key} is held by another process; try again after it expires.`);
     this.name = 'MovementBusyError';
   }
 }

@@ -22,6 +22,8 @@ import type {
 
 export const CREDIT_LEDGER_COLLECTION = 'credit_ledger';
 export const MOVEMENTS_COLLECTION = 'training_points_movements';
+/** Short-lived per-account locks for charges. */
+export const LOCKS_COLLECTION = 'training_points_locks';
 /** Field we add to a credit_ledger entry while a charge is being applied to it (2PC "pendingTransactions"). */
 export const SPEND_MARKER_FIELD = 'training_spend_keys';
 
@@ -81,10 +83,24 @@ interface MovementDoc {
   chargedPoints?: number;
   outcome?: SettleOutcome;
   ledgerEntryId?: ObjectId | null;
-  lock?: { token: string; until: Date } | null;
   createdAt: Date;
   updatedAt: Date;
   appliedAt?: Date;
+}
+
+interface LockDoc {
+  _id: string;
+  token: string;
+  until: Date;
+}
+type HeldLock = Pick<LockDoc, '_id' | 'token'>;
+
+/** A charge locks the account and, when given, the wallet (entries are matched by either). */
+function accountLockNames(account: AccountRef): string[] {
+  const names = [`account:${String(account.masterAccountId)}`];
+  const wallet = normalizeWallet(account.walletAddress);
+  if (wallet) names.push(`wallet:${wallet}`);
+  return names;
 }
 
 const DUPLICATE_KEY = 11000;
@@ -110,18 +126,22 @@ const INDEX_EXISTS_CODES = new Set([85, 86]); // IndexOptionsConflict, IndexKeyS
 export class PointsLedger {
   private readonly ledger: Collection<LedgerEntryDoc>;
   private readonly movements: Collection<MovementDoc>;
+  private readonly locks: Collection<LockDoc>;
   private lockMs = 30_000;
+  private lockWaitMs = 120_000;
   private maxChargeRetries = 10;
-  private faultHook: ((step: string) => void) | undefined;
+  private faultHook: ((step: string) => void | Promise<void>) | undefined;
 
   constructor(@inject(POINTS_DB) db: Db) {
     this.ledger = db.collection<LedgerEntryDoc>(CREDIT_LEDGER_COLLECTION);
     this.movements = db.collection<MovementDoc>(MOVEMENTS_COLLECTION);
+    this.locks = db.collection<LockDoc>(LOCKS_COLLECTION);
   }
 
   /** Tunables and the test fault hook; returns `this` so it chains after resolve(). */
   configure(options: PointsLedgerOptions): this {
     if (options.lockMs !== undefined) this.lockMs = options.lockMs;
+    if (options.lockWaitMs !== undefined) this.lockWaitMs = options.lockWaitMs;
     if (options.maxChargeRetries !== undefined) this.maxChargeRetries = options.maxChargeRetries;
     if ('faultHook' in options) this.faultHook = options.faultHook;
     return this;
@@ -133,22 +153,15 @@ export class PointsLedger {
    * equivalent index under another name, that one is kept.
    */
   async ensureIndexes(): Promise<void> {
-    await this.movements.createIndexes([
+    await createMissingIndexes(this.movements, [
       { key: { jobId: 1, createdAt: 1 }, name: 'st_job' },
       { key: { accountId: 1, createdAt: 1 }, name: 'st_account' },
       { key: { state: 1, updatedAt: 1 }, name: 'st_state' },
     ]);
-    const specs: Array<{ key: Record<string, 1>; name: string }> = [
+    await createMissingIndexes(this.ledger, [
       { key: { master_account_id: 1, status: 1, points_remaining: 1 }, name: 'st_account_balance' },
       { key: { depositor_address: 1, status: 1, points_remaining: 1 }, name: 'st_wallet_balance' },
-    ];
-    for (const spec of specs) {
-      try {
-        await this.ledger.createIndex(spec.key, { name: spec.name });
-      } catch (err) {
-        if (!INDEX_EXISTS_CODES.has((err as { code?: number }).code ?? 0)) throw err;
-      }
-    }
+    ]);
   }
 
   /** Spendable points: CONFIRMED entries with points_remaining > 0, by account (both id forms) or wallet. */
@@ -167,81 +180,77 @@ export class PointsLedger {
   async charge(input: ChargeInput): Promise<ChargeResult> {
     assertPoints(input.points, 'charge');
     const key = chargeKey(input.jobId);
-    if (await this.movements.findOne({ _id: refundKey(input.jobId) }, { projection: { _id: 1 } })) {
-      throw new MovementConflictError(
-        `Training job ${input.jobId} was already settled; it cannot be charged again under the same job id.`,
-      );
-    }
-    for (let round = 0; round <= this.maxChargeRetries; round++) {
-      let journal = await this.movements.findOne({ _id: key });
-      let token: string;
-      if (journal?.state === 'applied') {
-        await this.cleanSpendMarkers(journal);
-        return chargeResult(journal, true);
-      }
-      if (!journal) {
-        const entries = await this.spendableEntries(input);
-        const balance = entries.reduce((sum, e) => sum + (e.points_remaining ?? 0), 0);
-        if (balance < input.points) throw new InsufficientPointsError(balance, input.points, input.jobId);
-        token = randomUUID();
-        const now = new Date();
-        const doc: MovementDoc = {
-          _id: key,
-          jobId: input.jobId,
-          kind: 'charge',
-          accountId: String(input.masterAccountId),
-          walletAddress: normalizeWallet(input.walletAddress),
-          points: input.points,
-          reason: input.reason,
-          state: 'pending',
-          plan: planSpends(entries, input.points),
-          lock: { token, until: new Date(now.getTime() + this.lockMs) },
-          createdAt: now,
-          updatedAt: now,
-        };
-        try {
-          await this.movements.insertOne(doc);
-        } catch (err) {
-          if ((err as { code?: number }).code === DUPLICATE_KEY) continue; // a concurrent caller won; follow it
-          throw err;
-        }
-        this.step('charge:journal');
-        journal = doc;
-      } else {
-        if (journal.points !== input.points) {
+    // Charges on one account take turns. Besides keeping plans fresh, this is what makes the
+    // guarded $inc safe on FerretDB v1, whose conditional updates are not atomic under concurrency.
+    const held = await this.acquireLocks(accountLockNames(input));
+    let crashed = false;
+    try {
+      for (let round = 0; round <= this.maxChargeRetries; round++) {
+        let journal = await this.movements.findOne({ _id: key });
+        if (journal && journal.points !== input.points) {
           throw new MovementConflictError(
             `Training job ${input.jobId} already has a charge of ${journal.points} points; a charge of ${input.points} was asked.`,
           );
         }
-        const locked = await this.acquireLock(key);
-        if (!locked) continue;
-        journal = locked.doc;
-        token = locked.token;
-      }
-      try {
-        if (journal.state === 'rolling_back') {
-          await this.rollBackCharge(journal, token);
+        if (journal?.state === 'applied') {
+          await this.cleanSpendMarkers(journal);
+          return chargeResult(journal, true);
+        }
+        if (journal?.state === 'rolling_back') {
+          await this.rollBackCharge(journal, held);
           continue;
         }
-        if (journal.state === 'applied') continue;
-        const applied = await this.applyCharge(journal, token);
-        if (applied) {
+        if (!journal) {
+          if (await this.movements.findOne({ _id: refundKey(input.jobId) }, { projection: { _id: 1 } })) {
+            throw new MovementConflictError(
+              `Training job ${input.jobId} was already settled; it cannot be charged again under the same job id.`,
+            );
+          }
+          const entries = await this.spendableEntries(input);
+          const balance = entries.reduce((sum, e) => sum + (e.points_remaining ?? 0), 0);
+          if (balance < input.points) throw new InsufficientPointsError(balance, input.points, input.jobId);
+          const now = new Date();
+          const doc: MovementDoc = {
+            _id: key,
+            jobId: input.jobId,
+            kind: 'charge',
+            accountId: String(input.masterAccountId),
+            walletAddress: normalizeWallet(input.walletAddress),
+            points: input.points,
+            reason: input.reason,
+            state: 'pending',
+            plan: planSpends(entries, input.points),
+            createdAt: now,
+            updatedAt: now,
+          };
+          try {
+            await this.movements.insertOne(doc);
+          } catch (err) {
+            if ((err as { code?: number }).code === DUPLICATE_KEY) continue; // a concurrent caller won; follow it
+            throw err;
+          }
+          await this.step('charge:journal');
+          journal = doc;
+        }
+        if (await this.applyCharge(journal, held)) {
           const done = (await this.movements.findOne({ _id: key })) as MovementDoc;
           await this.cleanSpendMarkers(done);
           return chargeResult(done, false);
         }
-        // The plan went stale (a concurrent charge spent an entry): undo and plan again.
-        await this.rollBackCharge(journal, token);
-        await sleep(5 + Math.random() * 20 * (round + 1));
-      } catch (err) {
-        if (!(err instanceof SimulatedCrashError)) await this.releaseLock(key, token).catch(() => undefined);
-        throw err;
+        // The plan went stale (someone else spent an entry): undo and plan again.
+        await this.rollBackCharge({ ...journal, state: 'rolling_back' }, held);
       }
+      throw new Error(
+        `Charging training job ${input.jobId} found its plan stale ${this.maxChargeRetries + 1} times in a row ` +
+          '(the balance keeps changing under it); nothing was charged. Retry later.',
+      );
+    } catch (err) {
+      crashed = err instanceof SimulatedCrashError;
+      throw err;
+    } finally {
+      // A simulated crash keeps its locks, as a killed process would; they expire after lockMs.
+      if (!crashed) await this.releaseLocks(held).catch(() => undefined);
     }
-    throw new Error(
-      `Charging training job ${input.jobId} lost ${this.maxChargeRetries + 1} races with concurrent charges on the ` +
-        'same account; nothing was charged. Retry later.',
-    );
   }
 
   /**
@@ -301,7 +310,7 @@ export class PointsLedger {
         await this.movements.insertOne(doc);
         journal = doc;
         replay = false;
-        this.step('settle:journal');
+        await this.step('settle:journal');
       } catch (err) {
         if ((err as { code?: number }).code !== DUPLICATE_KEY) throw err;
         journal = (await this.movements.findOne({ _id: key })) as MovementDoc;
@@ -314,9 +323,9 @@ export class PointsLedger {
         chargedPoints: journal.chargedPoints,
         usedPoints: journal.usedPoints,
       });
-      this.step('settle:ledger');
+      await this.step('settle:ledger');
       await this.markApplied(key);
-      this.step('settle:applied');
+      await this.step('settle:applied');
     }
     return {
       key,
@@ -359,7 +368,7 @@ export class PointsLedger {
         await this.movements.insertOne(doc);
         journal = doc;
         replay = false;
-        this.step('credit:journal');
+        await this.step('credit:journal');
       } catch (err) {
         if ((err as { code?: number }).code !== DUPLICATE_KEY) throw err;
         journal = (await this.movements.findOne({ _id: key })) as MovementDoc;
@@ -368,9 +377,9 @@ export class PointsLedger {
     if (journal.state === 'pending') {
       replay = false;
       await this.insertLedgerEntry(journal, CREDIT_TYPE[input.kind], { trainingJobId: journal.jobId });
-      this.step('credit:ledger');
+      await this.step('credit:ledger');
       await this.markApplied(key);
-      this.step('credit:applied');
+      await this.step('credit:applied');
     }
     return {
       key,
@@ -463,10 +472,10 @@ export class PointsLedger {
   }
 
   /** Apply every planned spend; false if one no longer fits (the plan is stale). */
-  private async applyCharge(journal: MovementDoc, token: string): Promise<boolean> {
+  private async applyCharge(journal: MovementDoc, held: HeldLock[]): Promise<boolean> {
     const key = journal._id;
     for (const [i, item] of (journal.plan ?? []).entries()) {
-      await this.renewLock(key, token);
+      await this.renewLocks(held);
       const r = await this.ledger.updateOne(
         {
           _id: item.entryId,
@@ -479,45 +488,36 @@ export class PointsLedger {
       if (r.matchedCount === 0) {
         const already = await this.ledger.findOne({ _id: item.entryId, [SPEND_MARKER_FIELD]: key } as Filter<LedgerEntryDoc>);
         if (!already) {
-          const flipped = await this.movements.updateOne(
-            { _id: key, state: 'pending', 'lock.token': token },
-            { $set: { state: 'rolling_back', updatedAt: new Date() } },
-          );
-          if (flipped.matchedCount === 0) throw new MovementBusyError(key);
-          this.step('charge:stale-plan');
+          await this.movements.updateOne({ _id: key, state: 'pending' }, { $set: { state: 'rolling_back', updatedAt: new Date() } });
+          await this.step('charge:stale-plan');
           return false;
         }
       } else {
-        this.step(`charge:spend:${i}`);
+        await this.step(`charge:spend:${i}`);
       }
     }
-    const r = await this.movements.updateOne(
-      { _id: key, state: 'pending', 'lock.token': token },
-      { $set: { state: 'applied', appliedAt: new Date(), updatedAt: new Date(), lock: null } },
+    await this.movements.updateOne(
+      { _id: key, state: 'pending' },
+      { $set: { state: 'applied', appliedAt: new Date(), updatedAt: new Date() } },
     );
-    if (r.matchedCount === 0) throw new MovementBusyError(key);
-    this.step('charge:applied');
+    await this.step('charge:applied');
     return true;
   }
 
   /** Undo the spends this movement applied, then delete its journal: as if it never happened. */
-  private async rollBackCharge(journal: MovementDoc, token: string): Promise<void> {
+  private async rollBackCharge(journal: MovementDoc, held: HeldLock[]): Promise<void> {
     const key = journal._id;
-    if (journal.state !== 'rolling_back') {
-      await this.movements.updateOne({ _id: key, 'lock.token': token }, { $set: { state: 'rolling_back', updatedAt: new Date() } });
-    }
     for (const [i, item] of (journal.plan ?? []).entries()) {
-      await this.renewLock(key, token);
+      await this.renewLocks(held);
       const r = await this.ledger.updateOne({ _id: item.entryId, [SPEND_MARKER_FIELD]: key } as Filter<LedgerEntryDoc>, {
         $inc: { points_remaining: item.points },
         $pull: { [SPEND_MARKER_FIELD]: key },
       } as Document);
-      if (r.matchedCount === 1) this.step(`charge:undo:${i}`);
+      if (r.matchedCount === 1) await this.step(`charge:undo:${i}`);
       await this.dropEmptyMarker(item.entryId);
     }
-    const r = await this.movements.deleteOne({ _id: key, state: 'rolling_back', 'lock.token': token });
-    if (r.deletedCount === 0) throw new MovementBusyError(key);
-    this.step('charge:rolled-back');
+    await this.movements.deleteOne({ _id: key, state: 'rolling_back' });
+    await this.step('charge:rolled-back');
   }
 
   /** After the journal says applied, the markers are no longer needed: remove them (idempotent). */
@@ -527,7 +527,7 @@ export class PointsLedger {
         { _id: item.entryId, [SPEND_MARKER_FIELD]: journal._id } as Filter<LedgerEntryDoc>,
         { $pull: { [SPEND_MARKER_FIELD]: journal._id } } as Document,
       );
-      if (r.matchedCount === 1) this.step(`charge:unmark:${i}`);
+      if (r.matchedCount === 1) await this.step(`charge:unmark:${i}`);
       await this.dropEmptyMarker(item.entryId);
     }
   }
@@ -572,40 +572,57 @@ export class PointsLedger {
     await this.movements.updateOne({ _id: key, state: 'pending' }, { $set: { state: 'applied', appliedAt: now, updatedAt: now } });
   }
 
-  /** Take over a movement whose lock is free or expired; waits up to one lock period. */
-  private async acquireLock(key: string): Promise<{ doc: MovementDoc; token: string } | null> {
-    const token = randomUUID();
-    const deadline = Date.now() + this.lockMs + 1000;
-    for (;;) {
-      const now = new Date();
-      const doc = await this.movements.findOneAndUpdate(
-        { _id: key, state: { $ne: 'applied' }, $or: [{ lock: null }, { 'lock.until': { $lt: now } }] } as Filter<MovementDoc>,
-        { $set: { lock: { token, until: new Date(now.getTime() + this.lockMs) }, updatedAt: now } },
-        { returnDocument: 'after' },
-      );
-      if (doc) return { doc, token };
-      const current = await this.movements.findOne({ _id: key }, { projection: { state: 1 } });
-      if (!current || current.state === 'applied') return null; // gone or finished: the caller re-reads
-      if (Date.now() > deadline) throw new MovementBusyError(key);
-      await sleep(Math.min(50, this.lockMs / 4 + 1));
+  /**
+   * Insert-based locks: a unique `_id` insert is the one write FerretDB v1
+   * makes atomic. Taken in sorted order (no deadlock); an expired lock (its
+   * holder died) is deleted by token and the insert retried.
+   */
+  private async acquireLocks(names: string[]): Promise<HeldLock[]> {
+    const held: HeldLock[] = [];
+    try {
+      for (const name of [...new Set(names)].sort()) held.push(await this.acquireLock(name));
+      return held;
+    } catch (err) {
+      await this.releaseLocks(held).catch(() => undefined);
+      throw err;
     }
   }
 
-  /** Extend our lock before each write to a ledger entry; if it was taken over, stop at once. */
-  private async renewLock(key: string, token: string): Promise<void> {
-    const r = await this.movements.updateOne(
-      { _id: key, 'lock.token': token },
-      { $set: { 'lock.until': new Date(Date.now() + this.lockMs) } },
-    );
-    if (r.matchedCount === 0) throw new MovementBusyError(key);
+  private async acquireLock(name: string): Promise<HeldLock> {
+    const _id = `lock:${name}`;
+    const token = randomUUID();
+    const deadline = Date.now() + Math.max(this.lockWaitMs, this.lockMs);
+    for (;;) {
+      try {
+        await this.locks.insertOne({ _id, token, until: new Date(Date.now() + this.lockMs) });
+        return { _id, token };
+      } catch (err) {
+        if ((err as { code?: number }).code !== DUPLICATE_KEY) throw err;
+      }
+      const current = await this.locks.findOne({ _id });
+      if (current && current.until.getTime() < Date.now()) {
+        await this.locks.deleteOne({ _id, token: current.token });
+        continue;
+      }
+      if (Date.now() > deadline) throw new MovementBusyError(name);
+      await sleep(5 + Math.random() * 20);
+    }
   }
 
-  private async releaseLock(key: string, token: string): Promise<void> {
-    await this.movements.updateOne({ _id: key, 'lock.token': token }, { $set: { lock: null } });
+  /** Before each write to a ledger entry: extend our locks, or stop if one was taken over. */
+  private async renewLocks(held: HeldLock[]): Promise<void> {
+    for (const lock of held) {
+      const r = await this.locks.updateOne(lock, { $set: { until: new Date(Date.now() + this.lockMs) } });
+      if (r.matchedCount === 0) throw new MovementBusyError(lock._id);
+    }
   }
 
-  private step(name: string): void {
-    this.faultHook?.(name);
+  private async releaseLocks(held: HeldLock[]): Promise<void> {
+    for (const lock of held) await this.locks.deleteOne(lock);
+  }
+
+  private async step(name: string): Promise<void> {
+    await this.faultHook?.(name);
   }
 }
 
@@ -634,6 +651,32 @@ export function platformSpendOrder(a: LedgerEntryDoc, b: LedgerEntryDoc): number
   const tb = b.createdAt?.getTime?.() ?? 0;
   if (ta !== tb) return ta - tb;
   return a._id.toHexString().localeCompare(b._id.toHexString());
+}
+
+/**
+ * Create the indexes not present yet, by name and by key: an equivalent index
+ * the platform made under another name is kept. Checking first also avoids a
+ * FerretDB v1.24 panic when createIndexes is re-sent for existing indexes.
+ */
+async function createMissingIndexes<T extends Document>(
+  collection: Collection<T>,
+  specs: Array<{ key: Record<string, 1 | -1>; name: string }>,
+): Promise<void> {
+  let existing: Document[] = [];
+  try {
+    existing = await collection.listIndexes().toArray();
+  } catch (err) {
+    if ((err as { code?: number }).code !== 26) throw err; // NamespaceNotFound
+  }
+  const sameKey = (a: Document, b: Document) => JSON.stringify(Object.entries(a)) === JSON.stringify(Object.entries(b));
+  for (const spec of specs) {
+    if (existing.some((ix) => ix['name'] === spec.name || sameKey(ix['key'] as Document, spec.key))) continue;
+    try {
+      await collection.createIndex(spec.key, { name: spec.name });
+    } catch (err) {
+      if (!INDEX_EXISTS_CODES.has((err as { code?: number }).code ?? 0)) throw err;
+    }
+  }
 }
 
 function idForms(id: string | ObjectId): Array<string | ObjectId> {

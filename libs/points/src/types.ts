@@ -97,9 +97,12 @@ export interface JobPointsSummary {
 
 export interface PointsLedgerOptions {
   /** How long one caller may hold a movement before another may take over (default 30 000 ms). */
+  /** How long a charge may hold its account lock before another caller may take over (default 30 000 ms). */
   lockMs?: number;
+  /** How long a charge waits for a busy account before MovementBusyError (default 120 000 ms). */
+  lockWaitMs?: number;
   /** Called after every write with a step name; a test throws SimulatedCrashError from it. */
-  faultHook?: (step: string) => void;
+  faultHook?: (step: string) => void | Promise<void>;
   /** Re-plans of a charge that lost a race for an entry before giving up (default 10). */
   maxChargeRetries?: number;
 }

@@ -8,8 +8,7 @@
  * and matches it case-insensitively; we return lower-case like A1111.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, promises as fsp } from 'node:fs';
-import { Transform } from 'node:stream';
+import { promises as fsp } from 'node:fs';
 import { inject, injectable } from 'tsyringe';
 import type { BucketAlias } from './config';
 import { StorageError } from './errors';
@@ -66,34 +65,23 @@ export class ModelUploader {
     let hashedBytes = 0;
     let uploadedBytes = 0;
     const report = () => req.onProgress?.({ uploadedBytes, hashedBytes, totalBytes });
-    const hasher = new Transform({
-      transform(chunk: Buffer, _enc, cb) {
-        hash.update(chunk);
-        hashedBytes += chunk.length;
-        cb(null, chunk);
-      },
-    });
-    const source = createReadStream(req.filePath, { highWaterMark: 1024 * 1024 });
-    source.once('error', (e) => hasher.destroy(e));
-    source.pipe(hasher);
-    const uploading = this.storage.uploadStream(req.bucketAlias, req.key, hasher, {
+    await this.storage.uploadFile(req.bucketAlias, req.key, req.filePath, {
       contentType: req.contentType,
       cacheControl: req.cacheControl,
       metadata: req.metadata,
       partSize: req.partSize,
       queueSize: req.queueSize,
       signal: req.signal,
+      // Parts are read strictly in order, so this is the sha256 of the whole file.
+      onRead: (chunk) => {
+        hash.update(chunk);
+        hashedBytes += chunk.length;
+      },
       onProgress: (loaded) => {
         uploadedBytes = loaded;
         report();
       },
     });
-    try {
-      await uploading;
-    } finally {
-      // Close the file whether or not the upload finished reading it.
-      source.destroy();
-    }
     const sha256 = hash.digest('hex');
     // The file must not have changed under us, and the server must hold all of it.
     const head = await this.storage.headObject(req.bucketAlias, req.key);

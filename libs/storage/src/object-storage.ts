@@ -7,6 +7,8 @@
  */
 import {
   AbortMultipartUploadCommand,
+  CompleteMultipartUploadCommand,
+  CreateMultipartUploadCommand,
   DeleteObjectCommand,
   DeleteObjectsCommand,
   GetObjectCommand,
@@ -15,6 +17,7 @@ import {
   ListObjectsV2Command,
   PutObjectCommand,
   S3Client,
+  UploadPartCommand,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
@@ -61,6 +64,15 @@ export interface DownloadOptions {
   ifMatch?: string;
   onProgress?: (bytesWritten: number, totalBytes: number) => void;
   signal?: AbortSignal;
+  /**
+   * Ranged GETs in flight. 1 (default) streams the object in one request.
+   * Above 1, objects larger than two chunks are fetched in `chunkBytes`
+   * ranges written in place; finished ranges are recorded in
+   * `<destPath>.ranges.json`, so `resume` continues where it stopped.
+   */
+  concurrency?: number;
+  /** Range size for concurrent downloads. Default 64 MiB. */
+  chunkBytes?: number;
 }
 
 function isRetryableStreamError(err: unknown): boolean {
@@ -169,6 +181,120 @@ export class ObjectStorage {
       throw se;
     } finally {
       opts.signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /**
+   * Uploads a local file: one PutObject up to `partSize`, else a multipart
+   * upload with `queueSize` parts in flight. Parts are read in order into a
+   * fixed pool of buffers (no per-part allocation or copying, which is most
+   * of lib-storage's overhead for streams), and `onRead` sees every byte in
+   * order (ModelUploader hashes there). The object is visible only after
+   * CompleteMultipartUpload; on any failure the upload is aborted.
+   */
+  async uploadFile(
+    alias: BucketAlias | 'default',
+    key: string,
+    filePath: string,
+    opts: UploadStreamOptions & { onRead?: (chunk: Buffer) => void } = {},
+  ): Promise<{ etag?: string; bytes: number }> {
+    const t = this.target(alias, key);
+    const fh = await fsp.open(filePath, 'r');
+    const fail = (why: string, cause?: unknown): StorageError =>
+      new StorageError('invalid-content', `Could not upload ${filePath} to '${key}' in bucket '${t.Bucket}': ${why}. Nothing was stored.`, { bucket: t.Bucket, key, cause });
+    let uploadId: string | undefined;
+    try {
+      const size = (await fh.stat()).size;
+      const partSize = Math.max(opts.partSize ?? 16 * 1024 ** 2, 5 * 1024 ** 2, Math.ceil(size / 10_000));
+      const readFully = async (buf: Buffer, len: number, pos: number) => {
+        let got = 0;
+        while (got < len) {
+          const { bytesRead } = await fh.read(buf, got, len - got, pos + got);
+          if (bytesRead === 0) throw fail(`the file shrank while reading (expected ${size} bytes)`);
+          got += bytesRead;
+        }
+      };
+      const common = { ...t, ContentType: opts.contentType, CacheControl: opts.cacheControl, Metadata: opts.metadata };
+      if (size <= partSize) {
+        const buf = Buffer.allocUnsafe(size);
+        await readFully(buf, size, 0);
+        opts.onRead?.(buf);
+        if (opts.signal?.aborted) throw new StorageError('aborted', `Upload of '${key}' to bucket '${t.Bucket}' was cancelled. Nothing was stored.`, { bucket: t.Bucket, key });
+        const out = await this.s3.send(new PutObjectCommand({ ...common, Body: buf, ContentLength: size }), { abortSignal: opts.signal });
+        opts.onProgress?.(size);
+        return { etag: out.ETag, bytes: size };
+      }
+      const created = await this.s3.send(new CreateMultipartUploadCommand(common));
+      uploadId = created.UploadId;
+      const ctl = new AbortController();
+      const onAbort = () => ctl.abort();
+      opts.signal?.addEventListener('abort', onAbort, { once: true });
+      const queueSize = Math.max(1, opts.queueSize ?? 4);
+      const free: Buffer[] = Array.from({ length: queueSize }, () => Buffer.allocUnsafe(partSize));
+      const waiters: ((b: Buffer) => void)[] = [];
+      const take = () => (free.length ? Promise.resolve(free.pop() as Buffer) : new Promise<Buffer>((r) => waiters.push(r)));
+      const give = (b: Buffer) => {
+        const w = waiters.shift();
+        if (w) w(b);
+        else free.push(b);
+      };
+      const parts: { PartNumber: number; ETag?: string }[] = [];
+      const inflight = new Set<Promise<void>>();
+      let failure: unknown;
+      let uploaded = 0;
+      try {
+        for (let n = 1, pos = 0; pos < size && failure === undefined && !ctl.signal.aborted; n++, pos += partSize) {
+          const buf = await take();
+          if (failure !== undefined || ctl.signal.aborted) break;
+          const len = Math.min(partSize, size - pos);
+          await readFully(buf, len, pos);
+          const body = buf.subarray(0, len);
+          opts.onRead?.(body);
+          const partNumber = n;
+          const p: Promise<void> = this.s3
+            .send(new UploadPartCommand({ ...t, UploadId: uploadId, PartNumber: partNumber, Body: body, ContentLength: len }), { abortSignal: ctl.signal })
+            .then((out) => {
+              parts.push({ PartNumber: partNumber, ETag: out.ETag });
+              uploaded += len;
+              opts.onProgress?.(uploaded);
+            })
+            .catch((err: unknown) => {
+              failure ??= err;
+              ctl.abort();
+            })
+            .finally(() => {
+              inflight.delete(p);
+              give(buf);
+            });
+          inflight.add(p);
+        }
+      } catch (err) {
+        // A read failure: stop the parts in flight before aborting the upload.
+        failure ??= err;
+        ctl.abort();
+      } finally {
+        await Promise.allSettled([...inflight]);
+        opts.signal?.removeEventListener('abort', onAbort);
+      }
+      if (opts.signal?.aborted) throw new StorageError('aborted', `Upload of '${key}' to bucket '${t.Bucket}' was cancelled. Nothing was stored.`, { bucket: t.Bucket, key });
+      if (failure !== undefined) throw failure;
+      if ((await fh.stat()).size !== size) throw fail('the file changed size during the upload');
+      parts.sort((a, b) => a.PartNumber - b.PartNumber);
+      const done = await this.s3.send(new CompleteMultipartUploadCommand({ ...t, UploadId: uploadId, MultipartUpload: { Parts: parts } }));
+      uploadId = undefined;
+      return { etag: done.ETag, bytes: size };
+    } catch (err) {
+      if (uploadId) await this.abortMultipart(t.Bucket, key, uploadId);
+      if (err instanceof StorageError) throw err;
+      if ((err as { name?: string }).name === 'AbortError' || opts.signal?.aborted) {
+        throw new StorageError('aborted', `Upload of '${key}' to bucket '${t.Bucket}' was cancelled. Nothing was stored.`, { bucket: t.Bucket, key, cause: err });
+      }
+      if ((err as NodeJS.ErrnoException).code && !(err as { $metadata?: unknown }).$metadata && (err as NodeJS.ErrnoException).syscall) {
+        throw fail(`reading the file failed (${(err as Error).message})`, err);
+      }
+      throw toStorageError(err, 'upload', t.Bucket, key);
+    } finally {
+      await fh.close();
     }
   }
 
@@ -407,6 +533,16 @@ export class ObjectStorage {
    */
   async downloadToFile(alias: BucketAlias | 'default', key: string, destPath: string, opts: DownloadOptions = {}): Promise<{ bytes: number; etag?: string; attempts: number }> {
     const t = this.target(alias, key);
+    const chunkBytes = opts.chunkBytes ?? 64 * 1024 * 1024;
+    if ((opts.concurrency ?? 1) > 1) {
+      const head = await this.headObject(alias, key);
+      if (!head) throw new StorageError('not-found', `Could not read '${key}' in bucket '${t.Bucket}': it does not exist.`, { bucket: t.Bucket, key, status: 404 });
+      if (opts.ifMatch && head.etag !== opts.ifMatch) {
+        throw new StorageError('invalid-content', `'${key}' in bucket '${t.Bucket}' changed (ETag no longer ${opts.ifMatch}). Start the download again.`, { bucket: t.Bucket, key, status: 412 });
+      }
+      if (head.bytes > 2 * chunkBytes) return this.downloadRanges(alias, key, destPath, head, chunkBytes, opts);
+    }
+    await fsp.rm(`${destPath}.ranges.json`, { force: true });
     let written = 0;
     if (opts.resume) {
       written = await fsp.stat(destPath).then((s) => s.size, () => 0);
@@ -451,5 +587,102 @@ export class ObjectStorage {
       `Could not download '${key}' from bucket '${t.Bucket}' after ${this.config.retry.maxAttempts} attempts: ${(lastErr as Error)?.message ?? lastErr}. ${written} bytes are kept in ${destPath} for a resumed retry.`,
       { bucket: t.Bucket, key, cause: lastErr, attempts: this.config.retry.maxAttempts },
     );
+  }
+
+  /** Concurrent ranged download into a preallocated file, resumable per range. */
+  private async downloadRanges(
+    alias: BucketAlias | 'default',
+    key: string,
+    destPath: string,
+    head: ObjectInfo,
+    chunkBytes: number,
+    opts: DownloadOptions,
+  ): Promise<{ bytes: number; etag?: string; attempts: number }> {
+    const bucket = this.bucket(alias).bucket;
+    const statePath = `${destPath}.ranges.json`;
+    const count = Math.ceil(head.bytes / chunkBytes);
+    type State = { etag?: string; bytes: number; chunkBytes: number; done: number[] };
+    let state: State | null = null;
+    if (opts.resume) {
+      state = await fsp.readFile(statePath, 'utf8').then((x) => JSON.parse(x) as State, () => null);
+      const size = await fsp.stat(destPath).then((st) => st.size, () => -1);
+      if (!state || state.etag !== head.etag || state.bytes !== head.bytes || state.chunkBytes !== chunkBytes || size !== head.bytes) state = null;
+    }
+    const done = new Set<number>(state?.done ?? []);
+    if (!state) {
+      await fsp.rm(destPath, { force: true });
+      const fh0 = await fsp.open(destPath, 'w');
+      await fh0.truncate(head.bytes);
+      await fh0.close();
+    }
+    const saveState = () => fsp.writeFile(statePath, JSON.stringify({ etag: head.etag, bytes: head.bytes, chunkBytes, done: [...done] } satisfies State));
+    await saveState();
+    const fh = await fsp.open(destPath, 'r+');
+    let progress = [...done].reduce((s, i) => s + Math.min(chunkBytes, head.bytes - i * chunkBytes), 0);
+    let maxAttempts = 1;
+    let next = 0;
+    let failure: unknown;
+    const ctl = new AbortController();
+    const onAbort = () => ctl.abort();
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    const fetchRange = async (i: number) => {
+      const start = i * chunkBytes;
+      const end = Math.min(head.bytes, start + chunkBytes) - 1;
+      for (let attempt = 1; ; attempt++) {
+        let pos = start;
+        try {
+          const r = await this.getObjectStream(alias, key, { range: { start, end }, ifMatch: head.etag, signal: ctl.signal });
+          for await (const chunk of r.body as AsyncIterable<Buffer>) {
+            if (pos + chunk.length > end + 1) throw new Error('server sent more than the requested range');
+            await fh.write(chunk, 0, chunk.length, pos);
+            pos += chunk.length;
+            progress += chunk.length;
+            opts.onProgress?.(progress, head.bytes);
+          }
+          if (pos !== end + 1) throw new Error(`range ${start}-${end} ended at ${pos}`);
+          maxAttempts = Math.max(maxAttempts, attempt);
+          return;
+        } catch (err) {
+          progress -= pos - start;
+          if (ctl.signal.aborted || !isRetryableStreamError(err) || attempt >= this.config.retry.maxAttempts) {
+            maxAttempts = Math.max(maxAttempts, attempt);
+            throw err;
+          }
+          await sleep(backoffDelayMs(attempt, this.config.retry), ctl.signal);
+        }
+      }
+    };
+    const worker = async () => {
+      while (!ctl.signal.aborted) {
+        let i = next++;
+        while (i < count && done.has(i)) i = next++;
+        if (i >= count) return;
+        try {
+          await fetchRange(i);
+          done.add(i);
+          await saveState();
+        } catch (err) {
+          failure ??= err;
+          ctl.abort();
+        }
+      }
+    };
+    try {
+      await Promise.all(Array.from({ length: Math.min(opts.concurrency ?? 1, count) }, worker));
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
+      await fh.close();
+    }
+    if (failure !== undefined || done.size !== count) {
+      if (opts.signal?.aborted) throw new StorageError('aborted', `Download of '${key}' from bucket '${bucket}' was cancelled; finished ranges are kept for resume.`, { bucket, key, cause: failure });
+      if (failure instanceof StorageError && failure.kind !== 'unavailable') throw failure;
+      throw new StorageError(
+        'unavailable',
+        `Could not download '${key}' from bucket '${bucket}' after ${maxAttempts} attempts: ${(failure as Error)?.message ?? failure}. ${done.size} of ${count} ranges are kept in ${destPath} for a resumed retry.`,
+        { bucket, key, cause: failure, attempts: maxAttempts },
+      );
+    }
+    await fsp.rm(statePath, { force: true });
+    return { bytes: head.bytes, etag: head.etag, attempts: maxAttempts };
   }
 }

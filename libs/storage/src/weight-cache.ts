@@ -94,6 +94,9 @@ export class WeightCache {
   readonly dir: string;
   /** Lock timing; tests shorten it. */
   lockOptions: LockOptions = { staleMs: 60_000, pollMs: 100 };
+  /** Ranged GETs in flight for R2 sources (64 MiB ranges, resumable per range). */
+  downloadConcurrency = 4;
+  downloadChunkBytes = 64 * 1024 * 1024;
 
   constructor(
     @inject(STORAGE_CONFIG) private readonly config: R2Config,
@@ -208,13 +211,20 @@ export class WeightCache {
     if (spec.source.kind === 'r2') {
       const s = spec.source;
       try {
-        const r = await this.storage.downloadToFile(s.bucketAlias, s.key, partial, { resume: true, ifMatch: info?.source === src ? info.etag : undefined, onProgress: progress, signal: opts.signal });
+        const r = await this.storage.downloadToFile(s.bucketAlias, s.key, partial, {
+          resume: true,
+          ifMatch: info?.source === src ? info.etag : undefined,
+          onProgress: progress,
+          signal: opts.signal,
+          concurrency: this.downloadConcurrency,
+          chunkBytes: this.downloadChunkBytes,
+        });
         await fsp.writeFile(partialInfo, JSON.stringify({ source: src, etag: r.etag }));
       } catch (err) {
         // The object changed since the partial was written: start over once.
         if (err instanceof StorageError && err.status === 412) {
           await fsp.rm(partial, { force: true });
-          await this.storage.downloadToFile(s.bucketAlias, s.key, partial, { resume: false, onProgress: progress, signal: opts.signal });
+          await this.storage.downloadToFile(s.bucketAlias, s.key, partial, { resume: false, onProgress: progress, signal: opts.signal, concurrency: this.downloadConcurrency, chunkBytes: this.downloadChunkBytes });
         } else {
           throw err;
         }
@@ -228,6 +238,7 @@ export class WeightCache {
     if ((spec.sha256 && got.sha256 !== spec.sha256.toLowerCase()) || (spec.bytes !== undefined && got.bytes !== spec.bytes)) {
       await fsp.rm(partial, { force: true });
       await fsp.rm(partialInfo, { force: true });
+      await fsp.rm(`${partial}.ranges.json`, { force: true });
       throw new StorageError(
         'invalid-content',
         `Weight ${where} failed verification: got sha256 ${got.sha256} (${got.bytes} bytes), expected ${spec.sha256 ?? '(any)'} (${spec.bytes ?? 'any'} bytes). The download was discarded; check the source and the recipe's pinned hash.`,
@@ -301,7 +312,7 @@ export class WeightCache {
     const names = await fsp.readdir(filesDir).catch(() => [] as string[]);
     const out: CacheEntry[] = [];
     for (const n of names) {
-      if (n.endsWith('.partial.json')) continue;
+      if (n.endsWith('.partial.json') || n.endsWith('.partial.ranges.json')) continue;
       const complete = !n.endsWith('.partial');
       const fileName = complete ? n : n.slice(0, -'.partial'.length);
       const st = await fsp.stat(path.join(filesDir, n)).catch(() => null);
@@ -346,6 +357,7 @@ export class WeightCache {
           } else {
             await fsp.rm(`${file}.partial`, { force: true });
             await fsp.rm(`${file}.partial.json`, { force: true });
+            await fsp.rm(`${file}.partial.ranges.json`, { force: true });
           }
           total -= e.bytes;
           evicted.push(e.complete ? e.fileName : `${e.fileName}.partial`);

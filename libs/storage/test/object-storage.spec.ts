@@ -2,8 +2,9 @@
  * Against the real MinIO: round trips, a 300 MiB multipart upload, abort,
  * and a server cut mid-transfer (a TCP proxy in front of MinIO is closed).
  */
-import { promises as fsp } from 'node:fs';
+import { promises as fsp, truncateSync } from 'node:fs';
 import * as path from 'node:path';
+import { Readable } from 'node:stream';
 import { ModelUploader, StorageError, jobArtifactKey, sha256File } from '../src';
 import { CuttableProxy, localConfig, makeStorage, minioTarget, sha256, tmpDir, writeBigFile, uniquePrefix } from './helpers';
 
@@ -67,6 +68,27 @@ describe('ObjectStorage round trips', () => {
 
     expect(await storage.deletePrefix('uploads', `${prefix}rt/`)).toBe(2);
     expect(await storage.headObject('uploads', key)).toBeNull();
+  });
+
+  it('uploadStream: multipart from a stream of unknown length; cancelling it leaves nothing', async () => {
+    const gen = (mib: number) =>
+      Readable.from(
+        (function* () {
+          for (let i = 0; i < mib; i++) yield Buffer.alloc(MiB, i);
+        })(),
+      );
+    const key = `${prefix}stream/ok.bin`;
+    const r = await storage.uploadStream('uploads', key, gen(12), { partSize: 5 * MiB, contentType: 'application/octet-stream' });
+    expect(r.bytes).toBe(12 * MiB);
+    expect((await storage.headObject('uploads', key))?.etag).toMatch(/-3"$/);
+    const ctl = new AbortController();
+    const key2 = `${prefix}stream/cancelled.bin`;
+    const err = await storage
+      .uploadStream('uploads', key2, gen(40), { partSize: 5 * MiB, signal: ctl.signal, onProgress: (n) => n >= 5 * MiB && ctl.abort() })
+      .catch((e) => e);
+    expect(err.kind).toBe('aborted');
+    expect(await storage.headObject('uploads', key2)).toBeNull();
+    expect(await storage.listMultipartUploads('uploads', key2)).toEqual([]);
   });
 
   it('names bucket and key when an object is missing', async () => {
@@ -142,6 +164,34 @@ describe('ModelUploader', () => {
     expect(await storage.listMultipartUploads('models', key)).toEqual([]);
   }, 120_000);
 
+  it('a file that shrinks during the upload stores nothing', async () => {
+    const file = path.join(dir, 'shrink.bin');
+    await writeBigFile(file, 40 * MiB);
+    const key = `${prefix}shrink/model.safetensors`;
+    let cut = false;
+    const err = await uploader
+      .upload({
+        filePath: file,
+        bucketAlias: 'models',
+        key,
+        contentType: 'application/octet-stream',
+        partSize: 5 * MiB,
+        queueSize: 1,
+        onProgress: (p) => {
+          if (!cut && p.uploadedBytes >= 5 * MiB) {
+            cut = true;
+            truncateSync(file, 12 * MiB);
+          }
+        },
+      })
+      .catch((e) => e);
+    expect(err).toBeInstanceOf(StorageError);
+    expect(err.kind).toBe('invalid-content');
+    expect(err.message).toMatch(/shrank|changed size/);
+    expect(await storage.headObject('models', key)).toBeNull();
+    expect(await storage.listMultipartUploads('models', key)).toEqual([]);
+  });
+
   it('a missing source file is refused before anything is sent', async () => {
     const missing = path.join(dir, 'gone.bin');
     const err = await uploader.upload({ filePath: missing, bucketAlias: 'models', key: `${prefix}gone.bin`, contentType: 'x/y' }).catch((e) => e);
@@ -196,6 +246,48 @@ describe('server stopped mid-transfer (TCP proxy in front of MinIO)', () => {
     expect(sha256(await fsp.readFile(out))).toBe(sha256(data));
     // Resumed, not restarted: less than the object plus the cut-off part came down.
     expect(proxy.down).toBeLessThan(data.length + 8 * MiB);
+  }, 60_000);
+
+  it('concurrent ranged download: survives a cut, and resumes only the missing ranges after the server stops', async () => {
+    const key = `${prefix}cut/ranged.bin`;
+    const data = Buffer.alloc(40 * MiB);
+    for (let i = 0; i < data.length; i += 4096) data.writeUInt32LE(i ^ 0x5a5a5a5a, i);
+    await storage.putObject('models', key, data);
+    const out = path.join(dir, 'ranged.bin');
+
+    // A one-time cut: the affected ranges are retried, the download completes.
+    const p1 = await new CuttableProxy(minioTarget()).start();
+    const s1 = makeStorage(localConfig({ endpoint: p1.endpoint }));
+    p1.cutRule = { down: 7 * MiB, mode: 'once' };
+    const r1 = await s1.storage.downloadToFile('models', key, out, { concurrency: 3, chunkBytes: 4 * MiB }).finally(() => p1.stop());
+    s1.s3.destroy();
+    expect(p1.cuts).toBe(1);
+    expect(r1.attempts).toBeGreaterThanOrEqual(2);
+    expect(sha256(await fsp.readFile(out))).toBe(sha256(data));
+
+    // The server stops for good part-way: clear failure, finished ranges recorded.
+    const p2 = await new CuttableProxy(minioTarget()).start();
+    const s2 = makeStorage(localConfig({ endpoint: p2.endpoint }));
+    p2.cutRule = { down: 18 * MiB, mode: 'stop' };
+    const err = await s2.storage.downloadToFile('models', key, out, { concurrency: 2, chunkBytes: 4 * MiB }).catch((e) => e);
+    s2.s3.destroy();
+    await p2.stop();
+    expect(err).toBeInstanceOf(StorageError);
+    expect(err.kind).toBe('unavailable');
+    expect(err.message).toMatch(/ranges are kept/);
+    const state = JSON.parse(await fsp.readFile(`${out}.ranges.json`, 'utf8')) as { done: number[] };
+    expect(state.done.length).toBeGreaterThan(0);
+    expect(state.done.length).toBeLessThan(10);
+
+    // Server back: resume fetches only the missing ranges.
+    const p3 = await new CuttableProxy(minioTarget()).start();
+    const s3b = makeStorage(localConfig({ endpoint: p3.endpoint }));
+    const r3 = await s3b.storage.downloadToFile('models', key, out, { concurrency: 2, chunkBytes: 4 * MiB, resume: true }).finally(() => p3.stop());
+    s3b.s3.destroy();
+    expect(r3.bytes).toBe(data.length);
+    expect(sha256(await fsp.readFile(out))).toBe(sha256(data));
+    expect(p3.down).toBeLessThan(data.length - state.done.length * 4 * MiB + 2 * MiB);
+    await expect(fsp.stat(`${out}.ranges.json`)).rejects.toThrow();
   }, 60_000);
 
   it('download: a server that stays down fails clearly and keeps the partial bytes', async () => {

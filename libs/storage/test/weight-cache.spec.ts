@@ -202,6 +202,7 @@ describe('WeightCache', () => {
     const { cache, storage, s3, dir } = await cacheIn('r2');
     const key = `${prefix}base/model.bin`;
     await storage.putObject('models', key, A);
+    cache.downloadChunkBytes = 64 * KiB; // exercise the concurrent ranged path (8 ranges)
     try {
       const l = await cache.acquire({ fileName: 'model.bin', source: { kind: 'r2', bucketAlias: 'models', key }, bytes: A.length });
       expect(l.downloaded).toBe(true);

@@ -50,7 +50,7 @@ try {
   const urls = [];
   for (let i = 0; i < 4; i++) {
     const key = `bench/${env.MONGO_DB_NAME}/img-${i}.png`;
-    await storage.putObject('datasets', key, encodePng(32, 32, new Uint8Array(32 * 32 * 3).map((_, k) => (k * (i + 5)) % 251)), 'image/png');
+    await storage.putObject('datasets', key, encodePng(32, 32, new Uint8Array(32 * 32 * 3).map((_, k) => (k * (i + 5)) % 251)), { contentType: 'image/png' });
     urls.push(storage.publicUrl('datasets', key));
   }
   const datasetId = await datasets.create({ name: 'bench', ownerAccountId: owner, images: urls, visibility: 'private', captionSets: [] });

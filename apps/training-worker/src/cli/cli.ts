@@ -122,7 +122,7 @@ async function submit(storage: ObjectStorage, datasets: DatasetRepository, jobs:
   const captions: string[] = [];
   for (const file of names) {
     const key = `datasets/${owner}/${randomUUID()}-${file.replace(/[^A-Za-z0-9._-]/g, '_')}`;
-    await storage.putObject('datasets', key, await readFile(join(dir, file)), IMAGE_TYPES[extname(file).toLowerCase()]);
+    await storage.putObject('datasets', key, await readFile(join(dir, file)), { contentType: IMAGE_TYPES[extname(file).toLowerCase()] });
     urls.push(storage.publicUrl('datasets', key));
     captions.push(await readFile(join(dir, file.replace(/\.[^.]+$/, '.txt')), 'utf8').then((s) => s.trim(), () => ''));
     process.stderr.write(`\ruploaded ${urls.length}/${names.length} images`);

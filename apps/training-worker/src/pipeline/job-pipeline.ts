@@ -27,6 +27,7 @@ import {
   jobParametersFromPlatformDoc,
   parseSafetensorsHeader,
   recipeForModelType,
+  requiredWeights,
   sanitizeOutputName,
   sanitizeTriggerWord,
 } from '@stationthis/recipes';
@@ -114,7 +115,7 @@ export class JobPipeline {
         const attemptDir = join(workDir, `attempt-${ctx.lease.attemptId}`);
         const datasetDir = join(workDir, 'dataset');
         const fetched = await this.step(ctx, 'fetch-dataset', recipeId, () => this.fetchDataset(ctx, prepared!, datasetDir));
-        const weightHandles = await this.step(ctx, 'fetch-weights', recipeId, () => this.fetchWeights(prepared!.recipe));
+        const weightHandles = await this.step(ctx, 'fetch-weights', recipeId, () => this.fetchWeights(prepared!));
         try {
           ctx.throwIfStopped();
           const { jobDir, outputDir, rendered } = await this.step(ctx, 'render', recipeId, () =>
@@ -189,9 +190,18 @@ export class JobPipeline {
       throw new JobFailure('user-input', `Invalid training parameters: ${issues.join('; ')}. Fix them and submit again.`);
     }
     const rawTrigger = String(job.triggerWord ?? (Array.isArray(job.triggerWords) ? job.triggerWords[0] : '') ?? job.name ?? '');
-    const triggerWord = sanitizeTriggerWord(rawTrigger);
-    if (!triggerWord) throw new JobFailure('user-input', 'The trigger word is empty after removing unsupported characters. Use letters, digits, "_" or "-".');
-    const outputName = sanitizeOutputName(String(job.modelName ?? job.name ?? triggerWord)) || triggerWord;
+    let triggerWord: string;
+    let outputName: string;
+    try {
+      triggerWord = sanitizeTriggerWord(rawTrigger);
+    } catch (e) {
+      throw new JobFailure('user-input', `The trigger word "${rawTrigger.slice(0, 40)}" cannot be used: ${(e as Error).message}. Use letters, digits, "_" or "-".`);
+    }
+    try {
+      outputName = sanitizeOutputName(String(job.modelName ?? job.name ?? triggerWord));
+    } catch {
+      outputName = sanitizeOutputName(triggerWord);
+    }
 
     if (!job.datasetId) throw new JobFailure('user-input', 'The job has no dataset. Choose a dataset and submit again.');
     const dataset = await this.datasets.findById(String(job.datasetId));
@@ -255,10 +265,11 @@ export class JobPipeline {
     }
   }
 
-  private async fetchWeights(recipe: Recipe): Promise<{ fileName: string; path: string; release(): Promise<void> }[]> {
+  private async fetchWeights(p: Prepared): Promise<{ fileName: string; path: string; release(): Promise<void> }[]> {
     const handles: { fileName: string; path: string; release(): Promise<void> }[] = [];
     try {
-      for (const w of recipe.weights) {
+      // Only the files these parameters need (WAN 2.1 vs 2.2 experts differ by tens of GB).
+      for (const w of requiredWeights(p.recipe, p.parameters as never)) {
         const h = await this.weights.acquire({ fileName: w.fileName, source: { kind: 'r2', bucketAlias: 'models', key: w.r2Key }, sha256: w.sha256, bytes: w.approxBytes });
         handles.push({ fileName: w.fileName, ...h });
       }
@@ -276,7 +287,7 @@ export class JobPipeline {
     await mkdir(jobDir, { recursive: true });
     await mkdir(outputDir, { recursive: true });
     const baseModelFiles: Record<string, string> = {};
-    for (const w of p.recipe.weights) if (weights.some((h) => h.fileName === w.fileName)) baseModelFiles[w.role] = w.fileName;
+    for (const w of requiredWeights(p.recipe, p.parameters as never)) if (weights.some((h) => h.fileName === w.fileName)) baseModelFiles[w.role] = w.fileName;
     const rendered = p.recipe.render({
       jobId: ctx.jobId,
       parameters: p.parameters,
