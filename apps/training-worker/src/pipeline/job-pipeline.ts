@@ -12,7 +12,7 @@
  * ledger's own idempotency keys are the second line of defence).
  */
 import { randomBytes } from 'node:crypto';
-import { chmod, chown, mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { inject, injectable } from 'tsyringe';
 import { DatasetRepository, LoraModelRepository, TrainingJobDoc, TrainingJobRepository } from '@stationthis/db';
@@ -25,7 +25,6 @@ import {
   Quote,
   Recipe,
   jobParametersFromPlatformDoc,
-  parseSafetensorsHeader,
   recipeForModelType,
   requiredWeights,
   sanitizeOutputName,
@@ -36,6 +35,7 @@ import type { WorkerConfig } from '../config/worker-config';
 import { WorkerMetrics } from '../observability/metrics';
 import { ImageResolver } from './image-resolver';
 import { JobContext } from './job-context';
+import { mergeSafetensorsMetadata, readSafetensorsHeader } from './safetensors-file';
 import { CancelRequested, JobFailure, containerFailureMessage } from './failures';
 
 /** What `job.pipeline` holds. Written step by step, read on resume. */
@@ -129,7 +129,7 @@ export class JobPipeline {
           state.trainSeconds = Math.round((Date.now() - trainStartedAt) / 1000);
           await this.setState(ctx, { trainSeconds: state.trainSeconds });
           const loraPath = join(outputDir, rendered.outputs.lora);
-          await this.step(ctx, 'check-output', recipeId, () => this.checkOutput(prepared!.recipe, loraPath));
+          await this.step(ctx, 'check-output', recipeId, () => this.checkOutput(ctx, prepared!, loraPath));
           ctx.throwIfStopped();
           await this.transition(ctx, 'FINALIZING');
           state.upload = await this.step(ctx, 'upload', recipeId, () =>
@@ -386,26 +386,17 @@ export class JobPipeline {
     }
   }
 
-  private async checkOutput(recipe: Recipe, loraPath: string): Promise<void> {
+  /** Checks the LoRA's header against the recipe, then stamps our metadata into it. */
+  private async checkOutput(ctx: JobContext, p: Prepared, loraPath: string): Promise<void> {
     let header;
     try {
-      const fh = await open(loraPath, 'r');
-      try {
-        const len = Buffer.alloc(8);
-        await fh.read(len, 0, 8, 0);
-        const n = Number(len.readBigUInt64LE(0));
-        if (n <= 0 || n > 100 * 1024 * 1024) throw new Error(`implausible header length ${n}`);
-        const buf = Buffer.alloc(8 + n);
-        await fh.read(buf, 0, 8 + n, 0);
-        header = parseSafetensorsHeader(buf);
-      } finally {
-        await fh.close();
-      }
+      header = await readSafetensorsHeader(loraPath);
     } catch (e) {
       throw new JobFailure('engine', `Training finished but produced no valid LoRA file (${basename(loraPath)}: ${(e as Error).message}). Points were refunded.`, { cause: e });
     }
-    const check = recipe.checkOutput(header);
+    const check = p.recipe.checkOutput(header);
     if (!check.ok) throw new JobFailure('engine', `The trained LoRA failed its checks: ${check.problems.join('; ')}. Points were refunded.`);
+    await mergeSafetensorsMetadata(loraPath, p.recipe.outputMetadata({ triggerWord: p.triggerWord, baseModel: p.recipe.baseModel, jobId: ctx.jobId, outputName: p.outputName }));
   }
 
   private async upload(

@@ -1,0 +1,33 @@
+import { ConfigError, loadWorkerConfig } from './worker-config';
+
+describe('worker configuration', () => {
+  it('defaults to the local services with no environment', () => {
+    const c = loadWorkerConfig({});
+    expect(c.mongoUrl).toBe('mongodb://127.0.0.1:27017');
+    expect(c.mongoDbName).toBe('noema');
+    expect(c.environment).toBe('development');
+    expect(c.leaseMs).toBe(60_000);
+    expect(c.imageRegistry).toBe('127.0.0.1:5000');
+  });
+
+  it('reports every bad variable at once, by name', () => {
+    let err: unknown;
+    try {
+      loadWorkerConfig({ MONGO_URL: 'postgres://x', WORKER_LEASE_MS: '5', TRAINING_ENVIRONMENT: 'staging' });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    const msg = (err as Error).message;
+    expect(msg).toMatch(/MONGO_URL/);
+    expect(msg).toMatch(/WORKER_LEASE_MS/);
+    expect(msg).toMatch(/TRAINING_ENVIRONMENT/);
+  });
+
+  it('parses booleans, lists and shares', () => {
+    const c = loadWorkerConfig({ WORKER_EXIT_WHEN_IDLE: 'true', ALLOWED_DATASET_HOSTS: 'a.example, b.example', DATASET_CREATOR_SHARE: '0.1' });
+    expect(c.exitWhenIdle).toBe(true);
+    expect(c.allowedDatasetHosts).toEqual(['a.example', 'b.example']);
+    expect(c.shares.datasetCreator).toBe(0.1);
+  });
+});
