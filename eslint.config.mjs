@@ -11,8 +11,7 @@ export default [
         'error',
         {
           enforceBuildableLibDependency: true,
-          // Test helpers shared by every project's tests (not a library).
-          allow: ['**/tools/testing/**'],
+          allow: [],
           depConstraints: [
             // Apps compose libraries; nothing imports an app.
             { sourceTag: 'type:app', onlyDependOnLibsWithTags: ['type:lib'] },
@@ -28,5 +27,11 @@ export default [
       // tsyringe needs runtime class references in constructor parameters.
       '@typescript-eslint/consistent-type-imports': 'off',
     },
+  },
+  {
+    // Tests may import the shared harness in tools/testing by relative path (it is not a library);
+    // the boundaries above still hold for all production code.
+    files: ['**/*.spec.ts', '**/test/**/*.ts', '**/__fixtures__/**/*.ts'],
+    rules: { '@nx/enforce-module-boundaries': 'off' },
   },
 ];

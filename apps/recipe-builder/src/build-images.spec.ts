@@ -45,8 +45,9 @@ function recipesForBuild(): { recipes: BuildableRecipe[]; clash?: string } {
     checkImageNamesUnique(recipes);
     return { recipes };
   } catch (err) {
+    const shared = (r: BuildableRecipe) => recipes.filter((o) => o.image.name === r.image.name).length > 1;
     return {
-      recipes: recipes.map((r) => ({ ...r, image: { ...r.image, name: `${r.image.name}-${r.id}` } })),
+      recipes: recipes.map((r) => (shared(r) ? { ...r, image: { ...r.image, name: `${r.image.name}-${r.id}` } } : r)),
       clash: (err as Error).message,
     };
   }
@@ -126,6 +127,11 @@ describe('build-images against the local registry', () => {
     // (shared parents stay, they belong to the kept smoke image).
     for (const img of cacheTestImages) {
       for (const ref of img.tags) await docker.getImage(ref).remove().catch(() => undefined);
+    }
+    // Pull-by-digest references would keep superseded images alive after a Dockerfile change.
+    const manifest = await readImageManifest(base.manifestPath).catch(() => undefined);
+    for (const e of Object.values(manifest?.images ?? {})) {
+      if (e.repoDigest) await docker.getImage(e.repoDigest).remove({ noprune: true }).catch(() => undefined);
     }
     await rm(dir, { recursive: true, force: true });
     process.stdout.write(`recipe-builder durations: ${JSON.stringify(durations)}\n`);

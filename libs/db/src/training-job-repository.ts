@@ -150,17 +150,21 @@ export class TrainingJobRepository {
    */
   async claimNext(opts: ClaimOptions): Promise<{ job: TrainingJobDoc; lease: Lease } | null> {
     const strategy = this.strategy ?? (this.strategy = await this.detectStrategy());
-    const job = strategy === 'sorted-find-and-modify' ? await this.claimSorted(opts) : await this.claimFromCandidates(opts);
+    const attemptId = randomUUID();
+    const job =
+      strategy === 'sorted-find-and-modify'
+        ? await this.claimSorted(opts, attemptId)
+        : await this.claimFromCandidates(opts, attemptId);
     if (!job) return null;
-    return { job, lease: { jobId: job._id.toHexString(), attemptId: job.lease!.attemptId, workerId: opts.workerId } };
+    return { job, lease: { jobId: job._id.toHexString(), attemptId, workerId: opts.workerId } };
   }
 
   /** The claim update, shared by both strategies. */
-  private claimUpdate(opts: ClaimOptions, claimSeq?: number): UpdateFilter<TrainingJobDoc> {
+  private claimUpdate(opts: ClaimOptions, attemptId: string, claimSeq?: number): UpdateFilter<TrainingJobDoc> {
     const now = new Date();
     const set: Record<string, unknown> = {
       status: 'PROVISIONING',
-      lease: { workerId: opts.workerId, attemptId: randomUUID(), expiresAt: new Date(now.getTime() + opts.leaseMs), claimedAt: now },
+      lease: { workerId: opts.workerId, attemptId, expiresAt: new Date(now.getTime() + opts.leaseMs), claimedAt: now },
       startedAt: now,
       heartbeatAt: now,
       updatedAt: now,
@@ -172,10 +176,10 @@ export class TrainingJobRepository {
   }
 
   /** MongoDB: one atomic sorted findOneAndUpdate served by the st_claim index. */
-  private claimSorted(opts: ClaimOptions): Promise<TrainingJobDoc | null> {
+  private claimSorted(opts: ClaimOptions, attemptId: string): Promise<TrainingJobDoc | null> {
     return this.jobs.findOneAndUpdate(
       { status: 'QUEUED', ...environmentFilter(opts.environment) } as Filter<TrainingJobDoc>,
-      this.claimUpdate(opts),
+      this.claimUpdate(opts, attemptId),
       { sort: CLAIM_SORT, returnDocument: 'after' },
     );
   }
@@ -194,7 +198,7 @@ export class TrainingJobRepository {
    * is refreshed when empty or older than `candidateTtlMs`, which bounds how
    * long a newly queued higher-priority job can wait behind it.
    */
-  private async claimFromCandidates(opts: ClaimOptions): Promise<TrainingJobDoc | null> {
+  private async claimFromCandidates(opts: ClaimOptions, attemptId: string): Promise<TrainingJobDoc | null> {
     for (;;) {
       const pool = this.candidatePool(opts.environment);
       if (pool.ids.length === 0 || Date.now() - pool.fetchedAt > this.options.candidateTtlMs) {
@@ -202,14 +206,15 @@ export class TrainingJobRepository {
         if (pool.lastScanCount === 0) return null; // nothing QUEUED at all
         continue;
       }
-      const id = pool.ids.shift()!;
+      const id = pool.ids.shift();
+      if (!id) continue;
       const current = await this.jobs.findOne({ _id: id } as Filter<TrainingJobDoc>, { projection: { status: 1, claimSeq: 1 } });
       if (current?.status !== 'QUEUED') continue;
       const seq = typeof current['claimSeq'] === 'number' ? (current['claimSeq'] as number) : 0;
       if (!(await this.insertToken(`claim:${id.toHexString()}:${seq + 1}`, { workerId: opts.workerId, at: new Date() }))) continue;
       const job = await this.jobs.findOneAndUpdate(
         { _id: id, status: 'QUEUED', ...environmentFilter(opts.environment) } as Filter<TrainingJobDoc>,
-        this.claimUpdate(opts, seq + 1),
+        this.claimUpdate(opts, attemptId, seq + 1),
         { returnDocument: 'after' },
       );
       if (job) return job;

@@ -1,4 +1,6 @@
 import { MongoClient, ObjectId } from 'mongodb';
+// Shared test support sits outside every Nx project (the preamble says: import it by relative path).
+// eslint-disable-next-line @nx/enforce-module-boundaries
 import { serviceEnv } from '../../../tools/testing/support';
 import { TrainingJobRepository } from '../src';
 import { openTestDb, type TestDb } from './helpers';

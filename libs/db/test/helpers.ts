@@ -1,4 +1,6 @@
 import { MongoClient, type Db } from 'mongodb';
+// Shared test support sits outside every Nx project (the preamble says: import it by relative path).
+// eslint-disable-next-line @nx/enforce-module-boundaries
 import { serviceEnv, uniqueDbName } from '../../../tools/testing/support';
 
 export interface TestDb {

@@ -28,7 +28,7 @@ describe('ProgressThrottle', () => {
   });
 
   it('bounds pending log lines', () => {
-    let now = 0;
+    const now = 0;
     const t = new ProgressThrottle({ minIntervalMs: 1000, maxPendingLogLines: 3, now: () => now });
     t.offer({});
     for (let i = 0; i < 10; i++) t.offer({ logLines: [`l${i}`] });

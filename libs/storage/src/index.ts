@@ -18,7 +18,7 @@ export {
   type RetryConfig,
   type S3Credentials,
 } from './config';
-export { S3_CLIENT, BackoffRetryStrategy, backoffDelayMs, createS3Client, type CreatedS3Client, type RetryListener } from './client';
+export { S3_CLIENT, BackoffRetryStrategy, ThreadPoolSha256, backoffDelayMs, createS3Client, type CreatedS3Client, type RetryListener } from './client';
 export { StorageError, redactUrl, toStorageError, type StorageErrorKind } from './errors';
 export { MAX_KEY_BYTES, assertSafeKey, encodeKeyForUrl, jobArtifactKey, loraKey, unsafeKeyReason } from './keys';
 export {

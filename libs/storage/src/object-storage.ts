@@ -21,9 +21,9 @@ import {
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
-import { createWriteStream, promises as fsp } from 'node:fs';
-import { Readable, Transform } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { promises as fsp } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import { Readable } from 'node:stream';
 import { inject, injectable } from 'tsyringe';
 import { S3_CLIENT, backoffDelayMs } from './client';
 import { BUCKET_ALIASES, STORAGE_CONFIG, resolveBucketAlias, type BucketAlias, type BucketConfig, type R2Config } from './config';
@@ -83,6 +83,55 @@ function isRetryableStreamError(err: unknown): boolean {
   if (err instanceof StorageError) return err.kind === 'unavailable';
   // Network-level: ECONNRESET, ECONNREFUSED, EPIPE, premature close, timeouts.
   return true;
+}
+
+/**
+ * Writes a response body to `fh` from `position` on, coalescing the socket's
+ * small chunks into 4 MiB writes: far fewer syscalls, and the chunks die young
+ * instead of waiting in a write queue (most of the CPU of a naive pipe is GC).
+ * Bytes received before an error are flushed before it is rethrown, so a
+ * resume starts as late as possible. `onFlushed` gets each flushed count.
+ */
+async function drainToFile(
+  body: AsyncIterable<Uint8Array>,
+  fh: FileHandle,
+  position: number,
+  maxBytes: number | undefined,
+  onFlushed: (n: number) => void,
+): Promise<void> {
+  const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
+  let fill = 0;
+  let pos = position;
+  let total = 0;
+  const flush = async () => {
+    let off = 0;
+    while (off < fill) {
+      const { bytesWritten } = await fh.write(buf, off, fill - off, pos + off);
+      off += bytesWritten;
+    }
+    pos += fill;
+    const n = fill;
+    fill = 0;
+    if (n) onFlushed(n);
+  };
+  try {
+    for await (const chunk of body) {
+      total += chunk.byteLength;
+      if (maxBytes !== undefined && total > maxBytes) throw new Error(`the server sent more than the ${maxBytes} bytes requested`);
+      let off = 0;
+      while (off < chunk.byteLength) {
+        const n = Math.min(chunk.byteLength - off, buf.length - fill);
+        buf.set(chunk.subarray(off, off + n), fill);
+        fill += n;
+        off += n;
+        if (fill === buf.length) await flush();
+      }
+    }
+  } catch (err) {
+    await flush().catch(() => undefined);
+    throw err;
+  }
+  await flush();
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
@@ -229,6 +278,7 @@ export class ObjectStorage {
       const ctl = new AbortController();
       const onAbort = () => ctl.abort();
       opts.signal?.addEventListener('abort', onAbort, { once: true });
+      if (opts.signal?.aborted) ctl.abort();
       const queueSize = Math.max(1, opts.queueSize ?? 4);
       const free: Buffer[] = Array.from({ length: queueSize }, () => Buffer.allocUnsafe(partSize));
       const waiters: ((b: Buffer) => void)[] = [];
@@ -558,14 +608,15 @@ export class ObjectStorage {
         const r = await this.getObjectStream(alias, key, { range: written > 0 ? { start: written } : undefined, ifMatch: etag, signal: opts.signal });
         etag = etag ?? r.etag;
         total = r.totalBytes;
-        const counter = new Transform({
-          transform(chunk: Buffer, _enc, cb) {
-            written += chunk.length;
+        const fh = await fsp.open(destPath, written > 0 ? 'r+' : 'w');
+        try {
+          await drainToFile(r.body, fh, written, undefined, (n) => {
+            written += n;
             opts.onProgress?.(written, total);
-            cb(null, chunk);
-          },
-        });
-        await pipeline(r.body, counter, createWriteStream(destPath, { flags: written > 0 ? 'a' : 'w' }), { signal: opts.signal });
+          });
+        } finally {
+          await fh.close();
+        }
         if (written !== total) throw new Error(`stream ended at ${written} of ${total} bytes`);
         return { bytes: written, etag, attempts: attempt };
       } catch (err) {
@@ -632,13 +683,11 @@ export class ObjectStorage {
         let pos = start;
         try {
           const r = await this.getObjectStream(alias, key, { range: { start, end }, ifMatch: head.etag, signal: ctl.signal });
-          for await (const chunk of r.body as AsyncIterable<Buffer>) {
-            if (pos + chunk.length > end + 1) throw new Error('server sent more than the requested range');
-            await fh.write(chunk, 0, chunk.length, pos);
-            pos += chunk.length;
-            progress += chunk.length;
+          await drainToFile(r.body, fh, start, end + 1 - start, (n) => {
+            pos += n;
+            progress += n;
             opts.onProgress?.(progress, head.bytes);
-          }
+          });
           if (pos !== end + 1) throw new Error(`range ${start}-${end} ended at ${pos}`);
           maxAttempts = Math.max(maxAttempts, attempt);
           return;

@@ -1,8 +1,10 @@
 /** Pure parts: config, redaction, URL parsing, keys, captions, magic bytes, backoff. No services needed. */
+import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { inspect } from 'node:util';
 import {
   ObjectStorage,
   StorageError,
+  ThreadPoolSha256,
   autoV2,
   backoffDelayMs,
   createS3Client,
@@ -181,5 +183,26 @@ describe('selectCaptions (platform rules)', () => {
   it('accepts ObjectId-like ids', () => {
     const oid = { toString: () => '665f00000000000000000001' };
     expect(selectCaptions({ images, captionSets: [{ ...legacy, _id: oid }] }, '665f00000000000000000001').source).toBe('captionSet:665f00000000000000000001 (requested)');
+  });
+});
+
+describe('ThreadPoolSha256 (SigV4 hashes off the event loop)', () => {
+  it('matches node:crypto for small, large, chunked inputs and HMAC', async () => {
+    const hex = async (h: ThreadPoolSha256) => Buffer.from(await h.digest()).toString('hex');
+    for (const size of [0, 10, 300 * 1024, 3 * 1024 * 1024]) {
+      const data = randomBytes(size);
+      const h = new ThreadPoolSha256();
+      h.update(data.subarray(0, Math.floor(size / 3)));
+      h.update(data.subarray(Math.floor(size / 3)));
+      expect(await hex(h)).toBe(createHash('sha256').update(data).digest('hex'));
+    }
+    const mac = new ThreadPoolSha256('key');
+    mac.update('message');
+    expect(await hex(mac)).toBe(createHmac('sha256', 'key').update('message').digest('hex'));
+    const s = new ThreadPoolSha256();
+    s.update('abc');
+    s.reset();
+    s.update('xyz');
+    expect(await hex(s)).toBe(createHash('sha256').update('xyz').digest('hex'));
   });
 });

@@ -32,7 +32,7 @@ const arg = (name, dflt) => {
 };
 const MiB = 1024 * 1024;
 const sizeMiB = Number(arg('size-mib', '1024'));
-const rounds = Number(arg('rounds', '2'));
+const rounds = Number(arg('rounds', '4'));
 const aws = arg('aws', process.env.AWS_CLI ?? 'aws');
 const bytes = sizeMiB * MiB;
 
@@ -61,9 +61,17 @@ const awsEnv = {
 // Path-style addressing, like our client; CLI transfer settings left at their defaults.
 await fsp.writeFile(awsEnv.AWS_CONFIG_FILE, '[default]\ns3 =\n  addressing_style = path\n');
 
+// CPU seconds are reported too: on a shared machine they are steadier than wall time.
+const haveTime = spawnSync('/usr/bin/time', ['-f', '%U', 'true']).status === 0;
+let lastChildCpu = 0;
 function runAws(argv) {
-  const r = spawnSync(aws, ['--endpoint-url', config.endpoint, '--only-show-errors', ...argv], { env: awsEnv, stdio: ['ignore', 'inherit', 'inherit'] });
-  if (r.status !== 0) throw new Error(`aws ${argv.join(' ')} failed with exit code ${r.status}`);
+  const cmd = [aws, '--endpoint-url', config.endpoint, '--only-show-errors', ...argv];
+  const r = haveTime
+    ? spawnSync('/usr/bin/time', ['-f', 'CPU %U %S', ...cmd], { env: awsEnv, encoding: 'utf8', stdio: ['ignore', 'inherit', 'pipe'] })
+    : spawnSync(cmd[0], cmd.slice(1), { env: awsEnv, encoding: 'utf8', stdio: ['ignore', 'inherit', 'pipe'] });
+  const m = /CPU ([\d.]+) ([\d.]+)\s*$/.exec(r.stderr ?? '');
+  lastChildCpu = m ? Number(m[1]) + Number(m[2]) : NaN;
+  if (r.status !== 0) throw new Error(`aws ${argv.join(' ')} failed with exit code ${r.status}: ${r.stderr}`);
 }
 
 async function writeFile(file, n) {
@@ -82,10 +90,14 @@ async function writeFile(file, n) {
   return h.digest('hex');
 }
 
-async function timed(fn) {
+async function timed(name, fn) {
+  const c = process.cpuUsage();
   const t = process.hrtime.bigint();
   await fn();
-  return Number(process.hrtime.bigint() - t) / 1e9;
+  const wall = Number(process.hrtime.bigint() - t) / 1e9;
+  const d = process.cpuUsage(c);
+  const cpuS = name.startsWith('aws') ? lastChildCpu : (d.user + d.system) / 1e6;
+  return { wall, cpuS };
 }
 
 const mbps = (s) => bytes / MiB / s;
@@ -99,6 +111,7 @@ try {
   console.log(`reference: ${awsVersion}; node ${process.version}; ${os.cpus().length} CPUs`);
   const sha = await writeFile(src, bytes);
   const t = { oursUp: [], awsUp: [], oursDown: [], oursDown4: [], awsDown: [] };
+  const cpu = { oursUp: [], awsUp: [], oursDown: [], oursDown4: [], awsDown: [] };
   for (let r = 1; r <= rounds; r++) {
     const ourKey = `${prefix}ours-${r}.bin`;
     const awsKey = `${prefix}aws-${r}.bin`;
@@ -119,9 +132,10 @@ try {
       downs.reverse();
     }
     for (const [name, fn] of [...ups, ...downs]) {
-      const s = await timed(fn);
-      t[name].push(s);
-      console.log(`  round ${r} ${name.padEnd(8)} ${fmt(s)}`);
+      const { wall, cpuS } = await timed(name, fn);
+      t[name].push(wall);
+      cpu[name].push(cpuS);
+      console.log(`  round ${r} ${name.padEnd(9)} ${fmt(wall)}  cpu ${cpuS.toFixed(2)} s`);
     }
     for (const f of ['ours.out', 'ours4.out', 'aws.out']) {
       const got = await lib.sha256File(path.join(work, f));
@@ -136,6 +150,8 @@ try {
   console.log(`upload   (${sizeMiB} MiB)        ${fmt(up[0])}   ${fmt(up[1])}   ${(up[1] / up[0]).toFixed(2)}x`);
   console.log(`download (${sizeMiB} MiB)        ${fmt(down[0])}   ${fmt(down[1])}   ${(down[1] / down[0]).toFixed(2)}x   (one stream)`);
   console.log(`download (${sizeMiB} MiB)        ${fmt(down4)}   ${fmt(down[1])}   ${(down[1] / down4).toFixed(2)}x   (4 x 16 MiB ranges, as WeightCache uses)`);
+  const c = (k) => median(cpu[k]).toFixed(2);
+  console.log(`median CPU seconds: upload ours ${c('oursUp')} / aws ${c('awsUp')}; download ours ${c('oursDown')} (4 ranges ${c('oursDown4')}) / aws ${c('awsDown')} (aws includes ~0.4 s Python start-up)`);
   console.log('(ours/aws = our throughput / AWS CLI throughput; our upload also computes sha256 + AutoV2; target >= 0.90x)');
 } finally {
   await storage.deletePrefix('models', prefix).catch(() => undefined);

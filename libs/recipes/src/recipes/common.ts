@@ -72,9 +72,10 @@ const CUDA_BASES = {
 /** PyTorch pins shared by both kohya engines (sd-scripts README: tested with 2.6.0 + cu124). */
 const TORCH_PINS = ['torch==2.6.0', 'torchvision==0.21.0'];
 
-export function sdScriptsImage(flagChecks: ImageSpec['flagChecks']): ImageSpec {
+/** One image per recipe: SDXL and FLUX share the engine but version independently, so their tags must not collide. */
+export function sdScriptsImage(name: string, flagChecks: ImageSpec['flagChecks']): ImageSpec {
   return {
-    name: 'kohya-sd-scripts',
+    name,
     ...CUDA_BASES,
     builderAptPackages: [...CUDA_BASES.builderAptPackages],
     runtimeAptPackages: [...CUDA_BASES.runtimeAptPackages],

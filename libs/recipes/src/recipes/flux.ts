@@ -107,7 +107,7 @@ export const fluxRecipe: Recipe<FluxParameters> = defineRecipe<FluxParameters>({
   product: true,
   baseModel: 'FLUX',
   engine: SD_SCRIPTS,
-  image: sdScriptsImage([
+  image: sdScriptsImage('flux-kohya', [
     { argv: ['python', FLUX_SCRIPT, '--help'], flags: FLUX_ALL_FLAGS },
     { argv: ['accelerate', 'launch', '--help'], flags: flagsOf(accelerateLaunch('bf16')) },
   ]),

@@ -88,7 +88,7 @@ export const sdxlRecipe: Recipe<SdxlParameters> = defineRecipe<SdxlParameters>({
   product: true,
   baseModel: 'SDXL',
   engine: SD_SCRIPTS,
-  image: sdScriptsImage([
+  image: sdScriptsImage('sdxl-kohya', [
     { argv: ['python', SDXL_SCRIPT, '--help'], flags: SDXL_ALL_FLAGS },
     { argv: ['accelerate', 'launch', '--help'], flags: flagsOf(accelerateLaunch('bf16')) },
   ]),
