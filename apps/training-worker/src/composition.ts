@@ -8,7 +8,7 @@ import { container as rootContainer, DependencyContainer, instanceCachingFactory
 import { MongoClient } from 'mongodb';
 import { connectMongo, DatasetRepository, LoraModelRepository, MONGO_DB, TrainingJobRepository } from '@stationthis/db';
 import { PointsLedger, POINTS_DB } from '@stationthis/points';
-import { createS3Client, loadStorageConfig, S3_CLIENT, STORAGE_CONFIG } from '@stationthis/storage';
+import { loadStorageConfig, registerStorage } from '@stationthis/storage';
 import { registerDocker } from '@stationthis/docker';
 import { ROOT_LOGGER, WORKER_CONFIG } from './tokens';
 import type { WorkerConfig } from './config/worker-config';
@@ -39,8 +39,7 @@ export async function compose(config: WorkerConfig, env: NodeJS.ProcessEnv = pro
   }
 
   const storageConfig = loadStorageConfig({ ...env, WEIGHT_CACHE_DIR: env.WEIGHT_CACHE_DIR ?? `${config.stateDir}/weights` });
-  container.register(STORAGE_CONFIG, { useValue: storageConfig });
-  container.register(S3_CLIENT, { useValue: createS3Client(storageConfig) });
+  registerStorage(container, storageConfig);
 
   // Docker client, hardened runtime, GPU inventory (nvidia-smi or GPU_DEVICES/CPU_SLOTS) and allocator.
   await registerDocker(container, env);

@@ -7,6 +7,7 @@
 import { inject, injectable } from 'tsyringe';
 import { LEASED_STATUSES, TERMINAL_STATUSES, TrainingJobRepository } from '@stationthis/db';
 import { PointsLedger } from '@stationthis/points';
+import { ObjectStorage } from '@stationthis/storage';
 import { CONTAINER_RUNTIME, ContainerRuntime, GpuAllocator, LABELS } from '@stationthis/docker';
 import { ROOT_LOGGER, WORKER_CONFIG } from './tokens';
 import type { WorkerConfig } from './config/worker-config';
@@ -33,6 +34,7 @@ export class TrainingWorker {
     private readonly allocator: GpuAllocator,
     private readonly pipeline: JobPipeline,
     private readonly metrics: WorkerMetrics,
+    private readonly storage: ObjectStorage,
   ) {}
 
   get isStopping(): boolean {
@@ -158,6 +160,8 @@ export class TrainingWorker {
     });
     if (removed.length) this.log.warn({ containers: removed }, 'removed orphan containers');
     await this.settleTerminalJobs();
+    // Multipart uploads left by crashed attempts (never visible under a final key) are aborted after an hour.
+    await this.storage.abortIncompleteUploads('models', '', 3_600_000).catch((err) => this.log.warn({ err }, 'could not abort stale multipart uploads'));
   }
 
   /**

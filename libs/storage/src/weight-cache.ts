@@ -35,7 +35,11 @@ export interface WeightSpec {
   source: WeightSource;
   /** Expected lower-case hex sha256. Required for https sources. */
   sha256?: string;
-  /** Expected size in bytes, when known (used to make room before downloading). */
+  /**
+   * Approximate size in bytes, when known: used only to make room in the
+   * budget before downloading. Integrity is checked by sha256 (and, for R2,
+   * the server's object size), never by this number.
+   */
   bytes?: number;
 }
 
@@ -151,8 +155,7 @@ export class WeightCache {
         marker !== null &&
         size === marker.bytes &&
         marker.source === sourceId(spec.source) &&
-        (!spec.sha256 || marker.sha256 === spec.sha256.toLowerCase()) &&
-        (spec.bytes === undefined || spec.bytes === marker.bytes);
+        (!spec.sha256 || marker.sha256 === spec.sha256.toLowerCase());
       if (!valid) {
         if (size >= 0 && (await liveLeases(this.p('leases', spec.fileName))) > 0) {
           throw new StorageError(
@@ -235,13 +238,13 @@ export class WeightCache {
 
     const got = await sha256File(partial, (n) => opts.onProgress?.({ fileName: spec.fileName, bytes: n, totalBytes: spec.bytes ?? n, phase: 'verify' }));
     const where = `${spec.fileName} from ${src}`;
-    if ((spec.sha256 && got.sha256 !== spec.sha256.toLowerCase()) || (spec.bytes !== undefined && got.bytes !== spec.bytes)) {
+    if (spec.sha256 && got.sha256 !== spec.sha256.toLowerCase()) {
       await fsp.rm(partial, { force: true });
       await fsp.rm(partialInfo, { force: true });
       await fsp.rm(`${partial}.ranges.json`, { force: true });
       throw new StorageError(
         'invalid-content',
-        `Weight ${where} failed verification: got sha256 ${got.sha256} (${got.bytes} bytes), expected ${spec.sha256 ?? '(any)'} (${spec.bytes ?? 'any'} bytes). The download was discarded; check the source and the recipe's pinned hash.`,
+        `Weight ${where} failed verification: got sha256 ${got.sha256} (${got.bytes} bytes), expected ${spec.sha256}. The download was discarded; check the source and the recipe's pinned hash.`,
         spec.source.kind === 'r2' ? { key: spec.source.key } : { url: spec.source.url },
       );
     }
@@ -259,7 +262,6 @@ export class WeightCache {
     let lastErr: unknown;
     for (let attempt = 1; attempt <= max; attempt++) {
       let have = await fsp.stat(partial).then((s) => s.size, () => 0);
-      if (spec.bytes !== undefined && have === spec.bytes) return;
       try {
         const res = await fetch(url, {
           redirect: 'follow',
@@ -279,7 +281,7 @@ export class WeightCache {
         }
         if (have > 0 && res.status !== 206) have = 0; // server ignored the range: start over
         const len = Number(res.headers.get('content-length') ?? NaN);
-        const total = Number.isFinite(len) ? have + len : spec.bytes ?? -1;
+        const total = Number.isFinite(len) ? have + len : -1;
         let written = have;
         const counter = new Transform({
           transform(chunk: Buffer, _e, cb) {

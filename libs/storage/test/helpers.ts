@@ -10,8 +10,6 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { once } from 'node:events';
-// The shared test support lives outside any project; the preamble says to import it by relative path.
-// eslint-disable-next-line @nx/enforce-module-boundaries
 import { serviceEnv, uniquePrefix } from '../../../tools/testing/support';
 
 export { uniquePrefix };

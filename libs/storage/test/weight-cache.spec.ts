@@ -121,6 +121,16 @@ describe('WeightCache', () => {
     await l.release();
   });
 
+  it('treats bytes as a size hint, not a check', async () => {
+    const { cache } = await cacheIn('approx');
+    const l = await cache.acquire({ ...spec('b.bin', B), bytes: 300 * KiB });
+    expect(sha256(await fsp.readFile(l.path))).toBe(sha256(B));
+    await l.release();
+    const again = await cache.acquire({ ...spec('b.bin', B), bytes: 123 });
+    expect(again.downloaded).toBe(false);
+    await again.release();
+  });
+
   it('rejects a download whose sha256 does not match, and keeps nothing', async () => {
     const { cache, dir } = await cacheIn('badhash');
     const err = await cache.acquire({ ...spec('c.bin', C), sha256: sha256(A) }).catch((e) => e);

@@ -102,7 +102,11 @@ async function timed(name, fn) {
 
 const mbps = (s) => bytes / MiB / s;
 const fmt = (s) => `${mbps(s).toFixed(1).padStart(7)} MiB/s (${s.toFixed(2)} s)`;
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const median = (xs) => {
+  const v = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(v.length / 2);
+  return v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
+};
 
 try {
   const awsVersion = execFileSync(aws, ['--version'], { env: awsEnv, encoding: 'utf8' }).trim();
@@ -110,8 +114,9 @@ try {
   console.log(`storage bench: ${sizeMiB} MiB, ${rounds} round(s), endpoint ${config.endpoint}, bucket ${bucket}`);
   console.log(`reference: ${awsVersion}; node ${process.version}; ${os.cpus().length} CPUs`);
   const sha = await writeFile(src, bytes);
-  const t = { oursUp: [], awsUp: [], oursDown: [], oursDown4: [], awsDown: [] };
-  const cpu = { oursUp: [], awsUp: [], oursDown: [], oursDown4: [], awsDown: [] };
+  const names = ['oursUp', 'oursUpRaw', 'awsUp', 'oursDown', 'oursDown4', 'awsDown'];
+  const t = Object.fromEntries(names.map((n) => [n, []]));
+  const cpu = Object.fromEntries(names.map((n) => [n, []]));
   for (let r = 1; r <= rounds; r++) {
     const ourKey = `${prefix}ours-${r}.bin`;
     const awsKey = `${prefix}aws-${r}.bin`;
@@ -121,6 +126,8 @@ try {
         if (u.sha256 !== sha) throw new Error('sha256 mismatch on our upload');
       })],
       ['awsUp', () => runAws(['s3', 'cp', src, `s3://${bucket}/${awsKey}`])],
+      // The same upload without our sha256 (what the AWS CLI does): the transfer path alone.
+      ['oursUpRaw', () => storage.uploadFile('models', `${ourKey}.raw`, src, { contentType: 'application/octet-stream' })],
     ];
     const downs = [
       ['oursDown', () => storage.downloadToFile('models', awsKey, path.join(work, 'ours.out'))],
@@ -147,11 +154,13 @@ try {
   const down = [median(t.oursDown), median(t.awsDown)];
   const down4 = median(t.oursDown4);
   console.log('\nmedian throughput          @stationthis/storage      aws-cli                   ours/aws');
-  console.log(`upload   (${sizeMiB} MiB)        ${fmt(up[0])}   ${fmt(up[1])}   ${(up[1] / up[0]).toFixed(2)}x`);
+  const upRaw = median(t.oursUpRaw);
+  console.log(`upload   (${sizeMiB} MiB)        ${fmt(up[0])}   ${fmt(up[1])}   ${(up[1] / up[0]).toFixed(2)}x   (ModelUploader: + sha256/AutoV2)`);
+  console.log(`upload   (${sizeMiB} MiB)        ${fmt(upRaw)}   ${fmt(up[1])}   ${(up[1] / upRaw).toFixed(2)}x   (uploadFile, no hash, like the CLI)`);
   console.log(`download (${sizeMiB} MiB)        ${fmt(down[0])}   ${fmt(down[1])}   ${(down[1] / down[0]).toFixed(2)}x   (one stream)`);
   console.log(`download (${sizeMiB} MiB)        ${fmt(down4)}   ${fmt(down[1])}   ${(down[1] / down4).toFixed(2)}x   (4 x 16 MiB ranges, as WeightCache uses)`);
   const c = (k) => median(cpu[k]).toFixed(2);
-  console.log(`median CPU seconds: upload ours ${c('oursUp')} / aws ${c('awsUp')}; download ours ${c('oursDown')} (4 ranges ${c('oursDown4')}) / aws ${c('awsDown')} (aws includes ~0.4 s Python start-up)`);
+  console.log(`median CPU seconds: upload ours ${c('oursUp')} (no hash ${c('oursUpRaw')}) / aws ${c('awsUp')}; download ours ${c('oursDown')} (4 ranges ${c('oursDown4')}) / aws ${c('awsDown')} (aws includes ~0.4 s Python start-up)`);
   console.log('(ours/aws = our throughput / AWS CLI throughput; our upload also computes sha256 + AutoV2; target >= 0.90x)');
 } finally {
   await storage.deletePrefix('models', prefix).catch(() => undefined);

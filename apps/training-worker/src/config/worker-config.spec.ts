@@ -24,10 +24,9 @@ describe('worker configuration', () => {
     expect(msg).toMatch(/TRAINING_ENVIRONMENT/);
   });
 
-  it('parses booleans, lists and shares', () => {
-    const c = loadWorkerConfig({ WORKER_EXIT_WHEN_IDLE: 'true', ALLOWED_DATASET_HOSTS: 'a.example, b.example', DATASET_CREATOR_SHARE: '0.1' });
+  it('parses booleans and shares', () => {
+    const c = loadWorkerConfig({ WORKER_EXIT_WHEN_IDLE: 'true', DATASET_CREATOR_SHARE: '0.1' });
     expect(c.exitWhenIdle).toBe(true);
-    expect(c.allowedDatasetHosts).toEqual(['a.example', 'b.example']);
     expect(c.shares.datasetCreator).toBe(0.1);
   });
 });

@@ -39,7 +39,6 @@ const schema = z.object({
   DATASET_CREATOR_SHARE: z.coerce.number().min(0).max(1).default(0.05),
   TRAINER_SHARE: z.coerce.number().min(0).max(1).default(0.02),
   PLATFORM_FEE_MULTIPLIER: z.coerce.number().min(1).max(10).default(1.2),
-  ALLOWED_DATASET_HOSTS: z.string().default(''),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 
@@ -84,7 +83,6 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env) {
     imageNamespace: c.IMAGE_NAMESPACE,
     shares: { datasetCreator: c.DATASET_CREATOR_SHARE, trainer: c.TRAINER_SHARE },
     platformFeeMultiplier: c.PLATFORM_FEE_MULTIPLIER,
-    allowedDatasetHosts: c.ALLOWED_DATASET_HOSTS.split(',').map((h) => h.trim()).filter(Boolean),
     logLevel: c.LOG_LEVEL,
   };
 }

@@ -17,7 +17,7 @@ import { basename, join } from 'node:path';
 import { inject, injectable } from 'tsyringe';
 import { DatasetRepository, LoraModelRepository, TrainingJobDoc, TrainingJobRepository } from '@stationthis/db';
 import { InsufficientPointsError, POINT_USD, PointsLedger } from '@stationthis/points';
-import { DatasetFetcher, ModelUploader, ObjectStorage, WeightCache, jobArtifactKey, loraKey } from '@stationthis/storage';
+import { DatasetFetcher, ModelUploader, ObjectStorage, PlatformDatasetDoc, WeightCache, jobArtifactKey, loraKey } from '@stationthis/storage';
 import { CONTAINER_RUNTIME, ContainerRuntime, GpuAllocator } from '@stationthis/docker';
 import {
   CONTAINER_PATHS,
@@ -248,11 +248,12 @@ export class JobPipeline {
   private async fetchDataset(ctx: JobContext, p: Prepared, datasetDir: string) {
     await mkdir(datasetDir, { recursive: true });
     try {
-      const fetched = await this.fetcher.fetch(p.dataset as never, datasetDir, {
-        allowedHosts: this.config.allowedDatasetHosts,
+      const fetched = await this.fetcher.fetch(p.dataset as unknown as PlatformDatasetDoc, datasetDir, {
         captionSetId: ctx.job.captionSetId ? String(ctx.job.captionSetId) : undefined,
-        onProgress: (pr: { done?: number; total?: number }) => ctx.log.debug({ progress: pr }, 'dataset fetch progress'),
-      } as never);
+        allowVideo: p.recipe.datasetRequirements.allowVideo,
+        signal: ctx.signal,
+        onProgress: (pr) => ctx.log.debug({ progress: pr }, 'dataset fetch progress'),
+      });
       this.metrics.bytesMoved.inc({ direction: 'down', kind: 'dataset' }, fetched.totalBytes);
       ctx.log.info({ images: fetched.images.length, bytes: fetched.totalBytes }, 'dataset fetched');
       await this.makeReadable(datasetDir);
