@@ -6,7 +6,7 @@
 import 'reflect-metadata';
 import { container as rootContainer, DependencyContainer, instanceCachingFactory } from 'tsyringe';
 import { MongoClient } from 'mongodb';
-import { connectMongo, DatasetRepository, LoraModelRepository, MONGO_DB, TrainingJobRepository } from '@stationthis/db';
+import { connectMongo, DatasetRepository, LoraModelRepository, MONGO_DB, TrainingJobRepository, UserCoreReader } from '@stationthis/db';
 import { PointsLedger, POINTS_DB } from '@stationthis/points';
 import { loadStorageConfig, registerStorage } from '@stationthis/storage';
 import { registerDocker } from '@stationthis/docker';
@@ -44,7 +44,7 @@ export async function compose(config: WorkerConfig, env: NodeJS.ProcessEnv = pro
   // Docker client, hardened runtime, GPU inventory (nvidia-smi or GPU_DEVICES/CPU_SLOTS) and allocator.
   await registerDocker(container, env);
 
-  for (const singleton of [TrainingJobRepository, DatasetRepository, LoraModelRepository, PointsLedger]) {
+  for (const singleton of [TrainingJobRepository, DatasetRepository, LoraModelRepository, UserCoreReader, PointsLedger]) {
     container.registerSingleton(singleton as never);
   }
 

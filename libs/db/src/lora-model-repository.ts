@@ -47,6 +47,11 @@ export interface RegisterTrainedModelInput {
   masterAccountId: IdLike;
   datasetId?: IdLike;
   modelName: string;
+  /**
+   * A slug the caller already chose (e.g. because the file is already stored at
+   * `loras/<slug>.safetensors`). Default: `slugify(modelName)-<6 hex>`, made unique here.
+   */
+  slug?: string;
   triggerWord: string;
   baseModel: string;
   /** Public or presigned URL of the .safetensors file (becomes publishedTo.modelFileUrl). */
@@ -133,7 +138,7 @@ export class LoraModelRepository {
     const owner = toObjectId(input.masterAccountId, 'masterAccountId');
     const checkpoint = checkpointFor(input.baseModel);
     const now = new Date();
-    const slug = await this.freeSlug(input.modelName, String(input.trainingJobId));
+    const slug = input.slug ?? (await this.freeSlug(input.modelName, String(input.trainingJobId)));
     const doc: LoraModelDoc = {
       ...(input.extra ?? {}),
       _id,

@@ -28,6 +28,7 @@ const CLAIMERS = (process.env.BENCH_CLAIMERS ?? '1,4,8').split(',').map(Number);
 
 const dbName = (tag) => `bench_${tag}_${randomBytes(3).toString('hex')}`;
 const pct = (sorted, p) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] : NaN);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const fmt = (n, d = 1) => (Number.isFinite(n) ? n.toFixed(d) : '-');
 
 async function insertInBatches(col, docs) {
@@ -117,8 +118,10 @@ async function benchAgenda(claimers) {
     }
     const t0 = process.hrtime.bigint();
     const deadline = Date.now() + SECONDS * 1000;
-    await Promise.all(agendas.map((a) => a.start()));
-    while (Date.now() < deadline && done < JOBS) await new Promise((r) => setTimeout(r, 100));
+    // start() can stall on this server (SQLITE_BUSY on its lock queries), so it only gets the budget too
+    const startAll = Promise.all(agendas.map((a) => a.start())).catch((err) => errors.push(String(err?.message ?? err)));
+    await Promise.race([startAll, sleep(SECONDS * 1000)]);
+    while (Date.now() < deadline && done < JOBS) await sleep(100);
     const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
     // latency between consecutive job starts of the whole fleet, the nearest analogue of a claim
     const gaps = [];
@@ -129,8 +132,8 @@ async function benchAgenda(claimers) {
   } finally {
     // Close every other connection before dropping: FerretDB v1 crashed (SIGBUS in the SQLite WAL)
     // when a database was dropped while other connections still had it open.
-    await Promise.all(agendas.map((a) => a.stop().catch(() => undefined)));
-    await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
+    await Promise.race([Promise.all(agendas.map((a) => a.stop().catch(() => undefined))), sleep(15_000)]);
+    await Promise.all(clients.map((c) => c.close(true).catch(() => undefined)));
     await db.dropDatabase().catch(() => undefined);
     await admin.close();
   }

@@ -14,8 +14,9 @@
 import { randomBytes } from 'node:crypto';
 import { chmod, chown, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
+import { ObjectId } from 'mongodb';
 import { inject, injectable } from 'tsyringe';
-import { DatasetRepository, LoraModelRepository, TrainingJobDoc, TrainingJobRepository } from '@stationthis/db';
+import { DatasetRepository, LoraModelRepository, slugify, TrainingJobDoc, TrainingJobRepository, UserCoreReader } from '@stationthis/db';
 import { InsufficientPointsError, POINT_USD, PointsLedger } from '@stationthis/points';
 import { DatasetFetcher, ModelUploader, ObjectStorage, PlatformDatasetDoc, WeightCache, jobArtifactKey, loraKey } from '@stationthis/storage';
 import { CONTAINER_RUNTIME, ContainerRuntime, GpuAllocator } from '@stationthis/docker';
@@ -83,6 +84,7 @@ export class JobPipeline {
     private readonly jobs: TrainingJobRepository,
     private readonly datasets: DatasetRepository,
     private readonly models: LoraModelRepository,
+    private readonly users: UserCoreReader,
     private readonly ledger: PointsLedger,
     private readonly fetcher: DatasetFetcher,
     private readonly uploader: ModelUploader,
@@ -407,6 +409,7 @@ export class JobPipeline {
     files: { loraPath: string; outputDir: string; logFile: string; jobDir: string; samplesDir?: string },
   ): Promise<UploadState> {
     if (!state.slug) {
+      // Chosen before the upload because it is the file's key; registration reuses it.
       state.slug = `${slugify(p.outputName)}-${randomBytes(3).toString('hex')}`;
       await this.setState(ctx, { slug: state.slug });
     }
@@ -439,28 +442,30 @@ export class JobPipeline {
   private async register(ctx: JobContext, state: PipelineState, p: Prepared): Promise<void> {
     if (state.loraModelId) return;
     const upload = state.upload!;
-    const model = await this.models.registerTrainedModel({
-      trainingId: ctx.jobId,
+    const { model } = await this.models.registerTrainedModel({
+      trainingJobId: ctx.jobId,
+      masterAccountId: String(ctx.job.ownerAccountId ?? ctx.job.userId),
       datasetId: String(ctx.job.datasetId),
-      ownerAccountId: String(ctx.job.ownerAccountId ?? ctx.job.userId),
-      name: p.outputName,
+      modelName: p.outputName,
       slug: state.slug!,
       triggerWord: p.triggerWord,
       baseModel: p.recipe.baseModel,
-      tool: p.recipe.engine.name,
-      engineCommit: p.recipe.engine.commit,
-      recipeId: p.recipe.id,
-      recipeVersion: p.recipe.version,
-      steps: Number((p.parameters as { steps?: number }).steps ?? 0),
-      durationSeconds: state.trainSeconds ?? 0,
       modelFileUrl: upload.loraUrl,
+      storageKey: upload.loraKey,
+      description: ctx.job.description ? String(ctx.job.description) : `Trained LoRA model with trigger word: ${p.triggerWord}`,
+      tool: p.recipe.engine.name,
+      steps: Number((p.parameters as { steps?: number }).steps ?? ctx.job.totalSteps ?? 0),
+      durationSeconds: state.trainSeconds ?? 0,
+      finalLoss: typeof ctx.job.currentLoss === 'number' ? ctx.job.currentLoss : null,
       previewImages: upload.sampleUrls,
-      sha256: upload.sha256,
-      autov2: upload.autov2,
-      sizeBytes: upload.bytes,
-      description: ctx.job.description ? String(ctx.job.description) : undefined,
-    } as never);
-    state.loraModelId = String((model as { _id?: unknown; id?: unknown })._id ?? (model as { id?: unknown }).id);
+      extra: {
+        // Where the file came from and how to verify it (Civitai/A1111 AutoV2 short hash).
+        hashes: { sha256: upload.sha256, autov2: upload.autov2 },
+        sizeBytes: upload.bytes,
+        recipe: { id: p.recipe.id, version: p.recipe.version, engineCommit: p.recipe.engine.commit },
+      },
+    });
+    state.loraModelId = String(model._id);
     await this.setState(ctx, { loraModelId: state.loraModelId });
   }
 
@@ -469,7 +474,7 @@ export class JobPipeline {
     const intent = state.settleIntent;
     // The quote is recorded before the charge, so a charge whose flag was lost in a crash is still settled.
     if (state.quote && intent) {
-      await this.ledger.settle({ jobId: ctx.jobId, usedPoints: intent.usedPoints, reason: intent.reason });
+      await this.ledger.settle({ jobId: ctx.jobId, usedPoints: intent.usedPoints, reason: intent.reason, outcome });
       if (outcome === 'completed' && intent.usedPoints > 0) await this.creditContributors(ctx, intent.usedPoints, p);
       await this.setState(ctx, { settled: true });
     }
@@ -479,8 +484,9 @@ export class JobPipeline {
       await this.transition(ctx, 'RUNNING');
       await this.transition(ctx, 'FINALIZING');
       const upload = state.upload!;
-      await this.jobs.complete(ctx.lease, {
-        loraModelId: state.loraModelId,
+      await this.terminal(ctx, 'COMPLETED', {
+        completedAt: new Date(),
+        loraModelId: state.loraModelId ? new ObjectId(state.loraModelId) : undefined,
         modelRepoUrl: upload.loraUrl,
         previewImages: upload.sampleUrls,
         triggerWords: [ctx.job.triggerWord ?? (ctx.job.triggerWords as string[] | undefined)?.[0]].filter(Boolean),
@@ -491,11 +497,11 @@ export class JobPipeline {
       this.metrics.jobsByState.inc({ state: 'COMPLETED' });
       ctx.log.info({ loraUrl: upload.loraUrl, actualCostPoints }, 'job completed');
     } else if (outcome === 'cancelled') {
-      await this.jobs.cancelComplete(ctx.lease, { actualCostPoints, costReconciled: true, failureReason: reason });
+      await this.terminal(ctx, 'CANCELLED', { cancelledAt: new Date(), actualCostPoints, costReconciled: true, failureReason: reason });
       this.metrics.jobsByState.inc({ state: 'CANCELLED' });
       ctx.log.info({ actualCostPoints }, 'job cancelled');
     } else {
-      await this.jobs.fail(ctx.lease, { failureReason: reason, failureClass: (failureClass ?? 'infrastructure') as never, actualCostPoints, costReconciled: Boolean(state.charged) });
+      await this.terminal(ctx, 'FAILED', { failureReason: reason, failureClass: failureClass ?? 'infrastructure', actualCostPoints, costReconciled: Boolean(state.quote) });
       this.metrics.jobsByState.inc({ state: 'FAILED' });
       ctx.log.warn({ failureReason: reason, failureClass }, 'job failed');
     }
@@ -507,11 +513,14 @@ export class JobPipeline {
     const creator = dataset?.ownerAccountId ? String(dataset.ownerAccountId) : undefined;
     const creatorPoints = Math.floor(usedPoints * this.config.shares.datasetCreator);
     if (creator && creator !== owner && creatorPoints > 0) {
-      await this.ledger.credit({ jobId: ctx.jobId, recipientAccountId: creator, points: creatorPoints, kind: 'dataset-creator', reason: `dataset used by training ${ctx.jobId}` });
+      // The wallet makes the credit visible to the platform's wallet-based balance too.
+      const wallet = this.users.primaryWallet(await this.users.findById(creator));
+      await this.ledger.credit({ jobId: ctx.jobId, recipientAccountId: creator, recipientWalletAddress: wallet, points: creatorPoints, kind: 'dataset-creator', reason: `dataset used by training ${ctx.jobId}` });
     }
     const trainerPoints = Math.floor(usedPoints * this.config.shares.trainer);
     if (trainerPoints > 0) {
-      await this.ledger.credit({ jobId: ctx.jobId, recipientAccountId: owner, points: trainerPoints, kind: 'trainer', reason: `trainer reward for ${ctx.jobId}` });
+      const wallet = ctx.job.walletAddress ? String(ctx.job.walletAddress) : this.users.primaryWallet(await this.users.findById(owner));
+      await this.ledger.credit({ jobId: ctx.jobId, recipientAccountId: owner, recipientWalletAddress: wallet, points: trainerPoints, kind: 'trainer', reason: `trainer reward for ${ctx.jobId}` });
     }
   }
 
@@ -538,6 +547,14 @@ export class JobPipeline {
       ctx.throwIfStopped();
     }
     ctx.job.status = to as TrainingJobDoc['status'];
+  }
+
+  /** The final, fenced status write. Losing it means another worker owns the job now. */
+  private async terminal(ctx: JobContext, to: 'COMPLETED' | 'FAILED' | 'CANCELLED', fields: Record<string, unknown>): Promise<void> {
+    if (!(await this.jobs.transition(ctx.lease, to, fields))) {
+      ctx.stop('lease-lost');
+      ctx.throwIfStopped();
+    }
   }
 
   private async setState(ctx: JobContext, patch: Partial<PipelineState>): Promise<void> {
@@ -599,8 +616,4 @@ export class JobPipeline {
       },
     };
   }
-}
-
-export function slugify(name: string): string {
-  return name.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 48) || 'lora';
 }
