@@ -148,7 +148,7 @@ export async function createHarness(suite: string, extraEnv: NodeJS.ProcessEnv =
         walletAddress: rest.walletAddress as string | undefined,
         triggerWord: String(rest.triggerWord ?? 'tst0k'),
         environment: 'development',
-        extra: { userId: ownerAccountId, triggerWords: [String(rest.triggerWord ?? 'tst0k')], parameters: { steps: 8 }, ...rest },
+        extra: { userId: ownerAccountId, triggerWords: [String(rest.triggerWord ?? 'tst0k')], parameters: { steps: 10 }, ...rest },
       } as never);
     },
     async runWorker(overrides = {}) {

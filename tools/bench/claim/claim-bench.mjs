@@ -28,6 +28,11 @@ const CLAIMERS = (process.env.BENCH_CLAIMERS ?? '1,4,8').split(',').map(Number);
 
 const dbName = (tag) => `bench_${tag}_${randomBytes(3).toString('hex')}`;
 const pct = (sorted, p) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] : NaN);
+const mostCommon = (xs) => {
+  const counts = new Map();
+  for (const x of xs) counts.set(x.slice(-60), (counts.get(x.slice(-60)) ?? 0) + 1);
+  return [...counts].sort((a, b) => b[1] - a[1])[0][0];
+};
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const fmt = (n, d = 1) => (Number.isFinite(n) ? n.toFixed(d) : '-');
 
@@ -152,7 +157,7 @@ for (const n of CLAIMERS) {
   const ours = await benchOurs(n);
   console.log(`stationthis ${String(n).padStart(8)}  ${String(ours.claims).padStart(6)}  ${fmt(ours.seconds).padStart(7)}  ${fmt(ours.perSec).padStart(8)}  ${fmt(ours.p50).padStart(6)}  ${fmt(ours.p99).padStart(6)}  ${ours.duplicates}`);
   const ag = await benchAgenda(n);
-  console.log(`agenda-v6   ${String(n).padStart(8)}  ${String(ag.claims).padStart(6)}  ${fmt(ag.seconds).padStart(7)}  ${fmt(ag.perSec).padStart(8)}  ${fmt(ag.p50).padStart(6)}  ${fmt(ag.p99).padStart(6)}  ${ag.duplicates}  (${ag.errors.length} errors${ag.errors.length ? ', first: ' + ag.errors[0] : ''})`);
+  console.log(`agenda-v6   ${String(n).padStart(8)}  ${String(ag.claims).padStart(6)}  ${fmt(ag.seconds).padStart(7)}  ${fmt(ag.perSec).padStart(8)}  ${fmt(ag.p50).padStart(6)}  ${fmt(ag.p99).padStart(6)}  ${ag.duplicates}  (${ag.errors.length} errors${ag.errors.length ? ', most common: ' + mostCommon(ag.errors) : ''})`);
   rows.push({ n, ratio: ours.perSec / ag.perSec });
 }
 for (const r of rows) {

@@ -3,7 +3,7 @@
 //   - orchestration overhead per job = (claim -> COMPLETED) minus container run time
 //   - idle gap on the slot between consecutive jobs' containers
 //   - worker RSS sampled across all jobs
-// Usage: node tools/bench/worker/worker-bench.mjs [--jobs 20] [--steps 8]
+// Usage: node tools/bench/worker/worker-bench.mjs [--jobs 20] [--steps 10]
 // Needs: tools/services up, `npx nx run-many -t build`, the smoke image (tools/demo.sh or the worker tests build it).
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -21,7 +21,7 @@ const { TrainingJobRepository, DatasetRepository } = require('@stationthis/db');
 const { loadStorageConfig, createS3Client, ObjectStorage } = require('@stationthis/storage');
 const { encodePng } = require(join(root, 'apps/training-worker/dist/cli/demo-images.js'));
 
-const { values } = parseArgs({ options: { jobs: { type: 'string', default: '20' }, steps: { type: 'string', default: '8' } } });
+const { values } = parseArgs({ options: { jobs: { type: 'string', default: '20' }, steps: { type: 'string', default: '10' } } });
 const N = Number(values.jobs);
 const env = {
   ...process.env,
