@@ -160,6 +160,8 @@ export class TrainingWorker {
     });
     if (removed.length) this.log.warn({ containers: removed }, 'removed orphan containers');
     await this.settleTerminalJobs();
+    // Points movements whose caller died mid-way are finished (or undone) from their journal.
+    await this.ledger.replayPending(5 * 60_000).catch((err) => this.log.warn({ err }, 'could not replay pending points movements'));
     // Multipart uploads left by crashed attempts (never visible under a final key) are aborted after an hour.
     await this.storage.abortIncompleteUploads('models', '', 3_600_000).catch((err) => this.log.warn({ err }, 'could not abort stale multipart uploads'));
   }

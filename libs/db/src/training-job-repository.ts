@@ -369,6 +369,18 @@ export class TrainingJobRepository {
   }
 
   /**
+   * The attempt failed for a reason worth retrying (infrastructure): re-queue
+   * the job, keeping the attempt it used, or end it FAILED (refundDue) when
+   * attempts are exhausted. Returns the status the job ended in, or null when
+   * the lease was already lost.
+   */
+  async retryLater(lease: Lease, reason: string): Promise<JobStatus | null> {
+    const job = await this.jobs.findOne(this.fenced(lease));
+    if (!job) return null;
+    return this.giveUp(job, 'retry', reason, new Date());
+  }
+
+  /**
    * Ask for a job to stop. A QUEUED job becomes CANCELLED at once (nothing ran,
    * nothing was charged); a leased job gets `cancelRequestedAt` for its owner
    * to observe.
@@ -476,7 +488,7 @@ export class TrainingJobRepository {
    */
   private async giveUp(
     job: TrainingJobDoc,
-    mode: 'release' | 'expired',
+    mode: 'release' | 'expired' | 'retry',
     why: string,
     now: Date,
   ): Promise<JobStatus | null> {
@@ -516,9 +528,10 @@ export class TrainingJobRepository {
     } else {
       outcome = 'QUEUED';
       set = { status: outcome, lease: null, progress: 0, etaSeconds: null };
-      set[mode === 'release' ? 'lastReleasedAt' : 'lastLeaseExpiredAt'] = now;
-      set[mode === 'release' ? 'lastReleaseReason' : 'lastRecoveryReason'] = why;
-      inc = mode === 'release' ? { attempts: -1, releases: 1 } : { leaseExpiries: 1 };
+      const names = { release: ['lastReleasedAt', 'lastReleaseReason'], expired: ['lastLeaseExpiredAt', 'lastRecoveryReason'], retry: ['lastRetryAt', 'lastRetryReason'] }[mode];
+      set[names[0]] = now;
+      set[names[1]] = why;
+      inc = mode === 'release' ? { attempts: -1, releases: 1 } : mode === 'expired' ? { leaseExpiries: 1 } : { retries: 1 };
     }
     set['updatedAt'] = now;
     const update: UpdateFilter<TrainingJobDoc> = { $set: set };

@@ -21,11 +21,13 @@ export interface Lease {
 export type TrainingEnvironment = 'production' | 'development';
 
 /**
- * Why a job failed: `user` (bad input, no refund of used time is owed by the
- * platform), `infrastructure` (our side: full refund), `engine` (trainer
- * crashed), `insufficient-points` (never started, nothing charged).
+ * Why a job failed, as the worker classifies it: `user-input` (bad parameters,
+ * insufficient points: nothing charged), `dataset` (unusable or inaccessible
+ * dataset), `engine` (trainer crashed, NaN loss, invalid output), `oom`,
+ * `timeout` (deadline or stall), `infrastructure` (our side: retried, then a
+ * full refund). `user` and `insufficient-points` are kept for older documents.
  */
-export type FailureClass = 'user' | 'infrastructure' | 'engine' | 'insufficient-points' | 'timeout';
+export type FailureClass = 'user-input' | 'dataset' | 'engine' | 'oom' | 'timeout' | 'infrastructure' | 'user' | 'insufficient-points';
 
 /**
  * A `trainingJobs` document. The first block is the platform's shape

@@ -37,7 +37,7 @@ import { WorkerMetrics } from '../observability/metrics';
 import { ImageResolver } from './image-resolver';
 import { JobContext } from './job-context';
 import { mergeSafetensorsMetadata, readSafetensorsHeader } from './safetensors-file';
-import { CancelRequested, JobFailure, containerFailureMessage } from './failures';
+import { CancelRequested, JobFailure, LeaseLost, containerFailureMessage } from './failures';
 
 /** What `job.pipeline` holds. Written step by step, read on resume. */
 export interface PipelineState {
@@ -166,8 +166,16 @@ export class JobPipeline {
       ctx.log.error({ err, failureClass: failure.failureClass }, 'attempt failed');
       this.metrics.failures.inc({ class: failure.failureClass });
       if (failure.failureClass === 'infrastructure' && (ctx.job.attempts ?? 1) < (ctx.job.maxAttempts ?? this.config.maxAttempts)) {
-        // Hand the job back for another attempt: the charge stays, nothing is refunded twice.
-        await this.jobs.releaseLease(ctx.lease, failure.userMessage);
+        // Another attempt may succeed: re-queue, keeping the charge (the next attempt reuses it).
+        const outcome = await this.jobs.retryLater(ctx.lease, failure.userMessage);
+        if (outcome === 'QUEUED') {
+          ctx.log.warn({ attempt: ctx.job.attempts }, 'infrastructure failure: job re-queued for another attempt');
+          return;
+        }
+        if (outcome === null) throw new LeaseLost('lease lost while re-queueing');
+        // Ended instead (a cancel arrived meanwhile): settle now rather than waiting for maintenance.
+        await this.ledger.settle({ jobId: ctx.jobId, usedPoints: 0, reason: failure.userMessage, outcome: 'failed' });
+        await this.jobs.clearRefundDue(ctx.jobId);
         return;
       }
       state.settleIntent = { outcome: 'failed', usedPoints: 0, reason: failure.userMessage };
