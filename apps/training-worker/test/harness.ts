@@ -59,7 +59,7 @@ export interface Harness {
   seedAccount(points: number): Promise<{ owner: string; wallet: string }>;
   seedDataset(owner: string, opts?: { count?: number; visibility?: string; badImage?: boolean }): Promise<string>;
   enqueue(fields: Partial<TrainingJobDoc> & { ownerAccountId: string; datasetId: string }): Promise<string>;
-  runWorker(overrides?: NodeJS.ProcessEnv): Promise<TrainingWorker>;
+  runWorker(overrides?: NodeJS.ProcessEnv, timeoutMs?: number): Promise<TrainingWorker>;
   startWorker(overrides?: NodeJS.ProcessEnv): { worker: Promise<TrainingWorker>; done: Promise<void> };
   spawnWorker(overrides?: NodeJS.ProcessEnv): ChildProcess;
   waitFor(jobId: string, pred: (j: TrainingJobDoc) => boolean, timeoutMs?: number): Promise<TrainingJobDoc>;
@@ -106,6 +106,7 @@ export async function createHarness(suite: string, extraEnv: NodeJS.ProcessEnv =
   // The platform's unique, non-sparse deposit index must coexist with our entries.
   await db.collection('credit_ledger').createIndex({ deposit_tx_hash: 1 }, { unique: true, name: 'deposit_tx_hash_1' });
   const workers: Composition[] = [];
+  const running: TrainingWorker[] = [];
 
   const h: Harness = {
     env, app, db, jobs, ledger, stateDir, prefix, docker,
@@ -151,9 +152,17 @@ export async function createHarness(suite: string, extraEnv: NodeJS.ProcessEnv =
         extra: { userId: ownerAccountId, triggerWords: [String(rest.triggerWord ?? 'tst0k')], parameters: { steps: 10 }, ...rest },
       } as never);
     },
-    async runWorker(overrides = {}) {
+    async runWorker(overrides = {}, timeoutMs = 240_000) {
       const { worker, done } = h.startWorker({ WORKER_EXIT_WHEN_IDLE: 'true', ...overrides });
-      await done;
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), timeoutMs)));
+      const outcome = await Promise.race([done.then(() => 'done' as const), timedOut]);
+      clearTimeout(timer);
+      if (outcome === 'timeout') {
+        await (await worker).stop();
+        await done;
+        throw new Error(`the worker did not become idle within ${timeoutMs} ms`);
+      }
       return worker;
     },
     startWorker(overrides = {}) {
@@ -164,6 +173,7 @@ export async function createHarness(suite: string, extraEnv: NodeJS.ProcessEnv =
         const wApp = await compose(loadWorkerConfig(wEnv), wEnv, createLogger(wEnv.LOG_LEVEL ?? 'silent'));
         workers.push(wApp);
         const w = wApp.container.resolve(TrainingWorker);
+        running.push(w);
         resolveWorker(w);
         await w.run();
       })();
@@ -195,6 +205,7 @@ export async function createHarness(suite: string, extraEnv: NodeJS.ProcessEnv =
       return docker.listContainers({ all: true, filters: { label: [`ai.stationthis.job-id=${jobId}`] } });
     },
     async close() {
+      await Promise.all(running.map((w) => w.stop().catch(() => undefined)));
       for (const w of workers) await w.close().catch(() => undefined);
       await db.dropDatabase().catch(() => undefined);
       await storage.deletePrefix('datasets', prefix).catch(() => undefined);

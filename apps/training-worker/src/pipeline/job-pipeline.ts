@@ -18,7 +18,7 @@ import { ObjectId } from 'mongodb';
 import { inject, injectable } from 'tsyringe';
 import { DatasetRepository, LoraModelRepository, slugify, TrainingJobDoc, TrainingJobRepository, UserCoreReader } from '@stationthis/db';
 import { InsufficientPointsError, POINT_USD, PointsLedger } from '@stationthis/points';
-import { DatasetFetcher, ModelUploader, ObjectStorage, PlatformDatasetDoc, WeightCache, jobArtifactKey, loraKey } from '@stationthis/storage';
+import { DatasetFetcher, ModelUploader, ObjectStorage, PlatformDatasetDoc, StorageError, WeightCache, jobArtifactKey, loraKey } from '@stationthis/storage';
 import { CONTAINER_RUNTIME, ContainerRuntime, GpuAllocator } from '@stationthis/docker';
 import {
   CONTAINER_PATHS,
@@ -76,6 +76,9 @@ interface Prepared {
 }
 
 const PROGRESS_LOG_TAIL = 20;
+
+/** Storage error kinds caused by the dataset itself, not by our infrastructure. */
+const DATASET_ERROR_KINDS = new Set(['disallowed-url', 'invalid-name', 'invalid-content', 'too-large', 'not-found']);
 
 @injectable()
 export class JobPipeline {
@@ -270,9 +273,13 @@ export class JobPipeline {
       return fetched;
     } catch (e) {
       if (e instanceof JobFailure) throw e;
-      const msg = (e as Error).message;
-      const isInput = /magic|type|size|limit|host|redirect|not allowed|too (large|many)|empty/i.test(msg);
-      throw new JobFailure(isInput ? 'dataset' : 'infrastructure', isInput ? `The dataset could not be used: ${msg}. Fix the listed images and retry.` : `Downloading the dataset failed: ${msg}.`, { cause: e });
+      ctx.throwIfStopped();
+      const kind = e instanceof StorageError ? e.kind : 'unavailable';
+      // Problems with what the user gave us are final; problems on our side are retried.
+      if (DATASET_ERROR_KINDS.has(kind)) {
+        throw new JobFailure('dataset', `The dataset could not be used: ${(e as Error).message} Fix or remove that image and retry.`, { cause: e });
+      }
+      throw new JobFailure('infrastructure', `Downloading the dataset failed: ${(e as Error).message}`, { cause: e });
     }
   }
 
