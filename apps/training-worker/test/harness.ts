@@ -149,6 +149,7 @@ export async function createHarness(suite: string, extraEnv: NodeJS.ProcessEnv =
         walletAddress: rest.walletAddress as string | undefined,
         triggerWord: String(rest.triggerWord ?? 'tst0k'),
         environment: 'development',
+        ...(rest.maxAttempts ? { maxAttempts: Number(rest.maxAttempts) } : {}),
         extra: { userId: ownerAccountId, triggerWords: [String(rest.triggerWord ?? 'tst0k')], parameters: { steps: 10 }, ...rest },
       } as never);
     },
