@@ -47,7 +47,8 @@ export class TrainingWorker {
 
   /** Runs until stop() (or, with exitWhenIdle, until the queue is empty and nothing runs). */
   async run(): Promise<void> {
-    const slots = Math.max(1, this.allocator.capacity());
+    // One job per GPU plus one per CPU slot; a job needing more GPUs waits in the allocator.
+    const slots = Math.max(1, this.allocator.capacity() + this.allocator.cpuSlotCapacity());
     this.metrics.slotsTotal.set(slots);
     this.log.info({ workerId: this.config.workerId, environment: this.config.environment, slots }, 'worker started');
     await this.maintenance();

@@ -342,7 +342,7 @@ export class JobPipeline {
       ctx.throwIfStopped();
       throw new JobFailure('infrastructure', `No GPU with ${p.recipe.gpu.minVramGb} GB VRAM is available on this worker.`);
     }
-    this.metrics.slotsBusy.set(this.allocator.busyCount());
+    this.metrics.slotsBusy.set(this.allocator.busyCount() + this.allocator.cpuSlotsBusy());
     try {
       await this.transition(ctx, 'RUNNING', { estimatedCostPoints: p.quote.points });
       const progress = this.progressWriter(ctx);
@@ -400,7 +400,7 @@ export class JobPipeline {
       await this.setState(ctx, { containerRuns: runs });
     } finally {
       allocation.release();
-      this.metrics.slotsBusy.set(this.allocator.busyCount());
+      this.metrics.slotsBusy.set(this.allocator.busyCount() + this.allocator.cpuSlotsBusy());
     }
   }
 
