@@ -1,17 +1,31 @@
 /**
  * Cancel at each stage, and graceful shutdown handing a job back.
  */
+import { createServer, Server } from 'node:http';
+import { AddressInfo } from 'node:net';
+import { encodePng } from '../src/cli/demo-images';
 import { createHarness, ensureSmokeImage, Harness } from './harness';
 
 jest.setTimeout(600_000);
 
 describe('training worker: cancel and shutdown', () => {
   let h: Harness;
+  let slowHost: Server;
+  let slowBase: string;
   beforeAll(async () => {
     await ensureSmokeImage();
-    h = await createHarness('cancel');
+    // A dataset host on loopback that answers slowly, so a job stays in PROVISIONING (fetching) long enough to cancel.
+    const png = encodePng(16, 16, new Uint8Array(16 * 16 * 3).fill(128));
+    slowHost = createServer((_req, res) => setTimeout(() => res.writeHead(200, { 'content-type': 'image/png' }).end(png), 8000).unref());
+    await new Promise<void>((r) => slowHost.listen(0, '127.0.0.1', r));
+    slowBase = `http://127.0.0.1:${(slowHost.address() as AddressInfo).port}`;
+    h = await createHarness('cancel', { DATASET_ALLOWED_HOSTS: new URL(slowBase).host });
   });
-  afterAll(() => h?.close());
+  afterAll(async () => {
+    slowHost?.closeAllConnections();
+    slowHost?.close();
+    await h?.close();
+  });
 
   it('cancel while QUEUED: CANCELLED at once, nothing charged', async () => {
     const a = await h.seedAccount(5000);
@@ -27,10 +41,12 @@ describe('training worker: cancel and shutdown', () => {
   for (const stage of ['PROVISIONING', 'RUNNING'] as const) {
     it(`cancel while ${stage}: the container stops within seconds and points are settled`, async () => {
       const a = await h.seedAccount(5000);
-      const datasetId = await h.seedDataset(a.owner);
+      const datasetId = stage === 'PROVISIONING'
+        ? await h.seedDataset(a.owner, { imageUrls: [1, 2, 3, 4].map((i) => `${slowBase}/img-${i}.png`) })
+        : await h.seedDataset(a.owner);
       const jobId = await h.enqueue({ ownerAccountId: a.owner, datasetId, walletAddress: a.wallet, parameters: { steps: 2000 } } as never);
       const { done } = h.startWorker({ WORKER_EXIT_WHEN_IDLE: 'true' });
-      await h.waitFor(jobId, (j) => j.status === stage && (stage !== 'RUNNING' || (j.currentStep ?? 0) > 0), 120_000);
+      await h.waitFor(jobId, (j) => j.status === stage && (stage !== 'RUNNING' || (j.currentStep ?? 0) > 0) && (stage !== 'PROVISIONING' || Boolean((j.pipeline as { charged?: boolean } | undefined)?.charged)), 120_000);
       const asked = Date.now();
       await h.jobs.requestCancel(jobId, 'test');
       const job = await h.waitFor(jobId, (j) => j.status === 'CANCELLED', 60_000);

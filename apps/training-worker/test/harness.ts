@@ -57,7 +57,7 @@ export interface Harness {
   prefix: string;
   docker: Docker;
   seedAccount(points: number): Promise<{ owner: string; wallet: string }>;
-  seedDataset(owner: string, opts?: { count?: number; visibility?: string; badImage?: boolean }): Promise<string>;
+  seedDataset(owner: string, opts?: { count?: number; visibility?: string; badImage?: boolean; imageUrls?: string[] }): Promise<string>;
   enqueue(fields: Partial<TrainingJobDoc> & { ownerAccountId: string; datasetId: string }): Promise<string>;
   runWorker(overrides?: NodeJS.ProcessEnv, timeoutMs?: number): Promise<TrainingWorker>;
   startWorker(overrides?: NodeJS.ProcessEnv): { worker: Promise<TrainingWorker>; done: Promise<void> };
@@ -124,7 +124,7 @@ export async function createHarness(suite: string, extraEnv: NodeJS.ProcessEnv =
       const count = opts.count ?? 4;
       const urls: string[] = [];
       const captions: string[] = [];
-      for (let i = 0; i < count; i++) {
+      for (let i = 0; i < count && !opts.imageUrls; i++) {
         const size = 32;
         const rgb = new Uint8Array(size * size * 3).map((_, k) => (k * (i + 3) * 37) % 251);
         const body = opts.badImage && i === 0 ? Buffer.from('this is not an image at all') : encodePng(size, size, rgb);
@@ -133,9 +133,10 @@ export async function createHarness(suite: string, extraEnv: NodeJS.ProcessEnv =
         urls.push(storage.publicUrl('datasets', key));
         captions.push(`pattern number ${i}`);
       }
+      if (opts.imageUrls) urls.push(...opts.imageUrls);
       return String(await datasets.create({
         name: 'test dataset', ownerAccountId: new ObjectId(owner), images: urls, visibility: opts.visibility ?? 'private',
-        captionSets: [{ _id: new ObjectId(), method: 'manual', captions, createdBy: new ObjectId(owner), createdAt: new Date(), status: 'completed', isDefault: true }],
+        captionSets: [{ _id: new ObjectId(), method: 'manual', captions: urls.map((_, i) => captions[i] ?? `image ${i}`), createdBy: new ObjectId(owner), createdAt: new Date(), status: 'completed', isDefault: true }],
       } as never));
     },
     async enqueue(fields) {
