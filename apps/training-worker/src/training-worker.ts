@@ -14,7 +14,7 @@ import type { WorkerConfig } from './config/worker-config';
 import type { Logger } from './observability/logger';
 import { WorkerMetrics } from './observability/metrics';
 import { JobContext } from './pipeline/job-context';
-import { JobPipeline } from './pipeline/job-pipeline';
+import { containerScope, JobPipeline } from './pipeline/job-pipeline';
 import { LeaseLost, ShutdownRequested } from './pipeline/failures';
 
 @injectable()
@@ -150,6 +150,8 @@ export class TrainingWorker {
     const recovered = await this.jobs.recoverExpiredLeases(new Date());
     if (recovered.requeued.length || recovered.failed.length) this.log.warn(recovered, 'recovered expired leases');
     const removed = await this.runtime.sweepOrphans(async (labels) => {
+      // Another job store's container (other database or environment) is not ours to judge.
+      if ((labels[LABELS.scope] ?? '') !== containerScope(this.config)) return true;
       const jobId = labels[LABELS.jobId];
       const attemptId = labels[LABELS.attemptId];
       if (!jobId || !attemptId) return false;

@@ -65,7 +65,7 @@ describe('training worker: cancel and shutdown', () => {
   it('SIGTERM past the grace period hands the running job back to the queue without using an attempt', async () => {
     const a = await h.seedAccount(5000);
     const datasetId = await h.seedDataset(a.owner);
-    const jobId = await h.enqueue({ ownerAccountId: a.owner, datasetId, walletAddress: a.wallet, parameters: { steps: 2000 } } as never);
+    const jobId = await h.enqueue({ ownerAccountId: a.owner, datasetId, walletAddress: a.wallet, parameters: { steps: 300 } } as never);
     const { worker, done } = h.startWorker({ WORKER_SHUTDOWN_GRACE_MS: '500' });
     await h.waitFor(jobId, (j) => j.status === 'RUNNING', 120_000);
     await (await worker).stop();
@@ -77,7 +77,10 @@ describe('training worker: cancel and shutdown', () => {
     // The charge stays with the job; the next attempt does not charge again.
     const summary = await h.ledger.jobSummary(jobId);
     await h.runWorker();
-    expect((await h.job(jobId)).status).toBe('COMPLETED');
+    const finished = await h.job(jobId);
+    expect(finished.failureReason).toBeUndefined();
+    expect(finished.status).toBe('COMPLETED');
+    expect(finished.attempts).toBe(1);
     expect((await h.ledger.jobSummary(jobId)).charged).toBe(summary.charged);
   });
 });

@@ -33,7 +33,7 @@ export interface ContainerRunSpec {
   shmSizeBytes?: number;
   /** Extra tmpfs mounts (path -> options). `/tmp` is always added unless given here. */
   tmpfs?: Record<string, string>;
-  labels: { jobId: string; attemptId: string; workerId: string; step?: string };
+  labels: { jobId: string; attemptId: string; workerId: string; step?: string; scope?: string };
   /** Overall limit from start to exit; the container is stopped when it passes. */
   deadlineMs: number;
   /** Longest allowed gap between progress lines (see `isProgressLine`). */

@@ -90,6 +90,7 @@ export function containerLabels(spec: ContainerRunSpec, now: Date = new Date()):
     [LABELS.createdAt]: now.toISOString(),
   };
   if (spec.labels.step) labels[LABELS.step] = spec.labels.step;
+  if (spec.labels.scope) labels[LABELS.scope] = spec.labels.scope;
   if (spec.network) labels[LABELS.networkReason] = spec.network.reason;
   return labels;
 }

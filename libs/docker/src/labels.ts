@@ -8,6 +8,12 @@ export const LABELS = {
   jobId: 'ai.stationthis.job-id',
   attemptId: 'ai.stationthis.attempt-id',
   workerId: 'ai.stationthis.worker-id',
+  /**
+   * Which job store the attempt belongs to (e.g. `<database>/<environment>`).
+   * Workers sharing one Docker engine but different job stores must not judge
+   * each other's containers; a sweep only considers containers of its scope.
+   */
+  scope: 'ai.stationthis.scope',
   /** Pipeline step inside the attempt (e.g. `cache-latents`, `train`), when given. */
   step: 'ai.stationthis.step',
   /** ISO time the container was created, for operators reading `docker ps`. */

@@ -368,7 +368,7 @@ export class JobPipeline {
             network: p.recipe.network,
             memoryBytes: this.config.containerMemoryBytes,
             pidsLimit: this.config.containerPidsLimit,
-            labels: { jobId: ctx.jobId, attemptId: ctx.lease.attemptId, workerId: ctx.lease.workerId, step: step.name },
+            labels: { jobId: ctx.jobId, attemptId: ctx.lease.attemptId, workerId: ctx.lease.workerId, step: step.name, scope: containerScope(this.config) },
             deadlineMs: this.config.maxJobMs,
             stallTimeoutMs: this.config.stallTimeoutMs,
             logFilePath: io.logFile,
@@ -388,6 +388,8 @@ export class JobPipeline {
         await progress.flush();
         if (result.failureClass === 'cancelled' || ctx.signal.aborted) {
           ctx.throwIfStopped();
+          // Stopped by someone else (an operator, another worker's sweep): our side, worth a retry.
+          throw new JobFailure('infrastructure', `The training container was stopped from outside during "${step.name}".`);
         }
         if (result.failureClass) {
           if (errors.some((e) => e.startsWith('cuda-oom') || e.startsWith('host-oom')) || result.oomKilled) throw containerFailureMessage('oom', step.name, result.lastLines);
@@ -631,4 +633,9 @@ export class JobPipeline {
       },
     };
   }
+}
+
+/** Containers are judged only by workers of the same job store (database and environment). */
+export function containerScope(config: Pick<WorkerConfig, 'mongoDbName' | 'environment'>): string {
+  return `${config.mongoDbName}/${config.environment}`;
 }
