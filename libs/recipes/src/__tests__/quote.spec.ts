@@ -50,6 +50,6 @@ describe('quotes', () => {
   it('keeps the smoke recipe cheap and small (10-210 points)', () => {
     expect(quote('smoke-cpu', { steps: 10 }, { imageCount: 1 }).points).toBe(11);
     expect(quote('smoke-cpu', { steps: 2000 }, { imageCount: 50 }).points).toBe(210);
-    expect(quote('smoke-cpu', {}, { imageCount: 6 }).gpuUsdPerHour).toBe(0);
+    expect(quote('smoke-cpu', {}, { imageCount: 6 }).gpuUsdPerHour).toBe(0.5);
   });
 });

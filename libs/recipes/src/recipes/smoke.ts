@@ -112,7 +112,8 @@ export const smokeRecipe: Recipe<SmokeParameters> = defineRecipe<SmokeParameters
     return {
       points: 10 + stepPoints,
       estimatedSeconds,
-      gpuUsdPerHour: 0,
+      // A nominal CPU-slot price so the demo and tests exercise real charge/refund/credit arithmetic.
+      gpuUsdPerHour: 0.5,
       breakdown: [
         { label: 'smoke base price', points: 10 },
         { label: `${p.steps} CPU steps (1 point per 10)`, points: stepPoints },
