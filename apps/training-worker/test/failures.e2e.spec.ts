@@ -72,6 +72,13 @@ describe('training worker: failure classes', () => {
     await expectFailed(jobId, 'engine', /training engine failed/, a.owner, a.wallet, 5000);
   });
 
+  it('engine: a diverging run (NaN loss) fails with advice to lower the learning rate, and a refund', async () => {
+    const a = await setup();
+    const jobId = await h.enqueue({ ownerAccountId: a.owner, datasetId: a.datasetId, walletAddress: a.wallet, parameters: { steps: 20, simulateFailure: 'nan-loss' } } as never);
+    await h.runWorker();
+    await expectFailed(jobId, 'engine', /loss became NaN.*Lower the learning rate/, a.owner, a.wallet, 5000);
+  });
+
   it('oom: a container over its memory limit is reported as out of memory', async () => {
     const a = await setup();
     const jobId = await h.enqueue({ ownerAccountId: a.owner, datasetId: a.datasetId, walletAddress: a.wallet } as never);

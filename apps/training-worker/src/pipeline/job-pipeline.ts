@@ -391,12 +391,13 @@ export class JobPipeline {
           // Stopped by someone else (an operator, another worker's sweep): our side, worth a retry.
           throw new JobFailure('infrastructure', `The training container was stopped from outside during "${step.name}".`);
         }
+        // The engine's own words first (NaN, CUDA/host OOM), then what the runtime saw.
+        if (errors.some((e) => e.startsWith('nan-loss'))) {
+          throw new JobFailure('engine', `Training diverged (loss became NaN) during "${step.name}". Lower the learning rate and retry. Points were refunded.`);
+        }
         if (result.failureClass) {
           if (errors.some((e) => e.startsWith('cuda-oom') || e.startsWith('host-oom')) || result.oomKilled) throw containerFailureMessage('oom', step.name, result.lastLines);
           throw containerFailureMessage(result.failureClass, step.name, errors.length ? errors : result.lastLines);
-        }
-        if (errors.some((e) => e.startsWith('nan-loss'))) {
-          throw new JobFailure('engine', `Training diverged (loss became NaN) during "${step.name}". Lower the learning rate and retry. Points were refunded.`);
         }
       }
       await this.setState(ctx, { containerRuns: runs });
