@@ -3,6 +3,7 @@
  * right points: nothing charged for bad input, a full refund otherwise.
  */
 import { createHarness, ensureSmokeImage, Harness, manifestWithSmokeImage } from './harness';
+import { ObjectStorage } from '@stationthis/storage';
 import { serviceEnv } from '../../../tools/testing/support';
 
 jest.setTimeout(600_000);
@@ -70,6 +71,9 @@ describe('training worker: failure classes', () => {
     const jobId = await h.enqueue({ ownerAccountId: a.owner, datasetId: a.datasetId, walletAddress: a.wallet } as never);
     await h.runWorker({ IMAGE_MANIFEST_PATH: manifest });
     await expectFailed(jobId, 'engine', /training engine failed/, a.owner, a.wallet, 5000);
+    // The failed attempt's log is kept for operators under the job's artifact prefix.
+    const logs = await h.app.container.resolve(ObjectStorage).listKeys('models', `training-jobs/${jobId}/logs/`);
+    expect(logs.length).toBe(1);
   });
 
   it('engine: a diverging run (NaN loss) fails with advice to lower the learning rate, and a refund', async () => {

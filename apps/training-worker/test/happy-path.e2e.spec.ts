@@ -2,6 +2,8 @@
  * The product path on real services: a queued smoke job becomes a registered
  * LoRA in the models bucket, with points charged, reconciled and credited.
  */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { GetObjectCommand, HeadObjectCommand } from '@aws-sdk/client-s3';
 import { S3_CLIENT, loadStorageConfig } from '@stationthis/storage';
 import { parseSafetensorsHeader } from '@stationthis/recipes';
@@ -66,6 +68,8 @@ describe('training worker: happy path end to end', () => {
     expect(history.length).toBeGreaterThanOrEqual(2);
 
     expect(await h.containersFor(jobId)).toEqual([]);
+    // The host's job folder is gone once the job is terminal.
+    expect(existsSync(join(h.stateDir, 'jobs', jobId))).toBe(false);
   });
 
   it('runs two jobs at once on two slots', async () => {

@@ -523,6 +523,23 @@ export class JobPipeline {
       this.metrics.jobsByState.inc({ state: 'FAILED' });
       ctx.log.warn({ failureReason: reason, failureClass }, 'job failed');
     }
+    await this.cleanUp(ctx, outcome);
+  }
+
+  /**
+   * The job is terminal: keep the engine log of a failed or cancelled attempt
+   * in the job's artifact prefix (operators need it; successful attempts
+   * uploaded theirs already), then free the host's job folder.
+   */
+  private async cleanUp(ctx: JobContext, outcome: 'completed' | 'failed' | 'cancelled'): Promise<void> {
+    const workDir = join(this.config.jobsDir, ctx.jobId);
+    const logFile = join(workDir, `attempt-${ctx.lease.attemptId}`, 'train.log');
+    if (outcome !== 'completed' && (await stat(logFile).catch(() => null))) {
+      await this.uploader
+        .upload({ filePath: logFile, bucketAlias: 'models', key: jobArtifactKey(ctx.jobId, `logs/attempt-${ctx.lease.attemptId}.log`), contentType: 'text/plain; charset=utf-8' })
+        .catch((err) => ctx.log.warn({ err }, 'could not keep the log of the failed attempt'));
+    }
+    await rm(workDir, { recursive: true, force: true }).catch((err) => ctx.log.warn({ err }, `could not remove ${workDir}`));
   }
 
   private async creditContributors(ctx: JobContext, usedPoints: number, p?: Prepared): Promise<void> {
