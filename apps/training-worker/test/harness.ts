@@ -106,6 +106,8 @@ export async function createHarness(suite: string, extraEnv: NodeJS.ProcessEnv =
   // The platform's unique, non-sparse deposit index must coexist with our entries.
   await db.collection('credit_ledger').createIndex({ deposit_tx_hash: 1 }, { unique: true, name: 'deposit_tx_hash_1' });
   const workers: Composition[] = [];
+  const jobIds: string[] = [];
+  const trackJob = (id: string) => (jobIds.push(id), id);
   const running: TrainingWorker[] = [];
 
   const h: Harness = {
@@ -141,7 +143,7 @@ export async function createHarness(suite: string, extraEnv: NodeJS.ProcessEnv =
     },
     async enqueue(fields) {
       const { ownerAccountId, datasetId, ...rest } = fields as Record<string, unknown>;
-      return jobs.enqueue({
+      return trackJob(await jobs.enqueue({
         ownerAccountId: ownerAccountId as string,
         datasetId: datasetId as string,
         name: String(rest.name ?? 'test-lora'),
@@ -152,7 +154,7 @@ export async function createHarness(suite: string, extraEnv: NodeJS.ProcessEnv =
         environment: 'development',
         ...(rest.maxAttempts ? { maxAttempts: Number(rest.maxAttempts) } : {}),
         extra: { userId: ownerAccountId, triggerWords: [String(rest.triggerWord ?? 'tst0k')], parameters: { steps: 10 }, ...rest },
-      } as never);
+      } as never));
     },
     async runWorker(overrides = {}, timeoutMs = 240_000) {
       const { worker, done } = h.startWorker({ WORKER_EXIT_WHEN_IDLE: 'true', ...overrides });
@@ -209,6 +211,10 @@ export async function createHarness(suite: string, extraEnv: NodeJS.ProcessEnv =
     async close() {
       await Promise.all(running.map((w) => w.stop().catch(() => undefined)));
       for (const w of workers) await w.close().catch(() => undefined);
+      // Remove what the jobs stored: artifacts under each job's prefix and the registered LoRA files.
+      const models = await db.collection('loraModels').find({}, { projection: { slug: 1 } }).toArray().catch(() => []);
+      for (const m of models) await storage.deleteObject('models', `loras/${m.slug}.safetensors`).catch(() => undefined);
+      for (const id of jobIds) await storage.deletePrefix('models', `training-jobs/${id}/`).catch(() => undefined);
       await db.dropDatabase().catch(() => undefined);
       await storage.deletePrefix('datasets', prefix).catch(() => undefined);
       await app.close();
