@@ -69,9 +69,16 @@ async function main(argv: string[]): Promise<number> {
         return await follow(jobs, requireId(positionals[0]));
       case 'cancel': {
         const id = requireId(positionals[0]);
-        await jobs.requestCancel(id, 'cli');
-        console.log(`cancel requested for ${id}; the owning worker stops it within seconds`);
-        return 0;
+        const result = await jobs.requestCancel(id, 'cli');
+        const says: Record<string, string> = {
+          cancelled: `job ${id} was still queued: it is CANCELLED and nothing was charged`,
+          requested: `cancel requested for ${id}; the owning worker stops it within seconds and settles the points`,
+          'already-requested': `a cancel was already requested for ${id}`,
+          terminal: `job ${id} has already ended; nothing to cancel`,
+          'not-found': `job ${id} not found`,
+        };
+        console.log(says[result] ?? result);
+        return result === 'not-found' || result === 'terminal' ? 1 : 0;
       }
       case 'show':
         return await show(jobs, app.container.resolve(LoraModelRepository), ledger, requireId(positionals[0]), Boolean(values.json));
