@@ -24,6 +24,9 @@ export class TrainingWorker {
   private wake: (() => void) | null = null;
   private lastMaintenance = 0;
   private processed = 0;
+  private prefetching: Promise<void> | null = null;
+  private prefetchingJobId: string | null = null;
+  private readonly prefetched = new Set<string>();
 
   constructor(
     @inject(WORKER_CONFIG) private readonly config: WorkerConfig,
@@ -60,6 +63,7 @@ export class TrainingWorker {
         if (!claimed) break;
         claimedAny = true;
       }
+      if (this.active.size >= slots) this.prefetchNext();
       if (this.config.exitWhenIdle && !claimedAny && this.active.size === 0 && !(await this.othersHoldJobs())) {
         this.log.info({ processed: this.processed }, 'queue empty and no job running: exiting (WORKER_EXIT_WHEN_IDLE)');
         break;
@@ -67,6 +71,7 @@ export class TrainingWorker {
       await this.sleep(this.config.pollMs);
     }
     await Promise.all([...this.active.values()].map((a) => a.done));
+    await this.prefetching;
   }
 
   /**
@@ -93,7 +98,9 @@ export class TrainingWorker {
     const ctx = new JobContext(job, lease, this.log.child({ jobId: lease.jobId, attemptId: lease.attemptId }));
     ctx.log.info({ attempt: job.attempts, modelType: job.modelType }, 'job claimed');
     this.metrics.activeJobs.inc();
-    const done = this.runAttempt(ctx).finally(() => {
+    // Never fetch into the folder a prefetch of the same job is still writing.
+    const prefetch = this.prefetchingJobId === lease.jobId ? this.prefetching : null;
+    const done = (prefetch ? prefetch.then(() => this.runAttempt(ctx)) : this.runAttempt(ctx)).finally(() => {
       this.active.delete(lease.jobId);
       this.metrics.activeJobs.dec();
       this.processed++;
@@ -185,6 +192,27 @@ export class TrainingWorker {
       await this.jobs.clearRefundDue(jobId);
       this.log.warn({ jobId, status: job.status, usedPoints }, 'settled points for a job ended by recovery');
     }
+  }
+
+  /**
+   * All slots are busy: fetch the inputs of the job most likely claimed next,
+   * so the GPU idles as little as possible between jobs. One at a time.
+   */
+  private prefetchNext(): void {
+    if (this.prefetching) return;
+    this.prefetching = (async () => {
+      const next = await this.jobs.peekNextQueued(this.config.environment);
+      if (!next || this.prefetched.has(String(next._id))) return;
+      this.prefetched.add(String(next._id));
+      this.prefetchingJobId = String(next._id);
+      if (this.prefetched.size > 1000) this.prefetched.clear();
+      await this.pipeline.prefetch(next, this.log.child({ prefetchJobId: String(next._id) }));
+    })()
+      .catch((err) => this.log.debug({ err }, 'prefetch skipped; the attempt will fetch its own inputs'))
+      .finally(() => {
+        this.prefetching = null;
+        this.prefetchingJobId = null;
+      });
   }
 
   /** With exitWhenIdle: jobs leased by someone else may come back to the queue (expired leases), so stay. */

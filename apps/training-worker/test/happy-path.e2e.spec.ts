@@ -113,3 +113,30 @@ describe('training worker: happy path end to end', () => {
     for (const j of jobs) expect(await h.db.collection('loraModels').countDocuments({ _id: j.loraModelId })).toBe(1);
   });
 });
+
+describe('training worker: prefetch', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    await ensureSmokeImage();
+    h = await createHarness('prefetch');
+  });
+  afterAll(() => h?.close());
+
+  it('fetches the next queued job\'s dataset while the only slot is busy', async () => {
+    const { owner, wallet } = await h.seedAccount(5000);
+    const datasetId = await h.seedDataset(owner);
+    const first = await h.enqueue({ ownerAccountId: owner, datasetId, walletAddress: wallet, name: 'first', parameters: { steps: 300 } } as never);
+    const second = await h.enqueue({ ownerAccountId: owner, datasetId, walletAddress: wallet, name: 'second' } as never);
+    const { done } = h.startWorker({ WORKER_EXIT_WHEN_IDLE: 'true', CPU_SLOTS: '1' });
+    await h.waitFor(first, (j) => j.status === 'RUNNING');
+    // While the first job trains, the second is still QUEUED but its dataset is already on the host.
+    const marker = join(h.stateDir, 'jobs', second, 'dataset.json');
+    const deadline = Date.now() + 60_000;
+    while (!existsSync(marker) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    expect(existsSync(marker)).toBe(true);
+    expect((await h.job(second)).status).toBe('QUEUED');
+    await done;
+    expect((await h.job(first)).status).toBe('COMPLETED');
+    expect((await h.job(second)).status).toBe('COMPLETED');
+  });
+});

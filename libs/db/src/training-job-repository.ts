@@ -457,6 +457,19 @@ export class TrainingJobRepository {
     return r.matchedCount === 1;
   }
 
+  /**
+   * The job the next claim in this environment would most likely take (read
+   * only, no lease): workers use it to prefetch inputs while their GPUs are busy.
+   */
+  async peekNextQueued(environment: TrainingEnvironment): Promise<TrainingJobDoc | null> {
+    const [job] = await this.jobs
+      .find({ status: 'QUEUED', ...environmentFilter(environment) } as Filter<TrainingJobDoc>)
+      .sort(CLAIM_SORT)
+      .limit(1)
+      .toArray();
+    return job ?? null;
+  }
+
   async findById(id: string): Promise<TrainingJobDoc | null> {
     return this.jobs.findOne({ _id: toObjectIdOrString(id) } as Filter<TrainingJobDoc>);
   }

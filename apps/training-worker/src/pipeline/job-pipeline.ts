@@ -12,13 +12,13 @@
  * ledger's own idempotency keys are the second line of defence).
  */
 import { randomBytes } from 'node:crypto';
-import { chmod, chown, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { ObjectId } from 'mongodb';
 import { inject, injectable } from 'tsyringe';
 import { DatasetRepository, LoraModelRepository, slugify, TrainingJobDoc, TrainingJobRepository, UserCoreReader } from '@stationthis/db';
 import { InsufficientPointsError, POINT_USD, PointsLedger } from '@stationthis/points';
-import { DatasetFetcher, ModelUploader, ObjectStorage, PlatformDatasetDoc, StorageError, WeightCache, jobArtifactKey, loraKey } from '@stationthis/storage';
+import { DatasetFetcher, FetchedDataset, ModelUploader, ObjectStorage, PlatformDatasetDoc, StorageError, WeightCache, jobArtifactKey, loraKey } from '@stationthis/storage';
 import { CONTAINER_RUNTIME, ContainerRuntime, GpuAllocator } from '@stationthis/docker';
 import {
   CONTAINER_PATHS,
@@ -259,6 +259,12 @@ export class JobPipeline {
   }
 
   private async fetchDataset(ctx: JobContext, p: Prepared, datasetDir: string) {
+    const reused = await this.readPrefetched(datasetDir, p);
+    if (reused) {
+      ctx.log.info({ images: reused.images.length }, 'dataset already prefetched while the slot was busy');
+      return reused;
+    }
+    await rm(datasetDir, { recursive: true, force: true });
     await mkdir(datasetDir, { recursive: true });
     try {
       const fetched = await this.fetcher.fetch(p.dataset as unknown as PlatformDatasetDoc, datasetDir, {
@@ -270,6 +276,7 @@ export class JobPipeline {
       this.metrics.bytesMoved.inc({ direction: 'down', kind: 'dataset' }, fetched.totalBytes);
       ctx.log.info({ images: fetched.images.length, bytes: fetched.totalBytes }, 'dataset fetched');
       await this.makeReadable(datasetDir);
+      await this.writePrefetchMarker(datasetDir, p, fetched);
       return fetched;
     } catch (e) {
       if (e instanceof JobFailure) throw e;
@@ -280,6 +287,53 @@ export class JobPipeline {
         throw new JobFailure('dataset', `The dataset could not be used: ${(e as Error).message} Fix or remove that image and retry.`, { cause: e });
       }
       throw new JobFailure('infrastructure', `Downloading the dataset failed: ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  /**
+   * Prefetch the inputs of a job that is still QUEUED (no lease, no charge):
+   * its dataset into the job folder and its base weights into the host cache,
+   * so the attempt that claims it later starts training at once. Best effort:
+   * anything wrong is left for the real attempt to find and report.
+   */
+  async prefetch(job: TrainingJobDoc, log: JobContext['log']): Promise<void> {
+    const ctx = new JobContext(job, { jobId: String(job._id), attemptId: 'prefetch', workerId: this.config.workerId }, log);
+    const p = await this.validate(ctx);
+    const datasetDir = join(this.config.jobsDir, ctx.jobId, 'dataset');
+    if (!(await this.readPrefetched(datasetDir, p))) {
+      const fetched = await this.fetcher.fetch(p.dataset as unknown as PlatformDatasetDoc, await this.freshDir(datasetDir), {
+        captionSetId: job.captionSetId ? String(job.captionSetId) : undefined,
+        allowVideo: p.recipe.datasetRequirements.allowVideo,
+      });
+      await this.makeReadable(datasetDir);
+      await this.writePrefetchMarker(datasetDir, p, fetched);
+      this.metrics.bytesMoved.inc({ direction: 'down', kind: 'dataset' }, fetched.totalBytes);
+    }
+    for (const h of await this.fetchWeights(p)) await h.release();
+    log.info({ jobId: ctx.jobId }, 'prefetched the next queued job\'s dataset and weights');
+  }
+
+  private async freshDir(dir: string): Promise<string> {
+    await rm(dir, { recursive: true, force: true });
+    await mkdir(dir, { recursive: true });
+    return dir;
+  }
+
+  /** The marker sits beside the dataset folder (never inside the container mount). */
+  private async writePrefetchMarker(datasetDir: string, p: Prepared, fetched: FetchedDataset): Promise<void> {
+    const marker = { images: p.dataset.images, captionSetId: null as string | null, fetched };
+    await writeFile(`${datasetDir}.json`, JSON.stringify(marker));
+  }
+
+  /** A complete earlier fetch of the same image list, or null. */
+  private async readPrefetched(datasetDir: string, p: Prepared): Promise<FetchedDataset | null> {
+    try {
+      const marker = JSON.parse(await readFile(`${datasetDir}.json`, 'utf8')) as { images: unknown; fetched: FetchedDataset };
+      if (JSON.stringify(marker.images) !== JSON.stringify(p.dataset.images)) return null;
+      for (const img of marker.fetched.images) await stat(join(datasetDir, img.fileName));
+      return marker.fetched;
+    } catch {
+      return null;
     }
   }
 
