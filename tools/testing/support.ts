@@ -3,6 +3,7 @@
  * Every suite gets its own database name and bucket prefix and removes them.
  */
 import { randomBytes } from 'node:crypto';
+import { Db, MongoClient } from 'mongodb';
 
 export interface ServiceEnv {
   mongoUrl: string;
@@ -34,4 +35,24 @@ export function uniqueDbName(suite: string): string {
 /** A key prefix unique to one suite run, for the shared buckets. */
 export function uniquePrefix(suite: string): string {
   return `test/${suite.replace(/[^a-zA-Z0-9-]/g, '-')}-${randomBytes(4).toString('hex')}/`;
+}
+
+export interface TestDb {
+  client: MongoClient;
+  db: Db;
+  drop(): Promise<void>;
+}
+
+/** A fresh database on the real MongoDB-protocol server (MONGO_URL), dropped by `drop()`. */
+export async function openTestDb(suite: string): Promise<TestDb> {
+  const client = await MongoClient.connect(serviceEnv().mongoUrl);
+  const db = client.db(uniqueDbName(suite));
+  return {
+    client,
+    db,
+    async drop() {
+      await db.dropDatabase().catch(() => undefined);
+      await client.close();
+    },
+  };
 }

@@ -1,26 +1,6 @@
-import { MongoClient, ObjectId, type Db } from 'mongodb';
-// Shared test support sits outside every Nx project (the preamble says: import it by relative path).
-// eslint-disable-next-line @nx/enforce-module-boundaries
-import { serviceEnv, uniqueDbName } from '../../../tools/testing/support';
+import { ObjectId, type Db } from 'mongodb';
 
-export interface TestDb {
-  client: MongoClient;
-  db: Db;
-  drop(): Promise<void>;
-}
-
-export async function openTestDb(suite: string): Promise<TestDb> {
-  const client = await MongoClient.connect(serviceEnv().mongoUrl);
-  const db = client.db(uniqueDbName(suite));
-  return {
-    client,
-    db,
-    async drop() {
-      await db.dropDatabase().catch(() => undefined);
-      await client.close();
-    },
-  };
-}
+export { openTestDb, type TestDb } from '../../../tools/testing/support';
 
 export interface DepositSpec {
   _id?: ObjectId;
