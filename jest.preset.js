@@ -12,5 +12,6 @@ module.exports = {
   moduleFileExtensions: ['ts', 'js', 'json'],
   setupFiles: ['reflect-metadata'],
   globalSetup: path.join(__dirname, 'tools/testing/global-setup.js'),
-  testTimeout: 60_000,
+  // A per-project `testTimeout` is ignored when the root config runs all projects; this works in both.
+  setupFilesAfterEnv: [path.join(__dirname, 'tools/testing/jest-timeout.js')],
 };

@@ -666,7 +666,15 @@ export class ObjectStorage {
       await fh0.truncate(head.bytes);
       await fh0.close();
     }
-    const saveState = () => fsp.writeFile(statePath, JSON.stringify({ etag: head.etag, bytes: head.bytes, chunkBytes, done: [...done] } satisfies State));
+    // Several range workers finish at once: writes are chained (never two in flight) and
+    // atomic (temp file + rename), so a crash or a concurrent save never leaves torn JSON.
+    let saving: Promise<void> = Promise.resolve();
+    const saveState = () =>
+      (saving = saving.catch(() => undefined).then(async () => {
+        const tmp = `${statePath}.tmp`;
+        await fsp.writeFile(tmp, JSON.stringify({ etag: head.etag, bytes: head.bytes, chunkBytes, done: [...done] } satisfies State));
+        await fsp.rename(tmp, statePath);
+      }));
     await saveState();
     const fh = await fsp.open(destPath, 'r+');
     let progress = [...done].reduce((s, i) => s + Math.min(chunkBytes, head.bytes - i * chunkBytes), 0);
