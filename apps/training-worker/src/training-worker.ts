@@ -92,7 +92,7 @@ export class TrainingWorker {
   }
 
   private async claim(): Promise<boolean> {
-    const claimed = await this.jobs.claimNext({ workerId: this.config.workerId, environment: this.config.environment, leaseMs: this.config.leaseMs, ...(this.config.onlyJobId ? { jobId: this.config.onlyJobId } : {}) } as never);
+    const claimed = await this.jobs.claimNext({ workerId: this.config.workerId, environment: this.config.environment, leaseMs: this.config.leaseMs });
     if (!claimed) return false;
     const { job, lease } = claimed;
     const ctx = new JobContext(job, lease, this.log.child({ jobId: lease.jobId, attemptId: lease.attemptId }));
