@@ -22,4 +22,8 @@ node -e '
   const skipped = r.numPendingTests + r.numTodoTests;
   console.log(`\n${r.numPassedTests} passed, ${r.numFailedTests} failed, ${skipped} skipped`);
 ' || true
+
+# Last, because `down` stops what every suite above needs; it brings them back up.
+log "services.sh lifecycle: up -> down -> status -> up"
+bash tools/services/lifecycle-test.sh || rc=1
 exit $rc

@@ -38,7 +38,7 @@ fail() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
 
 port_open() { (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; }
 wait_for() { # wait_for <what> <seconds> <command...>
-  local what=$1 secs=$2; shift 2
+  local what=$1 secs=$2 i; shift 2
   for ((i = 0; i < secs * 4; i++)); do "$@" && return 0; sleep 0.25; done
   return 1
 }
@@ -119,7 +119,7 @@ minio_bin() {
   echo "$bin"
 }
 create_buckets() {
-  local endpoint=$1
+  local endpoint=$1 b
   for b in "${BUCKETS[@]}"; do
     local code
     code=$(curl -s -o /dev/null -w '%{http_code}' --aws-sigv4 "aws:amz:us-east-1:s3" \
@@ -217,12 +217,25 @@ status() {
   return $bad
 }
 
+services_up() {
+  local t
+  for t in "$@"; do "${t}_up"; done
+  say "all requested services are up"
+}
+# Reverse order of `up`; each *_down stops only what this script started (its pid file),
+# so a dockerd or MongoDB the machine already ran is left alone. Idempotent.
+services_down() {
+  local names=("$@") k
+  for ((k = ${#names[@]} - 1; k >= 0; k--)); do "${names[$k]}_down"; done
+  say "all requested services are down"
+}
+
 ALL=(docker mongo s3 registry base)
 cmd=${1:-status}; shift || true
 targets=("$@"); [[ ${#targets[@]} -gt 0 ]] || targets=("${ALL[@]}")
 case "$cmd" in
-  up)     for t in "${targets[@]}"; do "${t}_up"; done; say "all requested services are up" ;;
-  down)   for ((i = ${#targets[@]} - 1; i >= 0; i--)); do "${targets[$i]}_down"; done ;;
+  up)     services_up "${targets[@]}" ;;
+  down)   services_down "${targets[@]}" ;;
   status) status ;;
   env)    print_env ;;
   *) fail "unknown command '$cmd'; use up|down|status|env [docker mongo s3 registry base]" ;;

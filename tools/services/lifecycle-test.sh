@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Lifecycle test of services.sh on the real services: up -> down -> status -> up,
+# asserting each state. Runs last in tools/test-all.sh because `down` stops the
+# services every other suite needs (and `up` at the end leaves them as it found them).
+set -euo pipefail
+SVC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/services.sh"
+STATE_DIR="${STATIONTHIS_STATE_DIR:-$(cd "$(dirname "$SVC")/../.." && pwd)/.state}"
+failures=0
+check() { # check <description> <command...>
+  local what=$1; shift
+  if "$@"; then echo "  ok    $what"; else echo "  FAIL  $what"; failures=$((failures + 1)); fi
+}
+managed=()   # the services this script's pid files say it started; only those must stop
+for name in dockerd ferretdb minio registry; do
+  [[ -f "$STATE_DIR/run/$name.pid" ]] && managed+=("$name")
+done
+
+echo "[lifecycle] up"
+check "up exits 0" bash "$SVC" up
+check "status after up reports every service up" bash "$SVC" status
+for name in dockerd ferretdb minio registry; do
+  [[ -f "$STATE_DIR/run/$name.pid" ]] && { [[ " ${managed[*]} " == *" $name "* ]] || managed+=("$name"); }
+done
+
+echo "[lifecycle] down (started by this script: ${managed[*]:-none})"
+check "down exits 0" bash "$SVC" down
+for name in "${managed[@]}"; do
+  check "$name has no pid file after down" test ! -f "$STATE_DIR/run/$name.pid"
+done
+out=$(bash "$SVC" status 2>&1 || true)
+for pair in dockerd:docker ferretdb:mongo minio:s3 registry:registry; do
+  name=${pair%%:*} svc=${pair#*:}
+  if [[ " ${managed[*]} " == *" $name "* ]]; then
+    check "status shows $svc DOWN after down" grep -qE "^  $svc +DOWN" <<<"$out"
+  fi
+done
+check "status exits non-zero while services are down" bash -c "! bash '$SVC' status >/dev/null 2>&1"
+check "down a second time exits 0" bash "$SVC" down
+
+echo "[lifecycle] up again"
+check "up after down exits 0" bash "$SVC" up
+check "status after the second up reports every service up" bash "$SVC" status
+
+if [[ $failures -gt 0 ]]; then echo "[lifecycle] $failures check(s) failed"; exit 1; fi
+echo "[lifecycle] all checks passed"
