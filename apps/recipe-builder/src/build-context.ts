@@ -6,7 +6,7 @@
  */
 import { mkdir, rm, writeFile, chmod } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { bundledEngineFiles, renderDockerfile, STATIONTHIS_DIR } from './dockerfile';
+import { BUILD_CA_USE_SCRIPT, bundledEngineFiles, renderDockerfile, renderTorchBaseDockerfile, STATIONTHIS_DIR, tokenizersScript, sitecustomizeScript, torchRequirementsFile } from './dockerfile';
 import type { BuildableRecipe } from './recipe-types';
 
 export interface ContextFile {
@@ -29,7 +29,7 @@ export interface BuildContext {
 export interface ImageProvenance {
   recipe: { id: string; version: string; family: string };
   engine: { name: string; repository: string; commit: string };
-  image: { name: string; builderBase: string; runtimeBase: string };
+  image: { name: string; builderBase: string; runtimeBase: string; torchBase?: { name: string; requirements: string[] } };
 }
 
 export const DOCKERIGNORE = [
@@ -41,8 +41,44 @@ export const DOCKERIGNORE = [
   '!engine/**',
   '!rootfs',
   '!rootfs/**',
+  '!build',
+  '!build/**',
+  '!build-ca',
+  '!build-ca/**',
+  '!engine-archive',
+  '!engine-archive/**',
+  '!hf-home',
+  '!hf-home/**',
+  '!torch-requirements.txt',
   '',
 ].join('\n');
+
+/**
+ * Folders of the optional build inputs (build-images fills them): each holds a
+ * placeholder so the Dockerfile's COPY works when the input is absent.
+ */
+export const OPTIONAL_INPUT_PLACEHOLDERS: ContextFile[] = [
+  { path: 'engine-archive/.keep', content: '', mode: 0o644 },
+  { path: 'hf-home/.keep', content: '', mode: 0o644 },
+];
+
+function buildCaFiles(): ContextFile[] {
+  return [{ path: 'build-ca/use.sh', content: BUILD_CA_USE_SCRIPT, mode: 0o644 }];
+}
+
+/** Build context of a recipe's shared torch image (see ImageSpec.torchBase). */
+export function renderTorchBaseContext(recipe: BuildableRecipe): { name: string; files: ContextFile[] } {
+  const t = recipe.image.torchBase;
+  if (!t) throw new Error(`recipe ${recipe.id} has no torchBase`);
+  const files: ContextFile[] = [
+    { path: 'Dockerfile', content: renderTorchBaseDockerfile(recipe), mode: 0o644 },
+    { path: '.dockerignore', content: DOCKERIGNORE, mode: 0o644 },
+    { path: 'torch-requirements.txt', content: torchRequirementsFile(recipe), mode: 0o644 },
+    ...buildCaFiles(),
+  ];
+  files.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  return { name: t.name, files };
+}
 
 /** JSON with keys sorted at every level, two-space indent, trailing newline. */
 export function stableJson(value: unknown): string {
@@ -85,6 +121,7 @@ export function renderBuildContext(recipe: BuildableRecipe): BuildContext {
       name: spec.name,
       builderBase: spec.builderBase.digest ? `${spec.builderBase.image}@${spec.builderBase.digest}` : spec.builderBase.image,
       runtimeBase: spec.runtimeBase.digest ? `${spec.runtimeBase.image}@${spec.runtimeBase.digest}` : spec.runtimeBase.image,
+      ...(spec.torchBase ? { torchBase: { name: spec.torchBase.name, requirements: [...spec.torchBase.pipRequirements] } } : {}),
     },
   };
   const files: ContextFile[] = [
@@ -97,7 +134,13 @@ export function renderBuildContext(recipe: BuildableRecipe): BuildContext {
     },
     { path: `rootfs${STATIONTHIS_DIR}/entrypoint.sh`, content: entrypointScript(recipe), mode: 0o755 },
     { path: `rootfs${STATIONTHIS_DIR}/image.json`, content: stableJson(provenance), mode: 0o644 },
+    ...buildCaFiles(),
   ];
+  if (spec.torchBase) {
+    files.push(...OPTIONAL_INPUT_PLACEHOLDERS);
+    if ((spec.tokenizers ?? []).length > 0) files.push({ path: 'build/tokenizers_build.py', content: tokenizersScript(recipe), mode: 0o644 });
+    if ((spec.cudaFreeImports ?? []).length > 0) files.push({ path: 'build/sitecustomize.py', content: sitecustomizeScript(recipe), mode: 0o644 });
+  }
   for (const f of bundledEngineFiles(recipe)) {
     files.push({ path: f.contextPath, content: f.content, mode: f.content.startsWith('#!') ? 0o755 : 0o644 });
   }

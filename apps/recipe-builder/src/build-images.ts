@@ -5,7 +5,11 @@
  */
 import { execFile } from 'node:child_process';
 import type Docker from 'dockerode';
+import { join } from 'node:path';
+import { renderTorchBaseContext, writeBuildContext } from './build-context';
+import { resolveBuildInputs, stageBuildInputs, stageCaBundle, type BuildInputs } from './build-inputs';
 import { buildImage, pushImage, type DockerStreamEvent } from './docker-image';
+import { torchBaseTag } from './dockerfile';
 import { generateBuildContexts } from './generate';
 import { checkPinnedImageRef, SECRET_NAME } from './image-spec-check';
 import { upsertImageManifest, type ImageManifestEntry } from './image-manifest';
@@ -27,8 +31,8 @@ export interface BuildImagesOptions {
   push: boolean;
   dryRun: boolean;
   baseImages?: BaseImageOverrides;
-  /** Sets OFFLINE_STUBS=1 (see the Dockerfile header and README). */
-  offlineStubs?: boolean;
+  /** Engine archives, tokenizers and CA bundle (see build-inputs.ts); unset fields fall back to the environment. */
+  inputs?: BuildInputs;
   /** Rewrites Ubuntu's versioned python3.X packages to Debian's python3 names (for a Debian base override). */
   debianCompat?: boolean;
   /** Extra non-secret build args, applied last. */
@@ -91,12 +95,16 @@ export function debianPackageName(pkg: string): string {
 }
 
 /** Build args for one recipe under the given options. Only values that differ from the Dockerfile defaults, plus GIT_SHA. */
-export function buildArgsFor(spec: ImageSpec, options: Pick<BuildImagesOptions, 'baseImages' | 'offlineStubs' | 'debianCompat' | 'buildArgs' | 'gitSha'>): Record<string, string> {
+export function buildArgsFor(spec: ImageSpec, options: Pick<BuildImagesOptions, 'baseImages' | 'debianCompat' | 'buildArgs' | 'gitSha'>, torchBaseRef?: string): Record<string, string> {
   const args: Record<string, string> = { GIT_SHA: options.gitSha };
-  if (options.baseImages?.builder) args.BUILDER_BASE = options.baseImages.builder;
-  if (options.baseImages?.runtime) args.RUNTIME_BASE = options.baseImages.runtime;
-  if (options.offlineStubs) args.OFFLINE_STUBS = '1';
-  if (options.debianCompat) {
+  if (torchBaseRef) {
+    // The Debian bases and packages went into the torch image; the engine stages start FROM it.
+    args.TORCH_BASE = torchBaseRef;
+  } else {
+    if (options.baseImages?.builder) args.BUILDER_BASE = options.baseImages.builder;
+    if (options.baseImages?.runtime) args.RUNTIME_BASE = options.baseImages.runtime;
+  }
+  if (options.debianCompat && !torchBaseRef) {
     const python = debianPackageName(spec.python);
     if (python !== spec.python) args.PYTHON = python;
     const builder = spec.builderAptPackages.map(debianPackageName);
@@ -159,19 +167,59 @@ function progressPrinter(prefix: string, log: (line: string) => void): (e: Docke
   };
 }
 
+/** Base overrides change what goes into the torch image, so they are part of its tag. */
+function torchOverrides(o: BuildImagesOptions): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (o.baseImages?.builder) out.BUILDER_BASE = o.baseImages.builder;
+  if (o.baseImages?.runtime) out.RUNTIME_BASE = o.baseImages.runtime;
+  for (const [k, v] of Object.entries(o.buildArgs ?? {})) if (/^(BUILDER|RUNTIME)_APT_PACKAGES$|^PYTHON$|^PIP_/.test(k)) out[k] = v;
+  return out;
+}
+
+/** Builds (and with --push, pushes) the shared torch image under `ref`. */
+async function buildTorchBase(o: BuildImagesOptions, recipe: BuildableRecipe, ref: string, inputs: BuildInputs, auth: Parameters<typeof pushImage>[2]): Promise<string> {
+  const context = renderTorchBaseContext(recipe);
+  const dir = join(o.outDir, '_torch', context.name);
+  await writeBuildContext(dir, { recipeId: context.name, recipeVersion: '', imageName: context.name, files: context.files });
+  const ca = await stageCaBundle(dir, inputs);
+  const prefix = `[${context.name}]`;
+  const buildArgs: Record<string, string> = { ...torchOverrides(o) };
+  o.log(`${prefix} building the shared torch layer ${ref} (host CA bundle in builder: ${ca ? 'yes' : 'no'})`);
+  const built = await buildImage(o.docker, dir, { tags: [ref], buildArgs, timeoutMs: o.timeoutMs, nocache: o.nocache, onEvent: progressPrinter(prefix, o.log) });
+  o.log(`${prefix} built ${built.imageId} in ${(built.durationMs / 1000).toFixed(1)} s (${built.cachedSteps}/${built.totalSteps} steps from cache)`);
+  if (o.push) {
+    o.log(`${prefix} pushing ${ref}`);
+    await pushImage(o.docker, ref, auth, o.timeoutMs, progressPrinter(prefix, o.log));
+  }
+  return built.imageId;
+}
+
 export async function buildImages(o: BuildImagesOptions): Promise<BuildImagesResult> {
   checkOptions(o);
   checkImageNamesUnique(o.recipes, o.only);
   const generated = await generateBuildContexts(o.recipes, o.outDir, o.only);
   const auth = o.push && !o.dryRun ? await resolveRegistryAuth(o.registry, o.env ?? process.env, o.dockerConfigPath) : undefined;
   if (auth) o.log(`registry ${o.registry}: credentials from ${auth.source}`);
+  const inputs = o.dryRun ? (o.inputs ?? {}) : resolveBuildInputs(o.inputs ?? {}, o.env ?? process.env);
   const results: BuiltImage[] = [];
+  const torchBases = new Map<string, Promise<string>>();
   let written = 0;
   for (const { recipe, dir } of generated) {
     const image = `${o.registry}/${o.namespace}/${recipe.image.name}`;
     const tags = [`${image}:${recipe.version}`, `${image}:${o.gitSha}`];
-    const buildArgs = buildArgsFor(recipe.image, o);
     const prefix = `[${recipe.id}]`;
+    let torchRef: string | undefined;
+    if (recipe.image.torchBase) {
+      const torchTag = torchBaseTag(recipe, torchOverrides(o));
+      torchRef = `${o.registry}/${o.namespace}/${recipe.image.torchBase.name}:${torchTag}`;
+      if (!o.dryRun) {
+        const ref = torchRef;
+        // One torch image per distinct input set, built once per run and shared by every engine image on it.
+        if (!torchBases.has(ref)) torchBases.set(ref, buildTorchBase(o, recipe, ref, inputs, auth?.auth));
+        await torchBases.get(ref);
+      }
+    }
+    const buildArgs = buildArgsFor(recipe.image, o, torchRef);
     const result: BuiltImage = { recipeId: recipe.id, recipeVersion: recipe.version, image, tags, buildArgs };
     results.push(result);
     if (o.dryRun) {
@@ -181,7 +229,8 @@ export async function buildImages(o: BuildImagesOptions): Promise<BuildImagesRes
       o.log(`${prefix}   ${o.push ? `would push both tags to ${o.registry}` : 'no push'}`);
       continue;
     }
-    o.log(`${prefix} building ${tags[0]} from ${dir}`);
+    const staged = await stageBuildInputs(recipe, dir, inputs);
+    o.log(`${prefix} building ${tags[0]} from ${dir} (engine source: ${staged.engineSource}; tokenizers: ${staged.tokenizers}; host CA bundle in builder: ${staged.caBundle ? 'yes' : 'no'})`);
     const built = await buildImage(o.docker, dir, {
       tags,
       buildArgs,

@@ -25,7 +25,10 @@ export interface BuildImagesCommand {
   push: boolean;
   dryRun: boolean;
   baseImages: BaseImageOverrides;
-  offlineStubs: boolean;
+  /** Engine archive folder, tokenizers folder, CA bundle ('none' disables); undefined: from the environment. */
+  engineArchiveDir?: string;
+  tokenizersDir?: string;
+  caBundle?: string;
   debianCompat: boolean;
   buildArgs: Record<string, string>;
   nocache: boolean;
@@ -52,8 +55,12 @@ build-images options:
   --namespace <ns>                    default: stationthis
   --base-image <ref>                  replace both base images (hosts without CUDA images)
   --base-image builder=<ref>          replace the builder base only (also runtime=, both=)
-  --offline-stubs                     build arg OFFLINE_STUBS=1: skip the engine git fetch,
-                                      the pip install and the engine install command
+  --engine-archives <dir>             folder with the engines' pinned source archives (sha256
+                                      checked); default $STATIONTHIS_ENGINE_ARCHIVES, else git
+  --tokenizers <dir>                  HF_HOME-layout folder with the recipes' tokenizers; default
+                                      $STATIONTHIS_TOKENIZERS_DIR, else the Hugging Face Hub
+  --ca-bundle <file|none>             CA bundle for builder stages only; default: the host's
+                                      $PIP_CERT / $SSL_CERT_FILE / $REQUESTS_CA_BUNDLE when set
   --debian-compat                     map python3.X packages to Debian's python3 names
   --build-arg KEY=VALUE               extra non-secret build arg (repeatable)
   --no-cache                          build without the layer cache
@@ -81,7 +88,9 @@ export function parseCliArgs(argv: string[], defaults: CliDefaults): CliCommand 
   let namespace = 'stationthis';
   let push = false;
   let dryRun = false;
-  let offlineStubs = false;
+  let engineArchiveDir: string | undefined;
+  let tokenizersDir: string | undefined;
+  let caBundle: string | undefined;
   let debianCompat = false;
   let nocache = false;
   let manifestPath: string | undefined;
@@ -94,7 +103,7 @@ export function parseCliArgs(argv: string[], defaults: CliDefaults): CliCommand 
     if (t.startsWith('--') && eq > 2) tokens.push(t.slice(0, eq), t.slice(eq + 1));
     else tokens.push(t);
   }
-  const buildOnly = new Set(['--registry', '--namespace', '--push', '--no-push', '--dry-run', '--base-image', '--offline-stubs', '--debian-compat', '--build-arg', '--no-cache', '--manifest', '--timeout']);
+  const buildOnly = new Set(['--registry', '--namespace', '--push', '--no-push', '--dry-run', '--base-image', '--engine-archives', '--tokenizers', '--ca-bundle', '--debian-compat', '--build-arg', '--no-cache', '--manifest', '--timeout']);
 
   for (let i = 0; i < tokens.length; i++) {
     const t = tokens[i];
@@ -131,8 +140,14 @@ export function parseCliArgs(argv: string[], defaults: CliDefaults): CliCommand 
       case '--dry-run':
         dryRun = true;
         break;
-      case '--offline-stubs':
-        offlineStubs = true;
+      case '--engine-archives':
+        engineArchiveDir = value();
+        break;
+      case '--tokenizers':
+        tokenizersDir = value();
+        break;
+      case '--ca-bundle':
+        caBundle = value();
         break;
       case '--debian-compat':
         debianCompat = true;
@@ -171,5 +186,5 @@ export function parseCliArgs(argv: string[], defaults: CliDefaults): CliCommand 
   }
 
   if (command === 'generate') return { command, only, outDir };
-  return { command, only, outDir, registry, namespace, push, dryRun, baseImages, offlineStubs, debianCompat, buildArgs, nocache, manifestPath, timeoutSeconds };
+  return { command, only, outDir, registry, namespace, push, dryRun, baseImages, engineArchiveDir, tokenizersDir, caBundle, debianCompat, buildArgs, nocache, manifestPath, timeoutSeconds };
 }

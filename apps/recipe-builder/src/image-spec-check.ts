@@ -92,9 +92,14 @@ export function checkBuildableRecipe(recipe: BuildableRecipe): string[] {
     }
   }
   if (spec.engineSource.kind === 'git') {
-    for (const arg of spec.engineSource.installCommand ?? []) {
-      if (!SAFE_ARG.test(arg)) p.push(`${at}: engine install argument '${arg}' contains characters outside [A-Za-z0-9_@%+=:,./-]`);
+    const a = spec.engineSource.archive;
+    if (!/^[A-Za-z0-9][A-Za-z0-9._-]*\.(tar\.gz|tgz)$/.test(a.fileName)) p.push(`${at}: engine archive '${a.fileName}' must be a plain *.tar.gz file name`);
+    if (!/^[0-9a-f]{64}$/.test(a.sha256)) p.push(`${at}: engine archive sha256 must be 64 lower-case hex digits`);
+    if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(a.topFolder)) p.push(`${at}: engine archive topFolder '${a.topFolder}' must be one plain folder name`);
+    for (const dir of spec.engineSource.pythonPath ?? []) {
+      if (!SAFE_ARG.test(dir) || dir.startsWith('/') || dir.split('/').includes('..')) p.push(`${at}: pythonPath entry '${dir}' must be a plain path relative to workdir`);
     }
+    if (!spec.torchBase) p.push(`${at}: git engines build on the shared torch layer: set image.torchBase`);
   } else {
     for (const file of Object.keys(spec.engineSource.files)) {
       const rel = file.replace(/^\/+/, '');
@@ -102,6 +107,20 @@ export function checkBuildableRecipe(recipe: BuildableRecipe): string[] {
         p.push(`${at}: bundled file path '${file}' must be a plain relative or absolute path without '..'`);
       }
     }
+  }
+  if (spec.torchBase) {
+    if (!/^[a-z0-9]+(?:[._-][a-z0-9]+)*$/.test(spec.torchBase.name)) p.push(`${at}: torchBase.name '${spec.torchBase.name}' is not a valid repository name component`);
+    for (const req of spec.torchBase.pipRequirements) {
+      if (!PIP_PIN.test(req)) p.push(`${at}: torch requirement '${req}' must be pinned as 'name==version'`);
+    }
+    const engineNames = new Set(spec.pipRequirements.map((r) => r.split('==')[0].toLowerCase()));
+    for (const req of spec.torchBase.pipRequirements) {
+      if (engineNames.has(req.split('==')[0].toLowerCase())) p.push(`${at}: '${req.split('==')[0]}' is in both torchBase and pipRequirements; the engine list holds only what the torch layer lacks`);
+    }
+  }
+  for (const t of spec.tokenizers ?? []) {
+    if (!/^[A-Za-z0-9][A-Za-z0-9._-]*\/[A-Za-z0-9][A-Za-z0-9._-]*$/.test(t.repo)) p.push(`${at}: tokenizer repo '${t.repo}' must be '<org>/<name>'`);
+    if (t.subfolder !== undefined && (!/^[A-Za-z0-9._/-]+$/.test(t.subfolder) || t.subfolder.split('/').includes('..'))) p.push(`${at}: tokenizer subfolder '${t.subfolder}' must be a plain relative path`);
   }
   for (const [i, step] of (spec.buildSteps ?? []).entries()) {
     if (step.argv.length === 0) p.push(`${at}: buildSteps[${i}] has an empty argv`);

@@ -36,7 +36,7 @@ async function main(argv: string[]): Promise<number> {
     push: cmd.push,
     dryRun: cmd.dryRun,
     baseImages: cmd.baseImages,
-    offlineStubs: cmd.offlineStubs,
+    inputs: { engineArchiveDir: cmd.engineArchiveDir, tokenizersDir: cmd.tokenizersDir, caBundle: cmd.caBundle },
     debianCompat: cmd.debianCompat,
     buildArgs: cmd.buildArgs,
     nocache: cmd.nocache,

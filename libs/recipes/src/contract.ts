@@ -42,60 +42,141 @@ export interface BaseImageRef {
 }
 
 /**
- * What recipe-builder renders into a multi-stage Dockerfile:
- * builder stage (devel base) installs engine + pinned deps into a venv,
- * runtime stage (runtime base) copies the venv and engine, runs as non-root.
+ * What recipe-builder renders into a multi-stage Dockerfile. Two layouts:
+ *
+ * - Bundled engines (the smoke recipe): builder and runtime stages on the
+ *   Debian bases below; the engine files ship with the recipe.
+ * - Engines on the shared PyTorch layer (`torchBase` set): recipe-builder
+ *   first builds one torch image from the Debian bases, the apt packages and
+ *   `torchBase.pipRequirements` (tagged by a hash of exactly those inputs, so
+ *   every recipe with the same inputs shares it, and a recipe-only change never
+ *   rebuilds it); the engine image's builder and runtime stages then start
+ *   FROM that image, the engine's own pinned dependencies go to
+ *   ENGINE_SITE_DIR (`pip install --no-deps`, so nothing is resolved at build
+ *   time and the torch layer is never reinstalled), and the engine source is
+ *   unpacked from its pinned archive or fetched from git at the pinned commit.
+ *
+ * Everything comes from PyPI and the Debian mirror: PyPI's default Linux torch
+ * wheels are CUDA builds that bring the CUDA runtime as `nvidia-*` wheels, so
+ * one image runs on CPU and on NVIDIA hosts; no CUDA base image is needed.
  */
 export interface ImageSpec {
   /** Image repository name under the registry namespace, e.g. 'sdxl-kohya'. */
   name: string;
   builderBase: BaseImageRef;
   runtimeBase: BaseImageRef;
-  /** Debian/Ubuntu packages for the builder stage (compilers, git, python dev). */
+  /** Debian packages for the builder stage (python3-venv, git...). */
   builderAptPackages: string[];
-  /** Debian/Ubuntu packages for the runtime stage (python runtime, libgl...). */
+  /** Debian packages for the runtime stage (python runtime, libgl...). With torchBase: of the shared torch image. */
   runtimeAptPackages: string[];
-  /** Python interpreter used to create the venv, e.g. 'python3.10'. */
+  /** Python interpreter used to create the venv, e.g. 'python3' (Debian bookworm: 3.11). */
   python: string;
-  /** Pinned pip requirements, one 'name==version' per entry, in install order. */
-  pipRequirements: string[];
-  /** Extra pip index URLs (e.g. the PyTorch CUDA wheel index). Build-time only. */
-  pipExtraIndexUrls?: string[];
   /**
-   * How the engine source gets into the image. 'git' clones repository@commit
-   * in the builder stage; 'bundled' means the files are part of the build
-   * context (the smoke trainer ships its own script).
+   * Pinned pip requirements, one 'name==version' per entry, in install order.
+   * With torchBase: the engine's complete pinned dependency set minus what the
+   * torch layer holds, installed with --no-deps.
    */
-  engineSource: { kind: 'git'; installCommand?: string[] } | { kind: 'bundled'; files: Record<string, string> };
-  /** Build steps that need hosts beyond the package registries (GitHub, CUDA wheel index) are skipped when the documented build arg OFFLINE_STUBS=1 is set. Listed here for the docs. */
-  networkedSteps: string[];
+  pipRequirements: string[];
+  /** The shared PyTorch layer (see above). */
+  torchBase?: TorchBaseSpec;
+  /** Extra pip index URLs. Build-time only; none of the production recipes needs one. */
+  pipExtraIndexUrls?: string[];
+  /** How the engine source gets into the image. */
+  engineSource: GitEngineSource | BundledEngineSource;
+  /**
+   * Hugging Face tokenizers the engine loads by repository id at run time. The
+   * image bakes them into HF_HOME: from a local folder given to the build
+   * (offline builds), otherwise from the Hub; either way the build then loads
+   * each one exactly as the engine will, with HF_HUB_OFFLINE=1, and fails when
+   * one is missing.
+   */
+  tokenizers?: TokenizerSpec[];
   /** Command run by HEALTHCHECK: must succeed when the runtime can import the engine. */
   healthcheck: string[];
   /** Default working directory of the engine inside the image. */
   workdir: string;
-  /** Extra environment for the runtime stage (no secrets, ever). */
+  /** Extra environment for the runtime stage (no secrets, ever). Build steps do not see the HF offline switches. */
   env?: Record<string, string>;
   /**
-   * Optional extra builder-stage commands run after the engine is installed
-   * (e.g. pre-downloading tokenizers so training runs with NetworkMode none).
-   * argv arrays, run in `workdir` with the venv first on PATH. Steps marked
-   * `networked` are skipped when OFFLINE_STUBS=1.
+   * Optional extra builder-stage commands run after the engine is installed,
+   * argv arrays run in `workdir` with the venv first on PATH. They run with no
+   * network expectations (a step that needs the network belongs in the recipe
+   * as data, like `tokenizers`).
    */
   buildSteps?: BuildStep[];
   /**
-   * Optional build-time proof that every CLI flag the recipe renders exists in
-   * the pinned engine: run `argv` (a `--help` invocation) in the builder stage
-   * and fail the build if any of `flags` is missing from its output.
+   * Build-time proof that every CLI flag the recipe renders exists in the
+   * pinned engine: run `argv` (a `--help` invocation) in the builder stage and
+   * fail the build if any of `flags` is missing from its output.
    */
   flagChecks?: FlagCheck[];
+  /**
+   * Engine modules that call CUDA at import time (e.g. a default argument
+   * `device=torch.cuda.current_device()`), which crashes on a host without a
+   * GPU: the builder's flag checks and CPU conformance runs. The image imports
+   * each with `torch.cuda.current_device` answering 'cpu' while no GPU is
+   * present; with a GPU nothing changes.
+   */
+  cudaFreeImports?: CudaFreeImport[];
+}
+
+export interface CudaFreeImport {
+  /** Dotted module name, e.g. 'musubi_tuner.wan.modules.t5'. */
+  module: string;
+  /** Where the import-time CUDA call is, for the reader of the Dockerfile. */
+  why: string;
+}
+
+/** The shared PyTorch layer of the engine images (see ImageSpec). */
+export interface TorchBaseSpec {
+  /** Image repository name, e.g. 'torch-py311'; the tag is a hash of its inputs. */
+  name: string;
+  /** torch, torchvision and every dependency (nvidia-* CUDA wheels included), pinned, installed with --no-deps. */
+  pipRequirements: string[];
+}
+
+/** Engine source at a pinned commit: from GitHub, or from the source archive of that commit. */
+export interface GitEngineSource {
+  kind: 'git';
+  /**
+   * The archive of the pinned commit (one top folder holding the tree), used
+   * when the build is given an archive folder (hosts that cannot reach
+   * GitHub). Its sha256 is checked before and inside the build.
+   */
+  archive: EngineArchive;
+  /** Folders (relative to workdir) put on PYTHONPATH, instead of an editable install. */
+  pythonPath?: string[];
+}
+
+export interface EngineArchive {
+  /** File name, e.g. 'sd-scripts-48d368fa.tar.gz' (a gzip tarball). */
+  fileName: string;
+  /** 64 hex digits. */
+  sha256: string;
+  /** The single top-level folder inside the archive. */
+  topFolder: string;
+}
+
+export interface BundledEngineSource {
+  kind: 'bundled';
+  /** Path (relative to workdir, or absolute) → file content. */
+  files: Record<string, string>;
+}
+
+/** A tokenizer the engine loads with `<loader>.from_pretrained(repo, subfolder=...)`. */
+export interface TokenizerSpec {
+  repo: string;
+  subfolder?: string;
+  /** transformers class the engine uses. */
+  loader: 'CLIPTokenizer' | 'T5TokenizerFast' | 'AutoTokenizer';
+  /** Which engine code loads it, for the error message when it is missing. */
+  usedBy: string;
 }
 
 /** One extra builder-stage command (see ImageSpec.buildSteps). */
 export interface BuildStep {
   description: string;
   argv: string[];
-  /** Needs hosts beyond the package registries; skipped with OFFLINE_STUBS=1. */
-  networked: boolean;
 }
 
 /** A `--help` invocation and the flags that must appear in its output. */

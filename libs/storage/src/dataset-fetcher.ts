@@ -49,6 +49,14 @@ export interface FetchOptions {
   /** Hosts (or host:port) allowed besides our buckets; added to config.datasetAllowedHosts. */
   allowedHosts?: string[];
   captionSetId?: string;
+  /**
+   * The caption the engine trains on, from the platform's caption ('' when the
+   * item has none): the recipes' rule (libs/recipes `trainingCaption`, which
+   * adds the trigger word). When given, every item gets a caption file, because
+   * musubi-tuner drops uncaptioned images and sd-scripts trains them on its
+   * class tokens only; without it, only captioned items get one.
+   */
+  captionFor?: (caption: string, index: number) => string;
   /** Accept mp4/webm clips (video recipes). */
   allowVideo?: boolean;
   /** Downloads in flight. Default 4. */
@@ -60,7 +68,7 @@ export interface FetchOptions {
 
 export interface FetchedImage {
   fileName: string;
-  /** '' when the image has no caption (the platform writes no .txt then). */
+  /** '' when no caption file was written (no caption and no captionFor). */
   captionFileName: string;
   sourceUrl: string;
   bytes: number;
@@ -112,7 +120,7 @@ export class DatasetFetcher {
         const base = `img_${String(i + 1).padStart(width, '0')}`;
         try {
           const got = await this.fetchOne(images[i], i, base, destDir, limits, allowed, opts, shared, ctl.signal, written);
-          const caption = captions.captions[i];
+          const caption = opts.captionFor ? opts.captionFor(captions.captions[i] ?? '', i) : captions.captions[i];
           let captionFileName = '';
           if (caption) {
             captionFileName = `${base}.txt`;

@@ -30,12 +30,15 @@ import {
   requiredWeights,
   sanitizeOutputName,
   sanitizeTriggerWord,
+  summarizeDataset,
+  trainingCaption,
 } from '@stationthis/recipes';
 import { WORKER_CONFIG } from '../tokens';
 import type { WorkerConfig } from '../config/worker-config';
 import { WorkerMetrics } from '../observability/metrics';
 import { ImageResolver } from './image-resolver';
 import { JobContext } from './job-context';
+import { stepContainerSpec } from './step-container';
 import { mergeSafetensorsMetadata, readSafetensorsHeader } from './safetensors-file';
 import { CancelRequested, JobFailure, LeaseLost, containerFailureMessage } from './failures';
 
@@ -231,7 +234,7 @@ export class JobPipeline {
     if (images.length < req.minImages || images.length > req.maxImages) {
       throw new JobFailure('dataset', `The dataset has ${images.length} images; ${recipe.displayName} needs ${req.minImages} to ${req.maxImages}. Add or remove images and retry.`);
     }
-    const quote = recipe.quote(validated.value as never, { imageCount: images.length });
+    const quote = recipe.quote(validated.value as never, summarizeDataset(images.map((url) => ({ url: String(url) }))));
     return { recipe, parameters: validated.value as Record<string, unknown>, triggerWord, outputName, dataset, quote };
   }
 
@@ -269,6 +272,7 @@ export class JobPipeline {
     try {
       const fetched = await this.fetcher.fetch(p.dataset as unknown as PlatformDatasetDoc, datasetDir, {
         captionSetId: ctx.job.captionSetId ? String(ctx.job.captionSetId) : undefined,
+        captionFor: (caption) => trainingCaption(caption, p.triggerWord),
         allowVideo: p.recipe.datasetRequirements.allowVideo,
         signal: ctx.signal,
         onProgress: (pr) => ctx.log.debug({ progress: pr }, 'dataset fetch progress'),
@@ -303,6 +307,7 @@ export class JobPipeline {
     if (!(await this.readPrefetched(datasetDir, p))) {
       const fetched = await this.fetcher.fetch(p.dataset as unknown as PlatformDatasetDoc, await this.freshDir(datasetDir), {
         captionSetId: job.captionSetId ? String(job.captionSetId) : undefined,
+        captionFor: (caption) => trainingCaption(caption, p.triggerWord),
         allowVideo: p.recipe.datasetRequirements.allowVideo,
       });
       await this.makeReadable(datasetDir);
@@ -321,15 +326,16 @@ export class JobPipeline {
 
   /** The marker sits beside the dataset folder (never inside the container mount). */
   private async writePrefetchMarker(datasetDir: string, p: Prepared, fetched: FetchedDataset): Promise<void> {
-    const marker = { images: p.dataset.images, captionSetId: null as string | null, fetched };
+    // The caption files carry the trigger word: a changed trigger word invalidates the prefetch.
+    const marker = { images: p.dataset.images, triggerWord: p.triggerWord, captionSetId: null as string | null, fetched };
     await writeFile(`${datasetDir}.json`, JSON.stringify(marker));
   }
 
   /** A complete earlier fetch of the same image list, or null. */
   private async readPrefetched(datasetDir: string, p: Prepared): Promise<FetchedDataset | null> {
     try {
-      const marker = JSON.parse(await readFile(`${datasetDir}.json`, 'utf8')) as { images: unknown; fetched: FetchedDataset };
-      if (JSON.stringify(marker.images) !== JSON.stringify(p.dataset.images)) return null;
+      const marker = JSON.parse(await readFile(`${datasetDir}.json`, 'utf8')) as { images: unknown; triggerWord?: string; fetched: FetchedDataset };
+      if (JSON.stringify(marker.images) !== JSON.stringify(p.dataset.images) || marker.triggerWord !== p.triggerWord) return null;
       for (const img of marker.fetched.images) await stat(join(datasetDir, img.fileName));
       return marker.fetched;
     } catch {
@@ -352,7 +358,7 @@ export class JobPipeline {
     }
   }
 
-  private async render(ctx: JobContext, p: Prepared, attemptDir: string, fetched: { images: unknown[] }, weights: { fileName: string }[]) {
+  private async render(ctx: JobContext, p: Prepared, attemptDir: string, fetched: { images: { mime: string }[] }, weights: { fileName: string }[]) {
     const jobDir = join(attemptDir, 'job');
     const outputDir = join(attemptDir, 'output');
     await rm(attemptDir, { recursive: true, force: true });
@@ -365,7 +371,8 @@ export class JobPipeline {
       parameters: p.parameters,
       triggerWord: p.triggerWord,
       outputName: p.outputName,
-      dataset: { imageCount: fetched.images.length },
+      // Videos and images are separate engine datasets (musubi): the split comes from the sniffed types.
+      dataset: summarizeDataset(fetched.images),
       baseModelFiles,
     });
     for (const f of rendered.files) {
@@ -407,26 +414,19 @@ export class JobPipeline {
         const errors: string[] = [];
         const startedAt = new Date();
         const result = await this.runtime.run(
-          {
+          stepContainerSpec({
             image,
-            argv: step.argv,
-            workdir: p.recipe.image.workdir,
-            env: { HOME: CONTAINER_PATHS.scratch, PYTHONUNBUFFERED: '1', STATIONTHIS_JOB_ID: ctx.jobId },
-            mounts: [
-              { hostPath: io.datasetDir, containerPath: CONTAINER_PATHS.dataset, readOnly: true },
-              { hostPath: io.jobDir, containerPath: CONTAINER_PATHS.job, readOnly: true },
-              { hostPath: io.outputDir, containerPath: CONTAINER_PATHS.output, readOnly: false },
-              ...io.weights.map((w) => ({ hostPath: w.path, containerPath: `${CONTAINER_PATHS.models}/${w.fileName}`, readOnly: true })),
-            ],
-            gpus: allocation.deviceIds.length > 0 ? { deviceIds: allocation.deviceIds } : null,
-            network: p.recipe.network,
+            recipe: p.recipe,
+            step,
+            folders: { datasetDir: io.datasetDir, jobDir: io.jobDir, outputDir: io.outputDir, weights: io.weights, logFile: io.logFile },
+            jobId: ctx.jobId,
+            gpuDeviceIds: allocation.deviceIds,
             memoryBytes: this.config.containerMemoryBytes,
             pidsLimit: this.config.containerPidsLimit,
-            labels: { jobId: ctx.jobId, attemptId: ctx.lease.attemptId, workerId: ctx.lease.workerId, step: step.name, scope: containerScope(this.config) },
+            labels: { jobId: ctx.jobId, attemptId: ctx.lease.attemptId, workerId: ctx.lease.workerId, scope: containerScope(this.config) },
             deadlineMs: this.config.maxJobMs,
             stallTimeoutMs: this.config.stallTimeoutMs,
-            logFilePath: io.logFile,
-          },
+          }),
           {
             onLine: (line: string) => {
               for (const ev of parser.feed(line)) {

@@ -5,6 +5,8 @@
 import type { z } from 'zod';
 import type {
   DatasetSummary,
+  TokenizerSpec,
+  TorchBaseSpec,
   EngineRef,
   ImageSpec,
   MetadataInput,
@@ -42,8 +44,12 @@ export const MUSUBI_DIR = '/opt/musubi-tuner';
 /** Tokenizers are baked into the image here, so training runs with NetworkMode none. */
 export const HF_HOME = '/opt/hf-home';
 
-/** Runtime environment for the CUDA engine images. No secrets. */
-export const CUDA_RUNTIME_ENV: Record<string, string> = {
+/**
+ * Runtime environment of the engine images. No secrets. The HF offline
+ * switches are runtime-only: the build loads the baked tokenizers with them
+ * set explicitly, after anything it had to download.
+ */
+export const ENGINE_RUNTIME_ENV: Record<string, string> = {
   PYTHONUNBUFFERED: '1',
   HF_HOME,
   HF_HUB_OFFLINE: '1',
@@ -60,87 +66,209 @@ export const CUDA_RUNTIME_ENV: Record<string, string> = {
   COLUMNS: '160',
 };
 
-const CUDA_BASES = {
-  builderBase: { image: 'nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04' },
-  runtimeBase: { image: 'nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04' },
-  builderAptPackages: ['git', 'ca-certificates', 'build-essential', 'python3.10', 'python3.10-venv', 'python3.10-dev'],
-  runtimeAptPackages: ['python3.10', 'libgl1', 'libglib2.0-0', 'ca-certificates'],
-  python: 'python3.10',
-  pipExtraIndexUrls: ['https://download.pytorch.org/whl/cu124'],
+/**
+ * The shared PyTorch layer: torch 2.6.0 (the version sd-scripts' README tests;
+ * musubi needs >= 2.5.1 for --sdpa) as PyPI's default Linux wheel, a CUDA 12.4
+ * build whose CUDA runtime arrives as nvidia-* wheels. The full set is pinned
+ * (resolved once with pip for CPython 3.11, Debian bookworm's python3) and
+ * installed with --no-deps, so a build resolves nothing.
+ */
+export const TORCH_BASE: TorchBaseSpec = {
+  name: 'torch-py311',
+  pipRequirements: [
+    'torch==2.6.0',
+    'torchvision==0.21.0',
+    'triton==3.2.0',
+    'filelock==4.3.2',
+    'fsspec==2026.9.0',
+    'Jinja2==3.1.6',
+    'MarkupSafe==3.0.4',
+    'mpmath==1.3.0',
+    'networkx==3.6.1',
+    'numpy==2.4.6',
+    'nvidia-cublas-cu12==12.4.5.8',
+    'nvidia-cuda-cupti-cu12==12.4.127',
+    'nvidia-cuda-nvrtc-cu12==12.4.127',
+    'nvidia-cuda-runtime-cu12==12.4.127',
+    'nvidia-cudnn-cu12==9.1.0.70',
+    'nvidia-cufft-cu12==11.2.1.3',
+    'nvidia-curand-cu12==10.3.5.147',
+    'nvidia-cusolver-cu12==11.6.1.9',
+    'nvidia-cusparse-cu12==12.3.1.170',
+    'nvidia-cusparselt-cu12==0.6.2',
+    'nvidia-nccl-cu12==2.21.5',
+    'nvidia-nvjitlink-cu12==12.4.127',
+    'nvidia-nvtx-cu12==12.4.127',
+    'pillow==13.0.0',
+    'sympy==1.13.1',
+    'typing_extensions==4.16.0',
+  ],
+};
+
+/**
+ * Debian bookworm for both stages (python3 is 3.11). Runtime packages are the
+ * union the engines' wheels load (opencv: libgl1, libglib2.0-0; av bundles its
+ * own ffmpeg): both engine images share one torch layer only when these match.
+ */
+const ENGINE_BASES = {
+  builderBase: { image: 'debian:bookworm-slim' },
+  runtimeBase: { image: 'debian:bookworm-slim' },
+  builderAptPackages: ['ca-certificates', 'git', 'python3', 'python3-venv'],
+  runtimeAptPackages: ['ca-certificates', 'git', 'libgl1', 'libglib2.0-0', 'libsm6', 'libxext6', 'python3'],
+  python: 'python3',
 } as const;
 
-/** PyTorch pins shared by both kohya engines (sd-scripts README: tested with 2.6.0 + cu124). */
-const TORCH_PINS = ['torch==2.6.0', 'torchvision==0.21.0'];
+/**
+ * sd-scripts' requirements.txt at the pinned commit, resolved together with
+ * TORCH_BASE (pip freeze), minus the torch layer. requirements.txt leaves
+ * bitsandbytes and numpy unpinned; this freezes them.
+ */
+export const SD_SCRIPTS_REQUIREMENTS: string[] = [
+  'absl-py==2.5.1',
+  'accelerate==1.6.0',
+  'bitsandbytes==0.50.2',
+  'certifi==2026.10.19.post1',
+  'charset-normalizer==3.5.3',
+  'diffusers==0.32.1',
+  'einops==0.7.0',
+  'ftfy==6.3.1',
+  'grpcio==1.85.4',
+  'hf-xet==1.8.0',
+  'huggingface-hub==0.34.3',
+  'idna==3.21',
+  'imagesize==1.4.1',
+  'importlib_metadata==10.2.0',
+  'lazy-importer==0.1.0',
+  'lion-pytorch==0.2.3',
+  'Markdown==3.11.3',
+  'markdown-it-py==4.3.0',
+  'mdurl==0.1.2',
+  'opencv-python==4.10.0.84',
+  'packaging==26.4',
+  'prodigy-plus-schedule-free==1.9.2',
+  'prodigyopt==1.1.2',
+  'protobuf==7.36.2',
+  'psutil==7.2.2',
+  'Pygments==2.21.0',
+  'pytorch_optimizer==3.9.0',
+  'PyYAML==6.0.4',
+  'regex==2026.12.2',
+  'requests==2.34.2',
+  'rich==14.1.0',
+  'safetensors==0.4.5',
+  'schedulefree==1.4',
+  'sentencepiece==0.2.1',
+  'tensorboard==2.21.0',
+  'tensorboard-data-server==0.7.2',
+  'tokenizers==0.21.4',
+  'toml==0.10.2',
+  'tqdm==4.70.1',
+  'transformers==4.54.1',
+  'urllib3==2.8.0',
+  'voluptuous==0.15.2',
+  'wcwidth==0.9.5',
+  'Werkzeug==3.1.9',
+  'zipp==4.1.2',
+];
+
+/** Source archive of the pinned sd-scripts commit (shared/engines/SHA256SUMS). */
+export const SD_SCRIPTS_ARCHIVE = {
+  fileName: 'sd-scripts-48d368fa.tar.gz',
+  sha256: 'ea24a08e1579180e9dc6203951406d7ad8d7c06b0c293e23532694cab0f24ed5',
+  topFolder: 'sd-scripts',
+};
+
+/** Source archive of the pinned musubi-tuner commit (shared/engines/SHA256SUMS). */
+export const MUSUBI_ARCHIVE = {
+  fileName: 'musubi-tuner-30c658c4.tar.gz',
+  sha256: '857ba086b140b288ff33573222a4f96ac1f8468c9a414c244da0975ec4675514',
+  topFolder: 'musubi-tuner',
+};
+
+/** Tokenizers sd-scripts loads by repository id (library/strategy_sdxl.py, strategy_flux.py). */
+export const CLIP_L_TOKENIZER: TokenizerSpec = { repo: 'openai/clip-vit-large-patch14', loader: 'CLIPTokenizer', usedBy: 'sd-scripts library/strategy_sdxl.py TOKENIZER1_PATH, strategy_flux.py CLIP_L_TOKENIZER_ID' };
+export const CLIP_G_TOKENIZER: TokenizerSpec = { repo: 'laion/CLIP-ViT-bigG-14-laion2B-39B-b160k', loader: 'CLIPTokenizer', usedBy: 'sd-scripts library/strategy_sdxl.py TOKENIZER2_PATH' };
+export const T5_XXL_TOKENIZER: TokenizerSpec = { repo: 'google/t5-v1_1-xxl', loader: 'T5TokenizerFast', usedBy: 'sd-scripts library/strategy_flux.py T5_XXL_TOKENIZER_ID' };
+/** musubi's WAN T5 loads its tokenizer from the WAN repository's subfolder, not from google/umt5-xxl (wan/modules/t5.py). */
+export const UMT5_TOKENIZER: TokenizerSpec = {
+  repo: 'Wan-AI/Wan2.1-T2V-14B',
+  subfolder: 'google/umt5-xxl',
+  loader: 'AutoTokenizer',
+  usedBy: 'musubi-tuner wan/modules/t5.py T5EncoderModel (tokenizer_path None)',
+};
 
 /** One image per recipe: SDXL and FLUX share the engine but version independently, so their tags must not collide. */
-export function sdScriptsImage(name: string, flagChecks: ImageSpec['flagChecks']): ImageSpec {
+export function sdScriptsImage(name: string, tokenizers: TokenizerSpec[], flagChecks: ImageSpec['flagChecks']): ImageSpec {
   return {
     name,
-    ...CUDA_BASES,
-    builderAptPackages: [...CUDA_BASES.builderAptPackages],
-    runtimeAptPackages: [...CUDA_BASES.runtimeAptPackages],
-    pipExtraIndexUrls: [...CUDA_BASES.pipExtraIndexUrls],
-    // requirements.txt at the pinned commit pins accelerate 1.6.0, transformers
-    // 4.54.1, diffusers 0.32.1, safetensors 0.4.5 ... and ends with `-e .`;
-    // it leaves bitsandbytes unpinned, so we pin it here (AdamW8bit).
-    pipRequirements: [...TORCH_PINS, 'bitsandbytes==0.45.5'],
-    engineSource: { kind: 'git', installCommand: ['python', '-m', 'pip', 'install', '--no-cache-dir', '-r', 'requirements.txt'] },
-    networkedSteps: [
-      'git clone https://github.com/kohya-ss/sd-scripts at the pinned commit (github.com)',
-      'pip install torch/torchvision from https://download.pytorch.org/whl/cu124',
-      'download the CLIP-L, CLIP-G and T5-XXL tokenizers into HF_HOME (huggingface.co)',
-    ],
-    buildSteps: [
-      {
-        description: 'Pre-download the SDXL and FLUX.1 tokenizers into HF_HOME so training needs no network',
-        networked: true,
-        argv: [
-          'python',
-          '-c',
-          [
-            'from transformers import CLIPTokenizer, T5TokenizerFast',
-            "CLIPTokenizer.from_pretrained('openai/clip-vit-large-patch14')",
-            "CLIPTokenizer.from_pretrained('laion/CLIP-ViT-bigG-14-laion2B-39B-b160k')",
-            "T5TokenizerFast.from_pretrained('google/t5-v1_1-xxl')",
-          ].join('; '),
-        ],
-      },
-    ],
+    ...ENGINE_BASES,
+    builderAptPackages: [...ENGINE_BASES.builderAptPackages],
+    runtimeAptPackages: [...ENGINE_BASES.runtimeAptPackages],
+    torchBase: TORCH_BASE,
+    pipRequirements: [...SD_SCRIPTS_REQUIREMENTS],
+    // The scripts run from the checkout (cwd = workdir), so `library` imports without `pip install -e .`.
+    engineSource: { kind: 'git', archive: SD_SCRIPTS_ARCHIVE },
+    tokenizers,
     flagChecks,
     healthcheck: ['python', '-c', 'import torch, accelerate, library.train_util'],
     workdir: SD_SCRIPTS_DIR,
-    env: { ...CUDA_RUNTIME_ENV },
+    env: { ...ENGINE_RUNTIME_ENV },
   };
 }
+
+/**
+ * musubi-tuner's pyproject.toml dependencies at the pinned commit, resolved
+ * together with TORCH_BASE (pip freeze), minus the torch layer.
+ */
+export const MUSUBI_REQUIREMENTS: string[] = [
+  'accelerate==1.6.0',
+  'av==14.0.1',
+  'bitsandbytes==0.50.2',
+  'certifi==2026.10.19.post1',
+  'charset-normalizer==3.5.3',
+  'diffusers==0.32.1',
+  'easydict==1.13',
+  'einops==0.7.0',
+  'ftfy==6.3.1',
+  'hf-xet==1.8.0',
+  'huggingface-hub==0.34.3',
+  'idna==3.21',
+  'importlib_metadata==10.2.0',
+  'lazy-importer==0.1.0',
+  'opencv-python==4.10.0.84',
+  'packaging==26.4',
+  'psutil==7.2.2',
+  'PyYAML==6.0.4',
+  'regex==2026.12.2',
+  'requests==2.34.2',
+  'safetensors==0.4.5',
+  'sentencepiece==0.2.1',
+  'tokenizers==0.22.2',
+  'toml==0.10.2',
+  'tqdm==4.67.1',
+  'transformers==4.57.6',
+  'urllib3==2.8.0',
+  'voluptuous==0.15.2',
+  'wcwidth==0.9.5',
+  'zipp==4.1.2',
+];
 
 export function musubiImage(flagChecks: ImageSpec['flagChecks']): ImageSpec {
   return {
     name: 'musubi-tuner',
-    ...CUDA_BASES,
-    builderAptPackages: [...CUDA_BASES.builderAptPackages],
-    runtimeAptPackages: [...CUDA_BASES.runtimeAptPackages, 'libsm6', 'libxext6'],
-    pipExtraIndexUrls: [...CUDA_BASES.pipExtraIndexUrls],
-    // pyproject.toml at the pinned commit pins accelerate 1.6.0, diffusers
-    // 0.32.1, transformers 4.57.6, safetensors 0.4.5, av 14.0.1, opencv ...;
-    // torch >= 2.5.1 is needed for --sdpa (older versions give black videos).
-    pipRequirements: [...TORCH_PINS, 'bitsandbytes==0.45.5'],
-    engineSource: { kind: 'git', installCommand: ['python', '-m', 'pip', 'install', '--no-cache-dir', '-e', '.'] },
-    networkedSteps: [
-      'git clone https://github.com/kohya-ss/musubi-tuner at the pinned commit (github.com)',
-      'pip install torch/torchvision from https://download.pytorch.org/whl/cu124',
-      'download the umT5-XXL tokenizer into HF_HOME (huggingface.co)',
-    ],
-    buildSteps: [
-      {
-        description: 'Pre-download the umT5-XXL tokenizer used by the WAN text encoder into HF_HOME',
-        networked: true,
-        argv: ['python', '-c', "from transformers import AutoTokenizer; AutoTokenizer.from_pretrained('google/umt5-xxl')"],
-      },
-    ],
+    ...ENGINE_BASES,
+    builderAptPackages: [...ENGINE_BASES.builderAptPackages],
+    runtimeAptPackages: [...ENGINE_BASES.runtimeAptPackages],
+    torchBase: TORCH_BASE,
+    pipRequirements: [...MUSUBI_REQUIREMENTS],
+    // The scripts import `musubi_tuner.*`: src/ on PYTHONPATH stands in for `pip install -e .`.
+    engineSource: { kind: 'git', archive: MUSUBI_ARCHIVE, pythonPath: ['src'] },
+    tokenizers: [UMT5_TOKENIZER],
     flagChecks,
+    cudaFreeImports: [{ module: 'musubi_tuner.wan.modules.t5', why: 'wan/modules/t5.py T5EncoderModel.__init__ default argument device=torch.cuda.current_device()' }],
     healthcheck: ['python', '-c', 'import torch, accelerate, musubi_tuner'],
     workdir: MUSUBI_DIR,
-    env: { ...CUDA_RUNTIME_ENV },
+    env: { ...ENGINE_RUNTIME_ENV },
   };
 }
 

@@ -12,7 +12,7 @@ import type { Recipe, WeightFile } from '../contract';
 import { boolField, enumField, intField, numberField, stepField } from '../params';
 import { quoteFromTime } from '../pricing';
 import { KohyaProgressParser } from '../progress';
-import { accelerateLaunch, defineRecipe, flagsOf, modelPath, num, SD_SCRIPTS, SD_SCRIPTS_DIR, sdScriptsImage, stationthisMetadata } from './common';
+import { accelerateLaunch, CLIP_L_TOKENIZER, defineRecipe, flagsOf, modelPath, num, SD_SCRIPTS, SD_SCRIPTS_DIR, sdScriptsImage, stationthisMetadata, T5_XXL_TOKENIZER } from './common';
 import { checkKohyaLora, kohyaCommonFlags, kohyaDatasetToml, kohyaFiles, kohyaOutputs, kohyaSamplePrompts, type KohyaCommonParams } from './kohya';
 import { warmupIssues } from './sdxl';
 
@@ -107,7 +107,7 @@ export const fluxRecipe: Recipe<FluxParameters> = defineRecipe<FluxParameters>({
   product: true,
   baseModel: 'FLUX',
   engine: SD_SCRIPTS,
-  image: sdScriptsImage('flux-kohya', [
+  image: sdScriptsImage('flux-kohya', [CLIP_L_TOKENIZER, T5_XXL_TOKENIZER], [
     { argv: ['python', FLUX_SCRIPT, '--help'], flags: FLUX_ALL_FLAGS },
     { argv: ['accelerate', 'launch', '--help'], flags: flagsOf(accelerateLaunch('bf16')) },
   ]),

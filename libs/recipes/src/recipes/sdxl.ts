@@ -7,7 +7,7 @@ import { z } from 'zod';
 import type { Recipe, ValidationIssue, WeightFile } from '../contract';
 import { boolField, enumField, intField, joinPath, numberField, stepField } from '../params';
 import { quoteFromTime } from '../pricing';
-import { accelerateLaunch, defineRecipe, flagsOf, modelPath, SD_SCRIPTS, SD_SCRIPTS_DIR, sdScriptsImage, stationthisMetadata } from './common';
+import { accelerateLaunch, CLIP_G_TOKENIZER, CLIP_L_TOKENIZER, defineRecipe, flagsOf, modelPath, SD_SCRIPTS, SD_SCRIPTS_DIR, sdScriptsImage, stationthisMetadata } from './common';
 import {
   checkKohyaLora,
   kohyaCommonFlags,
@@ -88,7 +88,7 @@ export const sdxlRecipe: Recipe<SdxlParameters> = defineRecipe<SdxlParameters>({
   product: true,
   baseModel: 'SDXL',
   engine: SD_SCRIPTS,
-  image: sdScriptsImage('sdxl-kohya', [
+  image: sdScriptsImage('sdxl-kohya', [CLIP_L_TOKENIZER, CLIP_G_TOKENIZER], [
     { argv: ['python', SDXL_SCRIPT, '--help'], flags: SDXL_ALL_FLAGS },
     { argv: ['accelerate', 'launch', '--help'], flags: flagsOf(accelerateLaunch('bf16')) },
   ]),

@@ -93,7 +93,6 @@ export const smokeRecipe: Recipe<SmokeParameters> = defineRecipe<SmokeParameters
     python: 'python3',
     pipRequirements: [],
     engineSource: { kind: 'bundled', files: { [SMOKE_TRAINER_FILE]: SMOKE_TRAINER_PY } },
-    networkedSteps: [],
     healthcheck: ['python3', '-c', 'import torch, numpy, PIL, tqdm'],
     workdir: SMOKE_WORKDIR,
     env: { PYTHONUNBUFFERED: '1', HOME: CONTAINER_PATHS.scratch, OMP_NUM_THREADS: String(SMOKE_THREADS) },

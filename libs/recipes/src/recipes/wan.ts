@@ -14,7 +14,7 @@ import { boolField, enumField, intField, joinPath, numberField, stepField } from
 import { datasetItems, quoteFromTime } from '../pricing';
 import { KohyaProgressParser } from '../progress';
 import { checkLoraHeader } from '../safetensors';
-import { toToml, type TomlTable } from '../util/toml';
+import { toToml, tomlFloat, type TomlTable } from '../util/toml';
 import { accelerateLaunch, defineRecipe, flagsOf, jobPath, modelPath, MUSUBI_DIR, MUSUBI_TUNER, musubiImage, num, stationthisMetadata } from './common';
 
 const SRC = `${MUSUBI_DIR}/src/musubi_tuner`;
@@ -41,6 +41,8 @@ export const wanParameterSchema = z.strictObject({
     .refine((v) => (v - 1) % 4 === 0, { message: 'must be 4n+1 (1, 5, 9, ..., 81)' })
     .default(33)
     .describe('Frames per video clip; WAN needs 4n+1 (1, 5, 9, ..., 81).'),
+  videoFps: numberField(1, 120, 30, 'Frame rate of the uploaded clips; musubi-tuner resamples them to WAN\'s 16 fps (source_fps).'),
+  clipsPerVideo: intField(1, 8, 3, 'Clips of frameCount frames taken per video, spread evenly over its length (frame_extraction uniform); 1 takes the first frames only.'),
   loraRank: intField(1, 128, 32, 'LoRA rank (network_dim).'),
   loraAlpha: numberField(0.5, 128, 16, 'LoRA alpha (network_alpha); scale is alpha/rank.'),
   loraDropout: numberField(0, 0.5, 0, 'Dropout on LoRA activations (network_dropout); 0 disables it.'),
@@ -104,7 +106,11 @@ function wanDatasetToml(input: RenderInput<WanParameters>): string {
       video_directory: CONTAINER_PATHS.dataset,
       cache_directory: `${WAN_CACHE_DIR}/videos`,
       target_frames: [p.frameCount],
-      frame_extraction: 'head',
+      // Whole clips, not just their first second: clips spread evenly over each video,
+      // after resampling from the clips' frame rate to the model's 16 fps.
+      frame_extraction: p.clipsPerVideo > 1 ? 'uniform' : 'head',
+      ...(p.clipsPerVideo > 1 ? { frame_sample: p.clipsPerVideo } : {}),
+      source_fps: tomlFloat(p.videoFps),
       num_repeats: p.numRepeats,
     });
   }

@@ -6,7 +6,20 @@
  * user text can never break out of a value.
  */
 
-export type TomlScalar = string | number | boolean;
+/**
+ * A number the engine's schema requires as a TOML float: JavaScript has one
+ * number type, and `30` would be read back by Python as an int, which
+ * musubi-tuner's voluptuous schema rejects for `source_fps` (type float).
+ */
+export class TomlFloat {
+  constructor(readonly value: number) {}
+}
+
+export function tomlFloat(value: number): TomlFloat {
+  return new TomlFloat(value);
+}
+
+export type TomlScalar = string | number | boolean | TomlFloat;
 export type TomlValue = TomlScalar | TomlScalar[];
 export type TomlTable = { [key: string]: TomlValue | TomlTable | TomlTable[] | undefined };
 
@@ -34,9 +47,12 @@ function key(k: string): string {
 function scalar(v: TomlScalar): string {
   if (typeof v === 'string') return tomlString(v);
   if (typeof v === 'boolean') return v ? 'true' : 'false';
+  if (v instanceof TomlFloat) {
+    if (!Number.isFinite(v.value)) throw new Error(`TOML cannot encode number ${v.value}`);
+    const s = String(v.value);
+    return /[.eE]/.test(s) ? s : `${s}.0`;
+  }
   if (!Number.isFinite(v)) throw new Error(`TOML cannot encode number ${v}`);
-  // Keep floats recognisable as floats where the engine's schema expects one
-  // (e.g. musubi's source_fps must be written as 30.0).
   return String(v);
 }
 
@@ -45,7 +61,7 @@ function value(v: TomlValue): string {
 }
 
 function isTable(v: unknown): v is TomlTable {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
+  return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof TomlFloat);
 }
 
 function isTableArray(v: unknown): v is TomlTable[] {

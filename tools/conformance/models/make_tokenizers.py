@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Tiny tokenizers for the conformance suite, in Hugging Face cache layout.
+
+The engines load their tokenizers by Hub repository id (sd-scripts:
+library/strategy_sdxl.py, strategy_flux.py; musubi-tuner: wan/modules/t5.py).
+Nothing here can reach the Hub, so this writes small stand-ins with the same
+loader classes, special tokens and maximum lengths under
+
+    <out>/hub/models--<org>--<name>/{refs/main, snapshots/<rev>/...}
+
+which is what `huggingface_hub` resolves with HF_HUB_OFFLINE=1. Standard
+library only: it runs on a bare host before any engine image exists (the image
+build then proves each one loads offline with the engine's own loader class).
+
+Token ids stay far below the real text encoders' vocabulary sizes (CLIP 49408,
+T5 32128, umT5 256384), so the random-weight encoders accept every id.
+
+Usage: make_tokenizers.py <out-dir>
+"""
+import json
+import os
+import string
+import sys
+
+REVISION = "0000000000000000000000000000000000c0ffee"
+
+
+def bytes_to_unicode():
+    """GPT-2/CLIP byte-to-unicode table (same as transformers' clip tokenizer)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(2**8):
+        if b not in bs:
+            bs.append(b)
+            cs.append(2**8 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def write(folder, name, content):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+        f.write(content if isinstance(content, str) else json.dumps(content, indent=1, ensure_ascii=False))
+
+
+def snapshot(out, repo, subfolder=None):
+    org, name = repo.split("/")
+    base = os.path.join(out, "hub", f"models--{org}--{name}")
+    write(os.path.join(base, "refs"), "main", REVISION)
+    folder = os.path.join(base, "snapshots", REVISION)
+    return os.path.join(folder, subfolder) if subfolder else folder
+
+
+def clip_tokenizer(folder, pad_token):
+    """CLIPTokenizer (slow): vocab.json + merges.txt. With no merges every word
+    splits into byte characters, the last one with the `</w>` suffix, so the
+    vocabulary holds all 256 byte characters in both forms. The special tokens
+    come last, as in CLIP, so the end-of-text id is the largest id (the
+    legacy pooled-output rule takes the argmax of the ids)."""
+    chars = list(bytes_to_unicode().values())
+    vocab = {}
+    for c in chars:
+        vocab[c] = len(vocab)
+    for c in chars:
+        vocab[c + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    write(folder, "vocab.json", vocab)
+    write(folder, "merges.txt", "#version: 0.2\n")
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": pad_token}
+    write(folder, "special_tokens_map.json", special)
+    write(folder, "tokenizer_config.json", {**special, "model_max_length": 77, "do_lower_case": True, "errors": "replace", "tokenizer_class": "CLIPTokenizer", "add_prefix_space": False, "clean_up_tokenization_spaces": True})
+
+
+def t5_tokenizer(folder, tokenizer_class):
+    """T5-style fast tokenizer (tokenizer.json, Unigram over single characters):
+    <pad>=0, </s>=1, <unk>=2 as in T5 and umT5, `</s>` appended to every text."""
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    alphabet = string.ascii_letters + string.digits + string.punctuation
+    for c in alphabet:
+        pieces.append(("\u2581" + c, -3.0))
+    for c in alphabet:
+        pieces.append((c, -4.0))
+    added = [
+        {"id": i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+        for i, tok in enumerate(["<pad>", "</s>", "<unk>"])
+    ]
+    tokenizer = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": {"type": "Sequence", "normalizers": [{"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}]},
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": True},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 0}}],
+            "special_tokens": {"</s>": {"id": "</s>", "ids": [1], "tokens": ["</s>"]}},
+        },
+        "decoder": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": True},
+        "model": {"type": "Unigram", "unk_id": 2, "vocab": [list(p) for p in pieces], "byte_fallback": False},
+    }
+    write(folder, "tokenizer.json", tokenizer)
+    special = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    write(folder, "special_tokens_map.json", special)
+    write(folder, "tokenizer_config.json", {**special, "extra_ids": 0, "additional_special_tokens": [], "model_max_length": 512, "tokenizer_class": tokenizer_class, "legacy": True, "clean_up_tokenization_spaces": True})
+
+
+def main(out):
+    # sd-scripts: SDXL text encoder 1 and FLUX CLIP-L (pad = end-of-text, as openai's config).
+    clip_tokenizer(snapshot(out, "openai/clip-vit-large-patch14"), pad_token="<|endoftext|>")
+    # sd-scripts: SDXL text encoder 2 (laion's config pads with "!"; strategy_sdxl.py then forces pad id 0).
+    clip_tokenizer(snapshot(out, "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"), pad_token="!")
+    # sd-scripts: FLUX T5-XXL (T5TokenizerFast).
+    t5_tokenizer(snapshot(out, "google/t5-v1_1-xxl"), "T5Tokenizer")
+    # musubi-tuner: WAN umT5, from the WAN repository's subfolder (AutoTokenizer).
+    t5_tokenizer(snapshot(out, "Wan-AI/Wan2.1-T2V-14B", "google/umt5-xxl"), "T5Tokenizer")
+    print(f"tokenizers written under {os.path.join(out, 'hub')}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: make_tokenizers.py <out-dir>")
+    main(sys.argv[1])

@@ -1,0 +1,74 @@
+"""Random-weight model files for the conformance suite, written tensor by tensor.
+
+Full-size encoders (T5-XXL, umT5-XXL, the SDXL U-Net) are 5-11 GB; holding a
+whole state dict in memory next to a training run would exhaust a 24 GiB
+machine. `write_safetensors` computes the header from shapes and dtypes first,
+then generates and writes one tensor at a time, so peak memory is the largest
+single tensor.
+
+Values: norm weights 1, biases 0, everything else N(0, std) with a small std,
+seeded per tensor name, so a rebuild gives identical bytes and a two-step
+training run stays finite.
+"""
+import hashlib
+import json
+import os
+import struct
+
+import torch
+
+DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
+
+
+def _seed(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def random_tensor(name: str, shape, dtype=torch.bfloat16, std: float = 0.02) -> torch.Tensor:
+    """The value a random-weight checkpoint holds for `name`."""
+    lname = name.lower()
+    leaf = lname.rsplit(".", 1)[-1]
+    is_norm = any(k in lname for k in ("norm", "ln_", "layernorm", "layer_norm", ".ln.", "scale")) and leaf in ("weight", "scale", "gamma")
+    if leaf in ("bias", "beta"):
+        return torch.zeros(shape, dtype=dtype)
+    if is_norm:
+        return torch.ones(shape, dtype=dtype)
+    g = torch.Generator().manual_seed(_seed(name))
+    return (torch.randn(shape, generator=g, dtype=torch.float32) * std).to(dtype)
+
+
+def write_safetensors(path: str, specs, metadata=None, value=random_tensor) -> None:
+    """specs: iterable of (name, shape, dtype). Writes atomically (path.tmp, rename)."""
+    specs = list(specs)
+    header = {}
+    offset = 0
+    for name, shape, dtype in specs:
+        n = 1
+        for d in shape:
+            n *= int(d)
+        size = n * torch.tensor([], dtype=dtype).element_size()
+        header[name] = {"dtype": DTYPES[dtype], "shape": [int(d) for d in shape], "data_offsets": [offset, offset + size]}
+        offset += size
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * ((8 - len(raw) % 8) % 8)
+    tmp = path + ".tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for name, shape, dtype in specs:
+            t = value(name, shape, dtype).contiguous()
+            f.write(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            del t
+    os.replace(tmp, path)
+
+
+def state_dict_specs(module: torch.nn.Module, dtype=torch.bfloat16, prefix: str = ""):
+    """(name, shape, dtype) for every parameter and persistent buffer of a module
+    (build it on the meta device: no memory is used)."""
+    out = []
+    for name, t in module.state_dict().items():
+        out.append((prefix + name, tuple(t.shape), dtype if t.is_floating_point() else t.dtype))
+    return out

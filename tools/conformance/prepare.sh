@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Everything the engine conformance suite needs, idempotent (a second run takes seconds):
+#   1. local services (docker, MinIO, registry, base image) and npm dependencies
+#   2. tiny tokenizers in Hugging Face cache layout     .state/conformance/tokenizers
+#   3. the real engine images, built offline from the pinned source archives and
+#      pushed to the local registry (recipe-builder build-images; layer cache reused)
+#   4. random-weight base models in the exact files the loaders read, made inside
+#      the engine images (no host Python packages)       .state/conformance/models
+#   5. the dataset media (5 images, 2 clips at 30 fps)   .state/conformance/dataset
+# Usage: tools/conformance/prepare.sh [recipe-id ...]   (default: sdxl-lora flux-lora wan-lora)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../bootstrap.sh"
+
+RECIPES=("$@"); [[ ${#RECIPES[@]} -gt 0 ]] || RECIPES=(sdxl-lora flux-lora wan-lora)
+CONF="$REPO_ROOT/.state/conformance"
+TOOLS="$REPO_ROOT/tools/conformance/models"
+ARCHIVES="${STATIONTHIS_ENGINE_ARCHIVES:-$REPO_ROOT/../shared/engines}"
+mkdir -p "$CONF/models" "$CONF/dataset"
+chmod 777 "$CONF/models" "$CONF/dataset"
+
+log "tokenizers (standard-library Python; the image build proves each loads offline)"
+python3 "$TOOLS/make_tokenizers.py" "$CONF/tokenizers"
+
+log "engine images: ${RECIPES[*]} (offline inputs: archives $ARCHIVES, tokenizers $CONF/tokenizers)"
+[[ -d "$ARCHIVES" ]] || { echo "engine archives folder $ARCHIVES not found; set STATIONTHIS_ENGINE_ARCHIVES" >&2; exit 1; }
+npx nx run recipe-builder:build --outputStyle=static >/dev/null
+build_log="$CONF/build-images.log"
+if ! node apps/recipe-builder/dist/main.js build-images --only "$(IFS=,; echo "${RECIPES[*]}")" \
+    --base-image "$STATIONTHIS_BASE_IMAGE" --engine-archives "$ARCHIVES" --tokenizers "$CONF/tokenizers" --push >"$build_log" 2>&1; then
+  tail -40 "$build_log" >&2; echo "image build failed; full log: $build_log" >&2; exit 1
+fi
+grep -E '^(sdxl|flux|wan)-lora@' "$build_log" || true
+
+image_of() { # the pushed digest of a recipe's image, from the manifest recipe-builder wrote
+  node -e '
+    const m = require(process.argv[1]); const id = process.argv[2];
+    const e = Object.entries(m.images).filter(([k]) => k.startsWith(id + "@")).map(([, v]) => v).pop();
+    if (!e) process.exit(1); console.log(e.repoDigest);' "$REPO_ROOT/apps/recipe-builder/build/image-manifest.json" "$1"
+}
+in_image() { # in_image <recipe-id> <script> [args...]: a maker inside the engine image, no network, uid 1000
+  local image; image=$(image_of "$1"); shift
+  docker run --rm --network none --entrypoint python -u 1000:1000 -e HOME=/tmp \
+    -v "$TOOLS:/tools:ro" -v "$CONF/models:/out" "$image" "/tools/$1" /out "${@:2}"
+}
+
+for r in "${RECIPES[@]}"; do
+  case "$r" in
+    sdxl-lora) log "random-weight SDXL checkpoint"; in_image sdxl-lora make_sd_scripts_models.py sdxl ;;
+    flux-lora) log "random-weight FLUX.1 dev files"; in_image flux-lora make_sd_scripts_models.py flux ;;
+    wan-lora)  log "random-weight WAN 2.1 files";    in_image wan-lora make_musubi_models.py ;;
+  esac
+done
+
+log "dataset media"
+image=$(image_of wan-lora 2>/dev/null || image_of "${RECIPES[0]}")
+docker run --rm --network none --entrypoint python -u 1000:1000 -v "$TOOLS:/tools:ro" -v "$CONF/dataset:/out" "$image" /tools/make_dataset.py /out
+du -sh "$CONF/models" "$CONF/dataset"
