@@ -45,7 +45,7 @@ interface StepReport {
   name: string;
   argvChanges: string[];
   wallSeconds: number;
-  peakMemoryBytes: number | null;
+  peakRssBytes: number | null;
   exitCode: number | null;
 }
 interface CaseReport {
@@ -66,18 +66,23 @@ function imageFor(recipe: Recipe<unknown>): string {
   return ref;
 }
 
-/** Highest memory use of a running container (cgroup v1 max_usage), polled once a second. */
+/**
+ * Peak resident memory of a running container: the cgroup v1 `total_rss`
+ * (anonymous memory), polled once a second. Not `max_usage_in_bytes`, which
+ * counts the page cache of the multi-GB model files and so sits at the limit.
+ */
 function watchPeakMemory(): { onStarted(id: string): void; stop(): number | null } {
   let peak: number | null = null;
   let timer: NodeJS.Timeout | undefined;
   return {
     onStarted(id: string) {
-      const file = `/sys/fs/cgroup/memory/docker/${id}/memory.max_usage_in_bytes`;
+      const file = `/sys/fs/cgroup/memory/docker/${id}/memory.stat`;
       timer = setInterval(() => {
         try {
-          peak = Math.max(peak ?? 0, Number(readFileSync(file, 'utf8')));
+          const rss = /^total_rss (\d+)$/m.exec(readFileSync(file, 'utf8'));
+          if (rss) peak = Math.max(peak ?? 0, Number(rss[1]));
         } catch {
-          /* container gone or cgroup v2: keep what we have */
+          /* container gone, or cgroup v2: keep what we have */
         }
       }, 1000);
     },
@@ -188,7 +193,7 @@ describe.each(cases.map((c) => [c.recipeId, c] as const))('%s conformance', (_id
           },
         },
       );
-      caseReport.steps.push({ name: step.name, argvChanges: applied, wallSeconds: Math.round((Date.now() - started) / 100) / 10, peakMemoryBytes: memory.stop(), exitCode: result.exitCode });
+      caseReport.steps.push({ name: step.name, argvChanges: applied, wallSeconds: Math.round((Date.now() - started) / 100) / 10, peakRssBytes: memory.stop(), exitCode: result.exitCode });
       if (result.failureClass) {
         throw new Error(`step ${step.name} failed (${result.failureClass}, exit ${result.exitCode}): ${result.failureMessage ?? ''}\n${result.lastLines.slice(-40).join('\n')}`);
       }

@@ -7,6 +7,8 @@ export * from './contract';
 export { listRecipes, getRecipe, recipeForModelType, requiredWeights } from './registry';
 export { sanitizeTriggerWord, sanitizeOutputName, TRIGGER_WORD_PATTERN, OUTPUT_NAME_PATTERN, JOB_ID_PATTERN } from './sanitize';
 export { parseSafetensorsHeader, safetensorsHeaderLength, MAX_SAFETENSORS_HEADER_BYTES } from './safetensors';
+export { comfyModelKeys, comfyLoraKeyMap, resolveComfyLoraKeys } from './comfy-lora-keys';
+export type { ComfyModelFamily, LoraKeyResolution } from './comfy-lora-keys';
 export { trainingCaption, captionHasTrigger, isVideoItem, summarizeDataset, VIDEO_EXTENSIONS } from './dataset';
 export { jobParametersFromPlatformDoc, PLATFORM_PARAMETER_FIELDS } from './platform';
 export { PROGRESS_PARSER, KohyaProgressParser, classifyErrorLine, ERROR_SIGNATURES } from './progress';

@@ -100,6 +100,20 @@ describe('DatasetFetcher', () => {
     expect(out.images[0].sourceUrl).toBe(ds.images[0]);
   });
 
+  it('with captionFor, writes a caption file for every item, the uncaptioned ones included', async () => {
+    const ds: PlatformDatasetDoc = {
+      images: [own('web-upload-user/u1-cat.png'), own('web-upload-user/u2-dog.jpg')],
+      captionSets: [{ _id: 'cs', captions: ['a cat', ''], status: 'completed' }],
+    };
+    const dest = path.join(root, 'caption-for');
+    const seen: [string, number][] = [];
+    const out = await fetcher.fetch(ds, dest, { captionFor: (c, i) => (seen.push([c, i]), c ? `tok, ${c}` : 'tok') });
+    expect(seen.sort((a, b) => a[1] - b[1])).toEqual([['a cat', 0], ['', 1]]);
+    expect(out.captionedCount).toBe(2);
+    expect(await fsp.readFile(path.join(dest, 'img_0001.txt'), 'utf8')).toBe('tok, a cat');
+    expect(await fsp.readFile(path.join(dest, 'img_0002.txt'), 'utf8')).toBe('tok');
+  });
+
   it('rejects a host that is not allow-listed, without contacting it', async () => {
     const before = hits.length;
     const { dest, r } = await fetchInto('disallowed', { images: [`${other.url}/x.jpg`] });

@@ -60,7 +60,7 @@ def write_safetensors(path: str, specs, metadata=None, value=random_tensor) -> N
         f.write(raw)
         for name, shape, dtype in specs:
             t = value(name, shape, dtype).contiguous()
-            f.write(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
             del t
     os.replace(tmp, path)
 
