@@ -23,6 +23,12 @@ node -e '
   console.log(`\n${r.numPassedTests} passed, ${r.numFailedTests} failed, ${skipped} skipped`);
 ' || true
 
+# The real engines (SDXL, FLUX, WAN) on random-weight models: images, models, two steps each (ADR 0005).
+if [[ "${SKIP_CONFORMANCE:-0}" != 1 ]]; then
+  log "engine conformance: real images, real engines, worker sandbox"
+  bash tools/conformance/run.sh || rc=1
+fi
+
 # Last, because `down` stops what every suite above needs; it brings them back up.
 log "services.sh lifecycle: up -> down -> status -> up"
 bash tools/services/lifecycle-test.sh || rc=1

@@ -34,7 +34,9 @@ import { CASES, substitute, TRIGGER, type ConformanceCase } from './cases';
 
 const REPO = path.resolve(__dirname, '../..');
 const STATE = path.join(REPO, '.state', 'conformance');
-const MODELS = process.env['CONFORMANCE_MODELS_DIR'] ?? path.join(STATE, 'models');
+// The models are ~35 GB and deterministic (spec-hash sidecars): one copy per machine, shared by every clone.
+const CACHE = process.env['STATIONTHIS_CACHE_DIR'] ?? path.join(process.env['HOME'] ?? '/root', '.cache', 'stationthis');
+const MODELS = process.env['CONFORMANCE_MODELS_DIR'] ?? path.join(CACHE, 'conformance', 'models');
 const DATASET_MEDIA = process.env['CONFORMANCE_DATASET_DIR'] ?? path.join(STATE, 'dataset');
 const WORK = path.join(STATE, 'runs');
 const MANIFEST = process.env['IMAGE_MANIFEST_PATH'] ?? path.join(REPO, 'apps/recipe-builder/build/image-manifest.json');

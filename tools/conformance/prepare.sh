@@ -5,7 +5,8 @@
 #   3. the real engine images, built offline from the pinned source archives and
 #      pushed to the local registry (recipe-builder build-images; layer cache reused)
 #   4. random-weight base models in the exact files the loaders read, made inside
-#      the engine images (no host Python packages)       .state/conformance/models
+#      the engine images (no host Python packages)       ~/.cache/stationthis/conformance/models
+#      (~35 GB, deterministic: one copy per machine, shared by every clone)
 #   5. the dataset media (5 images, 2 clips at 30 fps)   .state/conformance/dataset
 # Usage: tools/conformance/prepare.sh [recipe-id ...]   (default: sdxl-lora flux-lora wan-lora)
 set -euo pipefail
@@ -13,10 +14,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/../bootstrap.sh"
 
 RECIPES=("$@"); [[ ${#RECIPES[@]} -gt 0 ]] || RECIPES=(sdxl-lora flux-lora wan-lora)
 CONF="$REPO_ROOT/.state/conformance"
+MODELS="${CONFORMANCE_MODELS_DIR:-${STATIONTHIS_CACHE_DIR:-$HOME/.cache/stationthis}/conformance/models}"
 TOOLS="$REPO_ROOT/tools/conformance/models"
 ARCHIVES="${STATIONTHIS_ENGINE_ARCHIVES:-$REPO_ROOT/../shared/engines}"
-mkdir -p "$CONF/models" "$CONF/dataset"
-chmod 777 "$CONF/models" "$CONF/dataset"
+mkdir -p "$MODELS" "$CONF/dataset"
+chmod 777 "$MODELS" "$CONF/dataset"
 
 log "tokenizers (standard-library Python; the image build proves each loads offline)"
 python3 "$TOOLS/make_tokenizers.py" "$CONF/tokenizers"
@@ -40,7 +42,7 @@ image_of() { # the pushed digest of a recipe's image, from the manifest recipe-b
 in_image() { # in_image <recipe-id> <script> [args...]: a maker inside the engine image, no network, uid 1000
   local image; image=$(image_of "$1"); shift
   docker run --rm --network none --entrypoint python -u 1000:1000 -e HOME=/tmp \
-    -v "$TOOLS:/tools:ro" -v "$CONF/models:/out" "$image" "/tools/$1" /out "${@:2}"
+    -v "$TOOLS:/tools:ro" -v "$MODELS:/out" "$image" "/tools/$1" /out "${@:2}"
 }
 
 for r in "${RECIPES[@]}"; do
@@ -54,4 +56,4 @@ done
 log "dataset media"
 image=$(image_of wan-lora 2>/dev/null || image_of "${RECIPES[0]}")
 docker run --rm --network none --entrypoint python -u 1000:1000 -v "$TOOLS:/tools:ro" -v "$CONF/dataset:/out" "$image" /tools/make_dataset.py /out
-du -sh "$CONF/models" "$CONF/dataset"
+du -sh "$MODELS" "$CONF/dataset"

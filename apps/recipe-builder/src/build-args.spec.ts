@@ -14,20 +14,20 @@ describe('build args', () => {
     const args = buildArgsFor(fixtureSdxl.image, {
       gitSha: 'abc1234',
       baseImages: { builder: 'stationthis-local/bookworm-minbase:1', runtime: 'stationthis-local/bookworm-minbase:1' },
-      offlineStubs: true,
       debianCompat: true,
       buildArgs: { PIP_MIRROR_URL: 'http://mirror/simple' },
     });
     expect(Object.keys(args)).toEqual([...Object.keys(args)].sort());
     expect(args).toEqual({
-      BUILDER_APT_PACKAGES: 'build-essential ca-certificates git python3 python3-dev python3-venv',
       BUILDER_BASE: 'stationthis-local/bookworm-minbase:1',
       GIT_SHA: 'abc1234',
-      OFFLINE_STUBS: '1',
       PIP_MIRROR_URL: 'http://mirror/simple',
-      PYTHON: 'python3',
-      RUNTIME_APT_PACKAGES: 'ca-certificates libgl1 libglib2.0-0 python3',
       RUNTIME_BASE: 'stationthis-local/bookworm-minbase:1',
+    });
+    // On the shared torch layer the engine stages start FROM it: the bases went into the torch image.
+    expect(buildArgsFor(fixtureSdxl.image, { gitSha: 'abc1234', baseImages: { builder: 'b:1', runtime: 'r:1' } }, '127.0.0.1:5000/st/torch-py311:abc')).toEqual({
+      GIT_SHA: 'abc1234',
+      TORCH_BASE: '127.0.0.1:5000/st/torch-py311:abc',
     });
     expect(buildArgsFor(fixtureSmoke.image, { gitSha: 'x', debianCompat: true })).toEqual({ GIT_SHA: 'x' });
   });

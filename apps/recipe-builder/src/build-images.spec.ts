@@ -2,13 +2,16 @@
  * build-images end to end against the real Docker engine and the local
  * registry (127.0.0.1:5000), with the real recipes:
  * - the smoke image on the local Debian base, then run as a container;
- * - every production Dockerfile with the CUDA bases replaced by the local base
- *   and OFFLINE_STUBS=1 (apt installs, venv, users, labels all really run);
+ * - every production image for real, offline: the shared torch layer from
+ *   PyPI (pinned), the engines from the pinned source archives (sha256 checked),
+ *   tokenizers from a local Hugging Face cache folder, flag checks run;
  * - push, pull back by digest, manifest digests equal the registry's;
  * - a config-only change rebuilds from cache (both durations printed).
  * First run on a fresh engine: ~2 min for the smoke image's python3-torch and
- * ~1.5 min for the production builder packages; later runs hit the cache.
+ * several minutes for the torch layer (2.5 GB of wheels); later runs hit the cache.
  */
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,7 +19,6 @@ import Docker from 'dockerode';
 import { serviceEnv } from '../../../tools/testing/support';
 import { buildImages, checkImageNamesUnique, type BuildImagesOptions, type BuiltImage } from './build-images';
 import { readEventStream, streamError } from './docker-image';
-import { buildStateDirs } from './dockerfile';
 import { readImageManifest } from './image-manifest';
 import type { BuildableRecipe } from './recipe-types';
 import { loadRecipes } from './recipes-source';
@@ -160,25 +162,37 @@ describe('build-images against the local registry', () => {
     expect(noCommand.code).toBe(64);
   });
 
-  it('builds every production Dockerfile on the local base with OFFLINE_STUBS=1 and pushes it', async () => {
-    const result = await buildImages({ ...base, recipes, only: production, offlineStubs: true, debianCompat: true });
+  it('builds every production image offline from the pinned archives and local tokenizers, and pushes it', async () => {
+    const repo = join(__dirname, '../../..');
+    const archives = process.env['STATIONTHIS_ENGINE_ARCHIVES'] ?? join(repo, '../shared/engines');
+    const tokenizers = process.env['STATIONTHIS_TOKENIZERS_DIR'] ?? join(repo, '.state/conformance/tokenizers');
+    if (!existsSync(join(tokenizers, 'hub'))) execFileSync('python3', [join(repo, 'tools/conformance/models/make_tokenizers.py'), tokenizers]);
+    const result = await buildImages({ ...base, recipes, only: production, inputs: { engineArchiveDir: archives, tokenizersDir: tokenizers, caBundle: process.env['PIP_CERT'] ?? process.env['SSL_CERT_FILE'] ?? process.env['REQUESTS_CA_BUNDLE'] } });
     expect(result.images.map((i) => i.recipeId).sort()).toEqual([...production].sort());
     for (const img of result.images) {
       durations[`${img.recipeId}BuildMs`] = img.buildMs ?? -1;
       const recipe = recipes.find((r) => r.id === img.recipeId) as BuildableRecipe;
-      expect(img.buildArgs).toMatchObject({ OFFLINE_STUBS: '1', BUILDER_BASE: env.baseImage, RUNTIME_BASE: env.baseImage });
-      // A real build: the non-networked steps ran (apt, venv, user) and the git fetch left its stub.
+      expect(img.buildArgs.TORCH_BASE).toMatch(/\/torch-py311:[0-9a-f]{16}$/);
       expect(await runIn(img.tags[0], ['id', '-u'])).toEqual({ code: 0, output: expect.stringMatching(/^1000\s*$/) });
-      const stub = await runIn(img.tags[0], ['cat', `${recipe.image.workdir}/OFFLINE_STUB`]);
-      expect(stub.output).toContain(`offline stub: ${recipe.engine.repository} at ${recipe.engine.commit}`);
-      expect((await runIn(img.tags[0], ['python', '-c', 'import sys; print(sys.prefix)'])).output.trim()).toBe('/opt/venv');
-      // Directories the build steps fill (HF_HOME) reach the runtime image even when the steps were stubbed.
-      for (const d of (recipe.image.buildSteps ?? []).length > 0 ? buildStateDirs(recipe) : []) expect((await runIn(img.tags[0], ['test', '-d', d])).code).toBe(0);
-      const labels = (await docker.getImage(img.tags[0]).inspect()).Config.Labels;
-      expect(labels['ai.stationthis.recipe.version']).toBe(recipe.version);
-      expect(labels['ai.stationthis.engine.commit']).toBe(recipe.engine.commit);
+      expect((await runIn(img.tags[0], ['python', '-c', 'import torch; print(torch.__version__)'])).output.trim()).toMatch(/^2\.6\.0/);
+      // The engine is the pinned commit, from the archive.
+      expect((await runIn(img.tags[0], ['cat', `${recipe.image.workdir}/.stationthis-engine-commit`])).output.trim()).toBe(recipe.engine.commit);
+      // Every tokenizer loads offline (no network, HF_HUB_OFFLINE from the image) with the engine's loader class.
+      for (const t of recipe.image.tokenizers ?? []) {
+        const code = `import transformers as t; tok = getattr(t, ${JSON.stringify(t.loader)}).from_pretrained(${JSON.stringify(t.repo)}${t.subfolder ? `, subfolder=${JSON.stringify(t.subfolder)}` : ''}); print(len(tok))`;
+        const r = await runIn(img.tags[0], ['python', '-c', code]);
+        expect({ repo: t.repo, code: r.code }).toEqual({ repo: t.repo, code: 0 });
+      }
+      // The build CA never reaches the runtime image.
+      expect((await runIn(img.tags[0], ['test', '-e', '/opt/build-ca'])).code).not.toBe(0);
+      const config = (await docker.getImage(img.tags[0]).inspect()).Config;
+      expect((config.Env ?? []).filter((e: string) => /^(PIP_CERT|SSL_CERT_FILE|REQUESTS_CA_BUNDLE)=/.test(e))).toEqual([]);
+      expect(config.Labels['ai.stationthis.recipe.version']).toBe(recipe.version);
+      expect(config.Labels['ai.stationthis.engine.commit']).toBe(recipe.engine.commit);
     }
-  });
+    // One torch layer for all of them.
+    expect(new Set(result.images.map((i) => i.buildArgs.TORCH_BASE)).size).toBe(1);
+  }, 90 * 60_000);
 
   it('writes a manifest whose digests equal the registry digests, and every image pulls back by digest', async () => {
     const manifest = await readImageManifest(base.manifestPath);

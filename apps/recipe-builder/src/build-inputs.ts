@@ -98,6 +98,7 @@ export async function stageBuildInputs(recipe: BuildableRecipe, contextDir: stri
     if (actual !== a.sha256) {
       throw new Error(`${recipe.id}: ${src} has sha256 ${actual}, but the recipe pins ${a.sha256} for ${recipe.engine.name} ${recipe.engine.commit}; use the archive of exactly that commit`);
     }
+    await mkdir(join(contextDir, 'engine-archive'), { recursive: true });
     await copyFile(src, join(contextDir, 'engine-archive', a.fileName));
     staged.engineSource = 'archive';
   }

@@ -50,27 +50,57 @@ describe.each([
     expect(tail.map((l) => l.split(' ')[0])).toEqual(['WORKDIR', 'USER', 'HEALTHCHECK', 'ENTRYPOINT']);
   });
 
-  it('keeps extra index URLs build-time only and skips networked steps under OFFLINE_STUBS', () => {
+  it('keeps extra index URLs and the build CA out of the runtime stage', () => {
     for (const url of recipe.image.pipExtraIndexUrls ?? []) {
       const lines = dockerfile.split('\n').filter((l) => l.includes(url) && !l.startsWith('#'));
       expect(lines.length).toBe(1);
       expect(lines.every((l) => l.startsWith('ARG PIP_EXTRA_INDEX_URLS='))).toBe(true);
     }
-    if (recipe.image.engineSource.kind === 'git') {
+    const runtime = dockerfile.slice(dockerfile.lastIndexOf('\nFROM '));
+    expect(runtime).not.toMatch(/build-ca|PIP_CERT|SSL_CERT_FILE|REQUESTS_CA_BUNDLE/);
+  });
+
+  if (recipe.image.engineSource.kind === 'git') {
+    const source = recipe.image.engineSource;
+    it('takes the engine from the sha256-checked archive, else from git at the pinned commit', () => {
+      expect(dockerfile).toContain(`echo "${source.archive.sha256}  `);
+      expect(dockerfile).toContain('sha256sum -c -');
       expect(dockerfile).toContain(`git fetch -q --depth 1 origin ${recipe.engine.commit}`);
-      expect(dockerfile).toMatch(/if \[ "\$\{OFFLINE_STUBS\}" = "1" \]; then \\\n\s+mkdir -p/);
-    }
+      expect(dockerfile).toContain(`printf '%s\\n' ${recipe.engine.commit} > ${recipe.image.workdir}/.stationthis-engine-commit`);
+    });
+  }
+
+  if ((recipe.image.tokenizers ?? []).length > 0) {
+    it('fetches tokenizers without the HF offline switches, then proves they load offline', () => {
+      const bake = dockerfile.indexOf('tokenizers_build.py fetch');
+      expect(bake).toBeGreaterThan(0);
+      const before = dockerfile.slice(0, bake);
+      expect(before).not.toMatch(/HF_HUB_OFFLINE|TRANSFORMERS_OFFLINE/);
+      const runtime = dockerfile.slice(dockerfile.lastIndexOf('\nFROM '));
+      if (recipe.image.env?.HF_HUB_OFFLINE) expect(runtime).toContain('HF_HUB_OFFLINE="1"');
+      const script = renderBuildContext(recipe).files.find((f) => f.path === 'build/tokenizers_build.py');
+      for (const t of recipe.image.tokenizers ?? []) expect(script?.content).toContain(t.repo);
+    });
+  }
+
+  it('ships the CUDA-free import hook exactly when the recipe lists modules for it', () => {
+    const hook = renderBuildContext(recipe).files.find((f) => f.path === 'build/sitecustomize.py');
+    const modules = (recipe.image.cudaFreeImports ?? []).map((m) => m.module);
+    expect(hook !== undefined).toBe(modules.length > 0);
+    for (const m of modules) expect(hook?.content).toContain(m);
+    expect(dockerfile.includes('sitecustomize.py')).toBe(modules.length > 0);
   });
 });
 
 describe('build-step state directories', () => {
   it('carries *_HOME/*_DIR/*_CACHE/*_ROOT paths outside /tmp, the venv and the workdir', () => {
+    // Bundled images (no torch layer) create these folders; engine images get HF_HOME from the tokenizer bake.
     const r: BuildableRecipe = {
-      ...fixtureSdxl,
+      ...fixtureSmoke,
       image: {
-        ...fixtureSdxl.image,
-        env: { HF_HOME: '/opt/hf-home/', TORCH_HOME: '/tmp/torch', X_DIR: '/opt/sd-scripts/cache', MODELS_ROOT: '/srv/models', CONFIG_FILE: '/opt/x.yaml', MY_CACHE: 'relative' },
-        buildSteps: [{ description: 'fetch', argv: ['python', '-c', 'pass'], networked: true }],
+        ...fixtureSmoke.image,
+        env: { HF_HOME: '/opt/hf-home/', TORCH_HOME: '/tmp/torch', X_DIR: '/opt/smoke/cache', MODELS_ROOT: '/srv/models', CONFIG_FILE: '/opt/x.yaml', MY_CACHE: 'relative' },
+        buildSteps: [{ description: 'fetch', argv: ['python', '-c', 'pass'] }],
       },
     };
     expect(buildStateDirs(r)).toEqual(['/opt/hf-home', '/srv/models']);
@@ -83,8 +113,9 @@ describe('build-step state directories', () => {
 });
 
 describe('the lint itself catches bad Dockerfiles', () => {
-  const good = renderDockerfile(fixtureSdxl);
-  const expects = expectationsOf(fixtureSdxl);
+  // The bundled layout has its own base ARGs to tamper with; the engine layout starts FROM the torch image.
+  const good = renderDockerfile(fixtureSmoke);
+  const expects = expectationsOf(fixtureSmoke);
 
   it('accepts the generated file', () => {
     expect(lintDockerfile(good, expects)).toEqual([]);
@@ -136,7 +167,7 @@ describe('recipe checks before rendering', () => {
     ['shell in apt', withImage({ builderAptPackages: ['git;rm -rf /'] }), /apt package/],
     ['secret env', withImage({ env: { HF_TOKEN: 'x' } }), /looks like a secret/],
     ['credential URL', withImage({ pipExtraIndexUrls: ['https://user:pw@example.com/simple'] }), /plain URL/],
-    ['newline in build step', withImage({ buildSteps: [{ description: 'x', argv: ['sh', '-c', 'a\nb'], networked: false }] }), /line break/],
+    ['newline in build step', withImage({ buildSteps: [{ description: 'x', argv: ['sh', '-c', 'a\nb'] }] }), /line break/],
     ['relative workdir', withImage({ workdir: 'opt/x' }), /absolute/],
   ])('rejects %s', (_name, recipe, pattern) => {
     expect(checkBuildableRecipe(recipe as BuildableRecipe).join('\n')).toMatch(pattern);

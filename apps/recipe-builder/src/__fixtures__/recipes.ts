@@ -5,10 +5,11 @@
  */
 import type { BuildableRecipe } from '../recipe-types';
 
-const CUDA_DEVEL = { image: 'nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04' };
-const CUDA_RUNTIME = { image: 'nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04' };
-const UBUNTU_BUILDER_APT = ['build-essential', 'ca-certificates', 'git', 'python3.10', 'python3.10-dev', 'python3.10-venv'];
-const UBUNTU_RUNTIME_APT = ['ca-certificates', 'libgl1', 'libglib2.0-0', 'python3.10'];
+const DEBIAN = { image: 'debian:bookworm-slim' };
+const BUILDER_APT = ['ca-certificates', 'git', 'python3', 'python3-venv'];
+const RUNTIME_APT = ['ca-certificates', 'git', 'libgl1', 'libglib2.0-0', 'python3'];
+const TORCH_BASE = { name: 'torch-py311', pipRequirements: ['torch==2.6.0', 'torchvision==0.21.0', 'numpy==2.4.6'] };
+const ARCHIVE_SHA = 'e'.repeat(64);
 
 export const fixtureSdxl: BuildableRecipe = {
   id: 'sdxl-lora',
@@ -24,18 +25,18 @@ export const fixtureSdxl: BuildableRecipe = {
   },
   image: {
     name: 'sdxl-kohya',
-    builderBase: { ...CUDA_DEVEL, digest: 'sha256:' + 'a'.repeat(64) },
-    runtimeBase: CUDA_RUNTIME,
-    builderAptPackages: UBUNTU_BUILDER_APT,
-    runtimeAptPackages: UBUNTU_RUNTIME_APT,
-    python: 'python3.10',
-    pipRequirements: ['torch==2.6.0', 'torchvision==0.21.0', 'accelerate==1.6.0', 'transformers==4.54.1', 'safetensors==0.4.5'],
-    pipExtraIndexUrls: ['https://download.pytorch.org/whl/cu124'],
-    engineSource: { kind: 'git', installCommand: ['pip', 'install', '--no-deps', '-e', '.'] },
-    networkedSteps: ['git fetch of kohya-ss/sd-scripts from github.com', 'pip install torch from download.pytorch.org/whl/cu124'],
+    builderBase: { ...DEBIAN, digest: 'sha256:' + 'a'.repeat(64) },
+    runtimeBase: DEBIAN,
+    builderAptPackages: BUILDER_APT,
+    runtimeAptPackages: RUNTIME_APT,
+    python: 'python3',
+    torchBase: TORCH_BASE,
+    pipRequirements: ['accelerate==1.6.0', 'transformers==4.54.1', 'safetensors==0.4.5'],
+    engineSource: { kind: 'git', archive: { fileName: 'sd-scripts-48d368fa.tar.gz', sha256: ARCHIVE_SHA, topFolder: 'sd-scripts' } },
+    tokenizers: [{ repo: 'openai/clip-vit-large-patch14', loader: 'CLIPTokenizer', usedBy: 'library/strategy_sdxl.py' }],
     healthcheck: ['python', '-c', 'import torch, library.train_util'],
     workdir: '/opt/sd-scripts',
-    env: { HF_HOME: '/tmp/hf', ACCELERATE_MIXED_PRECISION: 'bf16' },
+    env: { HF_HOME: '/opt/hf-home', HF_HUB_OFFLINE: '1', TRANSFORMERS_OFFLINE: '1', ACCELERATE_MIXED_PRECISION: 'bf16' },
   },
 };
 
@@ -53,17 +54,19 @@ export const fixtureWan: BuildableRecipe = {
   },
   image: {
     name: 'wan-musubi',
-    builderBase: CUDA_DEVEL,
-    runtimeBase: CUDA_RUNTIME,
-    builderAptPackages: UBUNTU_BUILDER_APT,
-    runtimeAptPackages: [...UBUNTU_RUNTIME_APT, 'ffmpeg'],
-    python: 'python3.10',
-    pipRequirements: ['torch==2.6.0', 'av==14.0.1'],
-    pipExtraIndexUrls: ['https://download.pytorch.org/whl/cu124'],
-    engineSource: { kind: 'git', installCommand: ['pip', 'install', '--no-deps', '-e', '.'] },
-    networkedSteps: ['git fetch of kohya-ss/musubi-tuner from github.com'],
+    builderBase: DEBIAN,
+    runtimeBase: DEBIAN,
+    builderAptPackages: BUILDER_APT,
+    runtimeAptPackages: RUNTIME_APT,
+    python: 'python3',
+    torchBase: TORCH_BASE,
+    pipRequirements: ['av==14.0.1'],
+    engineSource: { kind: 'git', archive: { fileName: 'musubi-tuner-30c658c4.tar.gz', sha256: ARCHIVE_SHA, topFolder: 'musubi-tuner' }, pythonPath: ['src'] },
+    tokenizers: [{ repo: 'Wan-AI/Wan2.1-T2V-14B', subfolder: 'google/umt5-xxl', loader: 'AutoTokenizer', usedBy: 'wan/modules/t5.py' }],
+    cudaFreeImports: [{ module: 'musubi_tuner.wan.modules.t5', why: 'default argument device=torch.cuda.current_device()' }],
     healthcheck: ['python', '-c', 'import musubi_tuner'],
     workdir: '/opt/musubi-tuner',
+    env: { HF_HOME: '/opt/hf-home', HF_HUB_OFFLINE: '1' },
   },
 };
 
@@ -88,7 +91,6 @@ export const fixtureSmoke: BuildableRecipe = {
     python: 'python3',
     pipRequirements: [],
     engineSource: { kind: 'bundled', files: { 'smoke_train.py': 'import torch\nprint("smoke")\n', 'lib/util.py': 'X = 1\n' } },
-    networkedSteps: [],
     healthcheck: ['python', '-c', 'import torch'],
     workdir: '/opt/smoke',
     env: { OMP_NUM_THREADS: '1' },
