@@ -32,6 +32,8 @@ export interface ConformanceCase {
   /** Weight role whose file's keys the LoRA must resolve against under ComfyUI's rules. */
   baseRole: string;
   substitutions: ArgvSubstitution[];
+  /** Base-model files a CPU run needs in another dtype than production (same keys), with the reason. */
+  modelOverrides?: { role: string; fileName: string; reason: string }[];
 }
 
 export const TRIGGER = 'sks_conform';
@@ -86,7 +88,14 @@ export const CASES: ConformanceCase[] = [
         flag: '--fp8_base',
         action: 'drop',
         reason:
-          "CPU only: musubi computes WAN's time embedding under autocast(float32), which CUDA honours (upcasting the fp8 weights) and CPU autocast does not support, so F.linear meets Float and Float8_e4m3fn; bf16 weights instead",
+          "CPU only: musubi computes WAN's time embedding under autocast(float32), which CUDA honours and CPU autocast does not support (torch: 'In CPU autocast, but the target dtype is not supported'), so F.linear meets Float and Float8_e4m3fn",
+      },
+    ],
+    modelOverrides: [
+      {
+        role: 'dit_t2v_1_3b',
+        fileName: 'wan2.1_t2v_1.3B_fp32.safetensors',
+        reason: 'CPU only: the same DiT keys in fp32, for the same autocast(float32) reason (bf16 weights meet Float activations); musubi trains in the file\'s dtype',
       },
     ],
   },

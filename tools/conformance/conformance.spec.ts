@@ -57,6 +57,7 @@ interface CaseReport {
   progress: { step: number; totalSteps: number; loss?: number } | null;
   lora: { file: string; bytes: number; tensors: number; comfyMatched: number; comfyUnmatched: string[] } | null;
   captionsSeen: Record<string, string>;
+  modelOverrides: string[];
 }
 const report: CaseReport[] = [];
 
@@ -131,7 +132,7 @@ describe.each(cases.map((c) => [c.recipeId, c] as const))('%s conformance', (_id
   const run = path.join(WORK, c.recipeId);
   const folders = { datasetDir: path.join(run, 'dataset'), jobDir: path.join(run, 'job'), outputDir: path.join(run, 'output'), logFile: path.join(run, 'engine.log') };
   const events: ProgressEvent[] = [];
-  const caseReport: CaseReport = { recipe: c.recipeId, image: '', steps: [], progress: null, lora: null, captionsSeen: {} };
+  const caseReport: CaseReport = { recipe: c.recipeId, image: '', steps: [], progress: null, lora: null, captionsSeen: {}, modelOverrides: [] };
   let outputs: { lora: string } = { lora: '' };
 
   beforeAll(async () => {
@@ -153,7 +154,12 @@ describe.each(cases.map((c) => [c.recipeId, c] as const))('%s conformance', (_id
     for (const f of await fsp.readdir(folders.datasetDir)) await fsp.chmod(path.join(folders.datasetDir, f), 0o644);
     await fsp.chmod(folders.datasetDir, 0o755);
 
-    const weights = requiredWeights(recipe, validated.value as never).map((w) => ({ fileName: w.fileName, path: path.join(MODELS, w.fileName), role: w.role }));
+    const weights = requiredWeights(recipe, validated.value as never).map((w) => {
+      const override = c.modelOverrides?.find((o) => o.role === w.role);
+      if (override) caseReport.modelOverrides.push(`${w.role}: ${w.fileName} -> ${override.fileName} (${override.reason})`);
+      const fileName = override?.fileName ?? w.fileName;
+      return { fileName, path: path.join(MODELS, fileName), role: w.role };
+    });
     for (const w of weights) if (!existsSync(w.path)) throw new Error(`missing conformance model ${w.path}; run tools/conformance/prepare.sh`);
     const rendered = recipe.render({
       jobId: `conf${c.recipeId.replace(/[^a-z0-9]/g, '')}`,

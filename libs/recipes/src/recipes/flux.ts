@@ -99,7 +99,7 @@ const FLUX_ALL_FLAGS = flagsOf(
 
 export const fluxRecipe: Recipe<FluxParameters> = defineRecipe<FluxParameters>({
   id: 'flux-lora',
-  version: '1.0.0',
+  version: '1.1.0',
   family: 'FLUX',
   displayName: 'FLUX.1 [dev] LoRA',
   description:

@@ -81,7 +81,7 @@ const SDXL_ALL_FLAGS = flagsOf(
 
 export const sdxlRecipe: Recipe<SdxlParameters> = defineRecipe<SdxlParameters>({
   id: 'sdxl-lora',
-  version: '1.0.0',
+  version: '1.1.0',
   family: 'SDXL',
   displayName: 'SDXL LoRA',
   description: 'LoRA for Stable Diffusion XL 1.0 base, trained with kohya sd-scripts (U-Net only, bf16, cached latents and text-encoder outputs).',

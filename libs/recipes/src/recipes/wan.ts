@@ -216,7 +216,7 @@ const WAN_ALL_PARAMS: WanParameters = {
 
 export const wanRecipe: Recipe<WanParameters> = defineRecipe<WanParameters>({
   id: 'wan-lora',
-  version: '1.0.0',
+  version: '1.1.0',
   family: 'WAN',
   displayName: 'WAN 2.1 / 2.2 T2V LoRA',
   description:
