@@ -17,7 +17,7 @@ import struct
 
 import torch
 
-DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
+DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64", torch.float8_e4m3fn: "F8_E4M3"}
 
 
 def _seed(name: str) -> int:
@@ -37,32 +37,63 @@ def random_tensor(name: str, shape, dtype=torch.bfloat16, std: float = 0.02) -> 
     return (torch.randn(shape, generator=g, dtype=torch.float32) * std).to(dtype)
 
 
-def write_safetensors(path: str, specs, metadata=None, value=random_tensor) -> None:
-    """specs: iterable of (name, shape, dtype). Writes atomically (path.tmp, rename)."""
-    specs = list(specs)
+def safetensors_header(specs, metadata=None) -> bytes:
+    """The file's first bytes (length prefix + JSON header) for specs: iterable of
+    (name, shape, dtype). Tensors are laid out in the order given."""
     header = {}
     offset = 0
     for name, shape, dtype in specs:
-        n = 1
-        for d in shape:
-            n *= int(d)
-        size = n * torch.tensor([], dtype=dtype).element_size()
+        size = nbytes(shape, dtype)
         header[name] = {"dtype": DTYPES[dtype], "shape": [int(d) for d in shape], "data_offsets": [offset, offset + size]}
         offset += size
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * ((8 - len(raw) % 8) % 8)
+    raw += b" " * ((8 - len(raw) % 8) % 8)  # the format pads the header to 8 bytes
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def nbytes(shape, dtype) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n * torch.tensor([], dtype=dtype).element_size()
+
+
+def safetensors_size(specs, metadata=None) -> int:
+    """Size in bytes of the file write_safetensors makes for specs."""
+    specs = list(specs)
+    return len(safetensors_header(specs, metadata)) + sum(nbytes(s, d) for _, s, d in specs)
+
+
+def read_safetensors_header(path: str) -> dict:
+    """name -> (shape tuple, torch dtype) from a file's header; reads no tensor data."""
+    names = {v: k for k, v in DTYPES.items()}
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return {k: (tuple(v["shape"]), names[v["dtype"]]) for k, v in header.items()}
+
+
+def write_safetensors(path: str, specs, metadata=None, value=random_tensor) -> None:
+    """specs: iterable of (name, shape, dtype). Writes atomically (path.tmp, rename);
+    a failed write (ENOSPC, ^C) removes its multi-GB .tmp instead of leaving it."""
+    specs = list(specs)
     tmp = path + ".tmp"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for name, shape, dtype in specs:
-            t = value(name, shape, dtype).contiguous()
-            f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-            del t
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(safetensors_header(specs, metadata))
+            for name, shape, dtype in specs:
+                t = value(name, shape, dtype).contiguous()
+                f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+                del t
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def state_dict_specs(module: torch.nn.Module, dtype=torch.bfloat16, prefix: str = ""):
