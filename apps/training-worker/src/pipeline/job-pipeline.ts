@@ -21,7 +21,6 @@ import { InsufficientPointsError, POINT_USD, PointsLedger } from '@stationthis/p
 import { DatasetFetcher, FetchedDataset, ModelUploader, ObjectStorage, PlatformDatasetDoc, StorageError, WeightCache, jobArtifactKey, loraKey } from '@stationthis/storage';
 import { CONTAINER_RUNTIME, ContainerRuntime, GpuAllocator } from '@stationthis/docker';
 import {
-  CONTAINER_PATHS,
   ProgressEvent,
   Quote,
   Recipe,
