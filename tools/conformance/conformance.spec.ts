@@ -23,6 +23,8 @@ import {
   resolveComfyLoraKeys,
   summarizeDataset,
   trainingCaption,
+  applyArgvSubstitutions,
+  testRunWeights,
   type ProgressEvent,
   type Recipe,
 } from '@stationthis/recipes';
@@ -30,7 +32,7 @@ import { createS3Client, DatasetFetcher, loadStorageConfig, ObjectStorage, type 
 import { stepContainerSpec } from '../../apps/training-worker/src/pipeline/step-container';
 import { readSafetensorsHeader } from '../../apps/training-worker/src/pipeline/safetensors-file';
 import { serviceEnv, uniquePrefix } from '../testing/support';
-import { CASES, substitute, TRIGGER, type ConformanceCase } from './cases';
+import { CASES, TRIGGER, type ConformanceCase } from './cases';
 
 const REPO = path.resolve(__dirname, '../..');
 const STATE = path.join(REPO, '.state', 'conformance');
@@ -154,12 +156,9 @@ describe.each(cases.map((c) => [c.recipeId, c] as const))('%s conformance', (_id
     for (const f of await fsp.readdir(folders.datasetDir)) await fsp.chmod(path.join(folders.datasetDir, f), 0o644);
     await fsp.chmod(folders.datasetDir, 0o755);
 
-    const weights = requiredWeights(recipe, validated.value as never).map((w) => {
-      const override = c.modelOverrides?.find((o) => o.role === w.role);
-      if (override) caseReport.modelOverrides.push(`${w.role}: ${w.fileName} -> ${override.fileName} (${override.reason})`);
-      const fileName = override?.fileName ?? w.fileName;
-      return { fileName, path: path.join(MODELS, fileName), role: w.role };
-    });
+    const testWeights = testRunWeights(recipe, requiredWeights(recipe, validated.value as never));
+    caseReport.modelOverrides.push(...testWeights.applied);
+    const weights = testWeights.weights.map((w) => ({ fileName: w.fileName, path: path.join(MODELS, w.fileName), role: w.role }));
     for (const w of weights) if (!existsSync(w.path)) throw new Error(`missing conformance model ${w.path}; run tools/conformance/prepare.sh`);
     const rendered = recipe.render({
       jobId: `conf${c.recipeId.replace(/[^a-z0-9]/g, '')}`,
@@ -176,7 +175,7 @@ describe.each(cases.map((c) => [c.recipeId, c] as const))('%s conformance', (_id
     await runtime.ensureImage(image);
 
     for (const step of rendered.steps) {
-      const { argv, applied } = substitute(step.argv, c.substitutions);
+      const { argv, applied } = applyArgvSubstitutions(step.argv, recipe.testRun?.substitutions ?? []);
       const parser = recipe.createProgressParser();
       const memory = watchPeakMemory();
       const started = Date.now();

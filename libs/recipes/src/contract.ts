@@ -337,6 +337,36 @@ export interface MetadataInput {
   outputName: string;
 }
 
+/** One argv change a test run needs, with the reason (shown to the operator and in reports). */
+export interface ArgvSubstitution {
+  flag: string;
+  /** replace: set the flag's value; drop: remove the flag (and its values, see arity). */
+  action: 'replace' | 'drop';
+  value?: string;
+  /** Number of values the flag takes. @default 0 for drop, 1 for replace */
+  arity?: number;
+  reason: string;
+}
+
+/** A base-model file a test run uses instead of the production one: same keys, another dtype. */
+export interface WeightOverride {
+  role: string;
+  fileName: string;
+  reason: string;
+}
+
+/**
+ * How a GPU recipe runs as a test on a host without a GPU (the conformance
+ * suite, the engine demo): two optimizer steps and the device/precision
+ * changes a CPU needs. Everything else is the production argv, unchanged.
+ * A worker applies it only when its operator enables CPU test runs; it is
+ * never applied to a production worker.
+ */
+export interface TestRunProfile {
+  substitutions: ArgvSubstitution[];
+  weightOverrides?: WeightOverride[];
+}
+
 export interface Recipe<P = Record<string, unknown>> {
   /** Stable id, e.g. 'sdxl-lora'. */
   id: string;
@@ -354,6 +384,8 @@ export interface Recipe<P = Record<string, unknown>> {
   gpu: GpuRequirement;
   /** Absent means NetworkMode none. */
   network?: NetworkNeed;
+  /** How this recipe runs as a CPU test (see TestRunProfile). Absent: it has none (the smoke recipe is CPU already). */
+  testRun?: TestRunProfile;
   datasetRequirements: DatasetRequirements;
   weights: WeightFile[];
   /**

@@ -27,7 +27,16 @@ import { createLease, liveLeases, lockFile, tryLockFile, type LockOptions } from
 import { unsafeKeyReason } from './keys';
 import { ObjectStorage } from './object-storage';
 
-export type WeightSource = { kind: 'r2'; bucketAlias: BucketAlias; key: string } | { kind: 'https'; url: string };
+/**
+ * Where a weight file comes from. `local` is a file an operator provisioned on
+ * this host (an air-gapped host, the engine demo's random-weight models): it is
+ * hard-linked into the cache (copied when on another filesystem), so a 10 GB
+ * base model costs no second copy of disk.
+ */
+export type WeightSource =
+  | { kind: 'r2'; bucketAlias: BucketAlias; key: string }
+  | { kind: 'https'; url: string }
+  | { kind: 'local'; path: string };
 
 export interface WeightSpec {
   /** Name of the file in the cache (and in the container's models folder). Letters, digits, '.', '_', '-'. */
@@ -75,7 +84,8 @@ export interface CacheEntry {
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$/;
 
 function sourceId(s: WeightSource): string {
-  return s.kind === 'r2' ? `r2:${s.bucketAlias}/${s.key}` : `https:${redactUrl(s.url)}`;
+  if (s.kind === 'r2') return `r2:${s.bucketAlias}/${s.key}`;
+  return s.kind === 'local' ? `local:${s.path}` : `https:${redactUrl(s.url)}`;
 }
 
 function isLoopback(host: string): boolean {
@@ -124,6 +134,8 @@ export class WeightCache {
     if (spec.source.kind === 'r2') {
       const why = unsafeKeyReason(spec.source.key);
       if (why) throw new StorageError('invalid-name', `Weight ${spec.fileName}: source key is not allowed: ${why}.`, { key: spec.source.key });
+    } else if (spec.source.kind === 'local') {
+      if (!path.isAbsolute(spec.source.path)) throw new StorageError('invalid-argument', `Weight ${spec.fileName}: a local source must be an absolute path, got ${JSON.stringify(spec.source.path)}.`);
     } else {
       let u: URL;
       try {
@@ -232,11 +244,16 @@ export class WeightCache {
           throw err;
         }
       }
+    } else if (spec.source.kind === 'local') {
+      await this.linkLocal(spec.source.path, partial, spec.fileName);
     } else {
       await this.downloadHttp(spec.source.url, partial, spec, progress, opts.signal);
     }
 
-    const got = await sha256File(partial, (n) => opts.onProgress?.({ fileName: spec.fileName, bytes: n, totalBytes: spec.bytes ?? n, phase: 'verify' }));
+    // A local file with no pinned hash is the operator's word: hashing 10 GB would prove nothing more.
+    const got = spec.source.kind === 'local' && !spec.sha256
+      ? { sha256: '', bytes: (await fsp.stat(partial)).size }
+      : await sha256File(partial, (n) => opts.onProgress?.({ fileName: spec.fileName, bytes: n, totalBytes: spec.bytes ?? n, phase: 'verify' }));
     const where = `${spec.fileName} from ${src}`;
     if (spec.sha256 && got.sha256 !== spec.sha256.toLowerCase()) {
       await fsp.rm(partial, { force: true });
@@ -245,7 +262,7 @@ export class WeightCache {
       throw new StorageError(
         'invalid-content',
         `Weight ${where} failed verification: got sha256 ${got.sha256} (${got.bytes} bytes), expected ${spec.sha256}. The download was discarded; check the source and the recipe's pinned hash.`,
-        spec.source.kind === 'r2' ? { key: spec.source.key } : { url: spec.source.url },
+        spec.source.kind === 'r2' ? { key: spec.source.key } : spec.source.kind === 'https' ? { url: spec.source.url } : {},
       );
     }
     await fsp.rename(partial, file);
@@ -254,6 +271,21 @@ export class WeightCache {
     const tmp = `${this.p('meta', spec.fileName)}.tmp`;
     await fsp.writeFile(tmp, JSON.stringify(marker));
     await fsp.rename(tmp, this.p('meta', spec.fileName));
+  }
+
+  /** Hard link (no second copy of disk), else a copy when the file is on another filesystem. */
+  private async linkLocal(source: string, partial: string, fileName: string): Promise<void> {
+    await fsp.rm(partial, { force: true });
+    const st = await fsp.stat(source).catch((e: NodeJS.ErrnoException) => {
+      throw new StorageError('not-found', `Weight ${fileName}: the local file ${source} cannot be read (${e.code}). Provision it there or unset the local weights folder.`);
+    });
+    if (!st.isFile()) throw new StorageError('invalid-argument', `Weight ${fileName}: ${source} is not a regular file.`);
+    try {
+      await fsp.link(source, partial);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EXDEV' && (e as NodeJS.ErrnoException).code !== 'EPERM') throw e;
+      await fsp.copyFile(source, partial);
+    }
   }
 
   /** HTTPS download with range-request resume and retries with backoff. */

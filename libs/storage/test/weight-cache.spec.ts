@@ -231,6 +231,34 @@ describe('WeightCache', () => {
       s3.destroy();
     }
   });
+
+  it('takes a local file by hard link (no second copy), verifies a pinned hash, and refuses a missing file', async () => {
+    const { cache, s3, dir } = await cacheIn('local');
+    try {
+      const provisioned = path.join(root, 'provisioned-model.bin');
+      await fsp.writeFile(provisioned, A);
+      const l = await cache.acquire({ fileName: 'local.bin', source: { kind: 'local', path: provisioned } });
+      expect(l.downloaded).toBe(true);
+      // Same inode: the cache holds a link, not a copy.
+      expect((await fsp.stat(l.path)).ino).toBe((await fsp.stat(provisioned)).ino);
+      const marker = JSON.parse(await fsp.readFile(path.join(dir, 'meta', 'local.bin.json'), 'utf8'));
+      expect(marker).toMatchObject({ bytes: A.length, source: `local:${provisioned}` });
+      await l.release();
+      const again = await cache.acquire({ fileName: 'local.bin', source: { kind: 'local', path: provisioned } });
+      expect(again.downloaded).toBe(false);
+      await again.release();
+      // A pinned hash is checked, and a wrong one keeps nothing.
+      await expect(cache.acquire({ fileName: 'pinned.bin', source: { kind: 'local', path: provisioned }, sha256: sha256(B) })).rejects.toMatchObject({ kind: 'invalid-content' });
+      await expect(fsp.stat(path.join(dir, 'files', 'pinned.bin'))).rejects.toThrow();
+      const pinned = await cache.acquire({ fileName: 'pinned.bin', source: { kind: 'local', path: provisioned }, sha256: sha256(A) });
+      expect(sha256(await fsp.readFile(pinned.path))).toBe(sha256(A));
+      await pinned.release();
+      await expect(cache.acquire({ fileName: 'gone.bin', source: { kind: 'local', path: path.join(root, 'absent.bin') } })).rejects.toMatchObject({ kind: 'not-found' });
+      await expect(cache.acquire({ fileName: 'rel.bin', source: { kind: 'local', path: 'relative.bin' } })).rejects.toBeInstanceOf(StorageError);
+    } finally {
+      s3.destroy();
+    }
+  });
 });
 
 describe('across OS processes (compiled dist)', () => {

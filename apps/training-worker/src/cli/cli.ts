@@ -30,7 +30,10 @@ const USAGE = `Usage: cli <command> [options]
   seed-account --owner ACCOUNT_ID --wallet ADDRESS --points N   (local/demo: a confirmed deposit)
   demo-images  --out DIR [--count N]`;
 
-const IMAGE_TYPES: Record<string, string> = { '.png': 'image/png', '.jpg': 'image/jpeg', '.jpeg': 'image/jpeg', '.webp': 'image/webp' };
+const MEDIA_TYPES: Record<string, string> = {
+  '.png': 'image/png', '.jpg': 'image/jpeg', '.jpeg': 'image/jpeg', '.webp': 'image/webp',
+  '.mp4': 'video/mp4', '.webm': 'video/webm', '.mov': 'video/quicktime',
+};
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -122,17 +125,19 @@ async function submit(storage: ObjectStorage, datasets: DatasetRepository, jobs:
   const owner = v.owner as string | undefined;
   if (!dir || !owner) throw new UsageError('submit needs --dir and --owner');
   const recipe = recipeForModelType(String(v.model));
-  const names = (await readdir(dir)).filter((n) => IMAGE_TYPES[extname(n).toLowerCase()]).sort();
-  if (names.length === 0) throw new UsageError(`no .png/.jpg/.webp images in ${dir}`);
+  // The recipe's own list: videos only for recipes that train on them (WAN).
+  const allowed = new Set(recipe.datasetRequirements.extensions.map((e) => `.${e}`));
+  const names = (await readdir(dir)).filter((n) => MEDIA_TYPES[extname(n).toLowerCase()] && allowed.has(extname(n).toLowerCase())).sort();
+  if (names.length === 0) throw new UsageError(`no ${[...allowed].join('/')} files in ${dir}`);
   const name = String(v.name ?? `cli-${Date.now()}`);
   const urls: string[] = [];
   const captions: string[] = [];
   for (const file of names) {
     const key = `datasets/${owner}/${randomUUID()}-${file.replace(/[^A-Za-z0-9._-]/g, '_')}`;
-    await storage.putObject('datasets', key, await readFile(join(dir, file)), { contentType: IMAGE_TYPES[extname(file).toLowerCase()] });
+    await storage.putObject('datasets', key, await readFile(join(dir, file)), { contentType: MEDIA_TYPES[extname(file).toLowerCase()] });
     urls.push(storage.publicUrl('datasets', key));
     captions.push(await readFile(join(dir, file.replace(/\.[^.]+$/, '.txt')), 'utf8').then((s) => s.trim(), () => ''));
-    process.stderr.write(`\ruploaded ${urls.length}/${names.length} images`);
+    process.stderr.write(`\ruploaded ${urls.length}/${names.length} files`);
   }
   process.stderr.write('\n');
   const datasetId = await datasets.create({

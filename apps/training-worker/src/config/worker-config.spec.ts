@@ -29,4 +29,13 @@ describe('worker configuration', () => {
     expect(c.exitWhenIdle).toBe(true);
     expect(c.shares.datasetCreator).toBe(0.1);
   });
+
+  it('keeps CPU test runs off unless asked, and wants an absolute local weights folder', () => {
+    expect(loadWorkerConfig({}).cpuTestRuns).toBe(false);
+    expect(loadWorkerConfig({}).weightsLocalDir).toBeUndefined();
+    const c = loadWorkerConfig({ WORKER_CPU_TEST_RUNS: '1', WEIGHTS_LOCAL_DIR: '/srv/models' });
+    expect(c.cpuTestRuns).toBe(true);
+    expect(c.weightsLocalDir).toBe('/srv/models');
+    expect(() => loadWorkerConfig({ WEIGHTS_LOCAL_DIR: 'models' })).toThrow(/WEIGHTS_LOCAL_DIR: must be an absolute path/);
+  });
 });

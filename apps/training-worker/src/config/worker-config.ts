@@ -37,6 +37,10 @@ const schema = z.object({
   IMAGE_NAMESPACE: z.string().default('stationthis'),
   DATASET_CREATOR_SHARE: z.coerce.number().min(0).max(1).default(0.05),
   TRAINER_SHARE: z.coerce.number().min(0).max(1).default(0.02),
+  // Test hosts only: run GPU recipes on a CPU slot with each recipe's testRun profile (two steps, CPU dtypes).
+  WORKER_CPU_TEST_RUNS: bool.default(false),
+  // Operator-provisioned base models (air-gapped hosts, the engine demo): files here are used instead of R2.
+  WEIGHTS_LOCAL_DIR: z.string().refine((v) => v.startsWith('/'), 'must be an absolute path').optional(),
   PLATFORM_FEE_MULTIPLIER: z.coerce.number().min(1).max(10).default(1.2),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
@@ -81,6 +85,8 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env) {
     imageNamespace: c.IMAGE_NAMESPACE,
     shares: { datasetCreator: c.DATASET_CREATOR_SHARE, trainer: c.TRAINER_SHARE },
     platformFeeMultiplier: c.PLATFORM_FEE_MULTIPLIER,
+    cpuTestRuns: c.WORKER_CPU_TEST_RUNS,
+    weightsLocalDir: c.WEIGHTS_LOCAL_DIR,
     logLevel: c.LOG_LEVEL,
   };
 }

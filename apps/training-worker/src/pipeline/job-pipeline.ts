@@ -13,6 +13,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { chmod, chown, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { ObjectId } from 'mongodb';
 import { inject, injectable } from 'tsyringe';
@@ -24,12 +25,16 @@ import {
   ProgressEvent,
   Quote,
   Recipe,
+  TestRunProfile,
+  WeightFile,
+  applyArgvSubstitutions,
   jobParametersFromPlatformDoc,
   recipeForModelType,
   requiredWeights,
   sanitizeOutputName,
   sanitizeTriggerWord,
   summarizeDataset,
+  testRunWeights,
   trainingCaption,
 } from '@stationthis/recipes';
 import { WORKER_CONFIG } from '../tokens';
@@ -66,6 +71,13 @@ interface UploadState {
   sampleUrls: string[];
   logUrl?: string;
   configUrl?: string;
+}
+
+interface WeightHandle {
+  role: string;
+  fileName: string;
+  path: string;
+  release(): Promise<void>;
 }
 
 interface Prepared {
@@ -342,13 +354,32 @@ export class JobPipeline {
     }
   }
 
-  private async fetchWeights(p: Prepared): Promise<{ fileName: string; path: string; release(): Promise<void> }[]> {
-    const handles: { fileName: string; path: string; release(): Promise<void> }[] = [];
+  /**
+   * The recipe's test-run profile when this worker runs GPU recipes as CPU
+   * tests (WORKER_CPU_TEST_RUNS): never on a production worker, never for a
+   * recipe that has no profile.
+   */
+  private testRun(recipe: Recipe): TestRunProfile | undefined {
+    return this.config.cpuTestRuns && recipe.gpu.count > 0 ? recipe.testRun : undefined;
+  }
+
+  /** The weight files this job trains on: only those its parameters need, with test-run overrides. */
+  private jobWeights(p: Prepared): WeightFile[] {
+    // Only the files these parameters need (WAN 2.1 vs 2.2 experts differ by tens of GB).
+    const needed = requiredWeights(p.recipe, p.parameters as never);
+    return this.testRun(p.recipe) ? testRunWeights(p.recipe, needed).weights : needed;
+  }
+
+  private async fetchWeights(p: Prepared): Promise<WeightHandle[]> {
+    const handles: WeightHandle[] = [];
     try {
-      // Only the files these parameters need (WAN 2.1 vs 2.2 experts differ by tens of GB).
-      for (const w of requiredWeights(p.recipe, p.parameters as never)) {
-        const h = await this.weights.acquire({ fileName: w.fileName, source: { kind: 'r2', bucketAlias: 'models', key: w.r2Key }, sha256: w.sha256, bytes: w.approxBytes });
-        handles.push({ fileName: w.fileName, ...h });
+      for (const w of this.jobWeights(p)) {
+        const local = this.config.weightsLocalDir ? join(this.config.weightsLocalDir, w.fileName) : undefined;
+        const source = local && existsSync(local) ? ({ kind: 'local', path: local } as const) : ({ kind: 'r2', bucketAlias: 'models', key: w.r2Key } as const);
+        // A test-run override is another file than the one the recipe pins a hash for.
+        const sha256 = w.fileName === requiredWeights(p.recipe, p.parameters as never).find((x) => x.role === w.role)?.fileName ? w.sha256 : undefined;
+        const h = await this.weights.acquire({ fileName: w.fileName, source, sha256, bytes: w.approxBytes });
+        handles.push({ role: w.role, fileName: w.fileName, ...h });
       }
       return handles;
     } catch (e) {
@@ -357,14 +388,13 @@ export class JobPipeline {
     }
   }
 
-  private async render(ctx: JobContext, p: Prepared, attemptDir: string, fetched: { images: { mime: string }[] }, weights: { fileName: string }[]) {
+  private async render(ctx: JobContext, p: Prepared, attemptDir: string, fetched: { images: { mime: string }[] }, weights: WeightHandle[]) {
     const jobDir = join(attemptDir, 'job');
     const outputDir = join(attemptDir, 'output');
     await rm(attemptDir, { recursive: true, force: true });
     await mkdir(jobDir, { recursive: true });
     await mkdir(outputDir, { recursive: true });
-    const baseModelFiles: Record<string, string> = {};
-    for (const w of requiredWeights(p.recipe, p.parameters as never)) if (weights.some((h) => h.fileName === w.fileName)) baseModelFiles[w.role] = w.fileName;
+    const baseModelFiles = Object.fromEntries(weights.map((h) => [h.role, h.fileName]));
     const rendered = p.recipe.render({
       jobId: ctx.jobId,
       parameters: p.parameters,
@@ -397,7 +427,10 @@ export class JobPipeline {
     await this.runtime.ensureImage(image).catch((e: Error) => {
       throw new JobFailure('infrastructure', `The training image ${image} is not available: ${e.message}. Build it with "nx run recipe-builder:build-images".`, { cause: e });
     });
-    const allocation = await this.allocator.allocateWait({ count: p.recipe.gpu.count, minVramGb: p.recipe.gpu.minVramGb }, ctx.signal);
+    const testRun = this.testRun(p.recipe);
+    // A CPU test run takes a CPU slot: the recipe's GPU request does not apply to it.
+    const gpuRequest = testRun ? { count: 0, minVramGb: 0 } : { count: p.recipe.gpu.count, minVramGb: p.recipe.gpu.minVramGb };
+    const allocation = await this.allocator.allocateWait(gpuRequest, ctx.signal);
     if (!allocation) {
       ctx.throwIfStopped();
       throw new JobFailure('infrastructure', `No GPU with ${p.recipe.gpu.minVramGb} GB VRAM is available on this worker.`);
@@ -407,8 +440,9 @@ export class JobPipeline {
       await this.transition(ctx, 'RUNNING', { estimatedCostPoints: p.quote.points });
       const progress = this.progressWriter(ctx);
       const runs: { step: string; startedAt: Date; endedAt: Date }[] = [];
-      for (const step of io.steps) {
+      for (const rendered of io.steps) {
         ctx.throwIfStopped();
+        const step = testRun ? { ...rendered, ...this.applyTestRun(ctx, rendered, testRun) } : rendered;
         const parser = p.recipe.createProgressParser();
         const errors: string[] = [];
         const startedAt = new Date();
@@ -613,6 +647,16 @@ export class JobPipeline {
   }
 
   // ------------------------------------------------------------------ helpers
+
+  /** The step's argv under the test-run profile; every change is written to the job's log with its reason. */
+  private applyTestRun(ctx: JobContext, step: { name: string; argv: string[] }, testRun: TestRunProfile): { argv: string[] } {
+    const { argv, applied } = applyArgvSubstitutions(step.argv, testRun.substitutions);
+    if (applied.length) {
+      ctx.log.warn({ step: step.name, changes: applied }, 'CPU test run: argv changed by the recipe test-run profile');
+      void this.jobs.updateProgress(ctx.lease, { logLines: applied.map((a) => `[worker] CPU test run, ${step.name}: ${a}`) }).catch(() => undefined);
+    }
+    return { argv };
+  }
 
   /** GPU time actually used, priced like the quote, never above the quote. */
   usedPoints(quote: { points: number; gpuUsdPerHour: number }, seconds: number): number {

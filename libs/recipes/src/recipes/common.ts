@@ -18,6 +18,7 @@ import type {
   WeightFile,
 } from '../contract';
 import { CONTAINER_PATHS } from '../contract';
+import type { ArgvSubstitution } from '../contract';
 import { toJsonSchema, validateWith } from '../params';
 import { assertRenderSafe } from '../sanitize';
 
@@ -381,3 +382,11 @@ export function defineRecipe<P>(spec: RecipeSpec<P>): Recipe<P> {
   };
   return recipe;
 }
+
+/** Test runs prove the path, not the quality: two optimizer steps, whatever the production minimum (100). */
+export const TEST_RUN_TWO_STEPS: ArgvSubstitution = {
+  flag: '--max_train_steps',
+  action: 'replace',
+  value: '2',
+  reason: 'two optimizer steps (the schema minimum is 100 for production jobs)',
+};

@@ -12,7 +12,7 @@ import type { Recipe, WeightFile } from '../contract';
 import { boolField, enumField, intField, numberField, stepField } from '../params';
 import { quoteFromTime } from '../pricing';
 import { KohyaProgressParser } from '../progress';
-import { accelerateLaunch, CLIP_L_TOKENIZER, defineRecipe, flagsOf, modelPath, num, SD_SCRIPTS, SD_SCRIPTS_DIR, sdScriptsImage, stationthisMetadata, T5_XXL_TOKENIZER } from './common';
+import { accelerateLaunch, CLIP_L_TOKENIZER, defineRecipe, flagsOf, modelPath, num, SD_SCRIPTS, SD_SCRIPTS_DIR, sdScriptsImage, stationthisMetadata, T5_XXL_TOKENIZER, TEST_RUN_TWO_STEPS } from './common';
 import { checkKohyaLora, kohyaCommonFlags, kohyaDatasetToml, kohyaFiles, kohyaOutputs, kohyaSamplePrompts, type KohyaCommonParams } from './kohya';
 import { warmupIssues } from './sdxl';
 
@@ -112,6 +112,7 @@ export const fluxRecipe: Recipe<FluxParameters> = defineRecipe<FluxParameters>({
     { argv: ['accelerate', 'launch', '--help'], flags: flagsOf(accelerateLaunch('bf16')) },
   ]),
   gpu: { count: 1, minVramGb: 24, recommendedVramGb: 24 },
+  testRun: { substitutions: [TEST_RUN_TWO_STEPS] },
   datasetRequirements: { minImages: 5, maxImages: 200, allowVideo: false, extensions: ['jpg', 'jpeg', 'png', 'webp'] },
   weights: FLUX_WEIGHTS,
   parameterSchema: fluxParameterSchema,

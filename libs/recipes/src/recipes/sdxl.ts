@@ -7,7 +7,7 @@ import { z } from 'zod';
 import type { Recipe, ValidationIssue, WeightFile } from '../contract';
 import { boolField, enumField, intField, joinPath, numberField, stepField } from '../params';
 import { quoteFromTime } from '../pricing';
-import { accelerateLaunch, CLIP_G_TOKENIZER, CLIP_L_TOKENIZER, defineRecipe, flagsOf, modelPath, SD_SCRIPTS, SD_SCRIPTS_DIR, sdScriptsImage, stationthisMetadata } from './common';
+import { accelerateLaunch, CLIP_G_TOKENIZER, CLIP_L_TOKENIZER, defineRecipe, flagsOf, modelPath, SD_SCRIPTS, SD_SCRIPTS_DIR, sdScriptsImage, stationthisMetadata, TEST_RUN_TWO_STEPS } from './common';
 import {
   checkKohyaLora,
   kohyaCommonFlags,
@@ -93,6 +93,7 @@ export const sdxlRecipe: Recipe<SdxlParameters> = defineRecipe<SdxlParameters>({
     { argv: ['accelerate', 'launch', '--help'], flags: flagsOf(accelerateLaunch('bf16')) },
   ]),
   gpu: { count: 1, minVramGb: 12, recommendedVramGb: 24 },
+  testRun: { substitutions: [TEST_RUN_TWO_STEPS] },
   datasetRequirements: { minImages: 5, maxImages: 200, allowVideo: false, extensions: ['jpg', 'jpeg', 'png', 'webp'] },
   weights: SDXL_WEIGHTS,
   parameterSchema: sdxlParameterSchema,

@@ -15,7 +15,7 @@ import { datasetItems, quoteFromTime } from '../pricing';
 import { KohyaProgressParser } from '../progress';
 import { checkLoraHeader } from '../safetensors';
 import { toToml, tomlFloat, type TomlTable } from '../util/toml';
-import { accelerateLaunch, defineRecipe, flagsOf, jobPath, modelPath, MUSUBI_DIR, MUSUBI_TUNER, musubiImage, num, stationthisMetadata } from './common';
+import { accelerateLaunch, defineRecipe, flagsOf, jobPath, modelPath, MUSUBI_DIR, MUSUBI_TUNER, musubiImage, num, stationthisMetadata, TEST_RUN_TWO_STEPS } from './common';
 
 const SRC = `${MUSUBI_DIR}/src/musubi_tuner`;
 export const WAN_CACHE_LATENTS_SCRIPT = `${SRC}/wan_cache_latents.py`;
@@ -231,6 +231,24 @@ export const wanRecipe: Recipe<WanParameters> = defineRecipe<WanParameters>({
     { argv: ['accelerate', 'launch', '--help'], flags: flagsOf(accelerateLaunch('bf16')) },
   ]),
   gpu: { count: 1, minVramGb: 24, recommendedVramGb: 48 },
+  testRun: {
+    substitutions: [
+      TEST_RUN_TWO_STEPS,
+      {
+        flag: '--fp8_base',
+        action: 'drop',
+        reason:
+          "CPU only: musubi computes WAN's time embedding under autocast(float32), which CUDA honours and CPU autocast does not support (torch: 'In CPU autocast, but the target dtype is not supported'), so F.linear meets Float and Float8_e4m3fn",
+      },
+    ],
+    weightOverrides: [
+      {
+        role: 'dit_t2v_1_3b',
+        fileName: 'wan2.1_t2v_1.3B_fp32.safetensors',
+        reason: "CPU only: the same DiT keys in fp32, for the same autocast(float32) reason (bf16 weights meet Float activations); musubi trains in the file's dtype",
+      },
+    ],
+  },
   datasetRequirements: { minImages: 1, maxImages: 200, allowVideo: true, extensions: ['jpg', 'jpeg', 'png', 'webp', 'mp4', 'webm', 'mov'] },
   weights: WAN_WEIGHTS,
   weightsFor(p) {
