@@ -1,5 +1,4 @@
 export { POINTS_DB } from './tokens';
-export { POINT_USD, usdToPoints, pointsToUsd } from './units';
 export { InsufficientPointsError, MovementBusyError, MovementConflictError, SimulatedCrashError } from './errors';
 export {
   PointsLedger,

@@ -2,29 +2,16 @@ import { ObjectId } from 'mongodb';
 import {
   InsufficientPointsError,
   MovementConflictError,
-  POINT_USD,
   PointsLedger,
   SPEND_MARKER_FIELD,
   SimulatedCrashError,
   ledgerEntryIdFor,
-  pointsToUsd,
   refundKey,
-  usdToPoints,
 } from '../src';
 import { createPlatformIndexes, openTestDb, platformEntry, resetLedger, snapshot, type TestDb } from './fixtures';
 
 const WALLET = '0xAbCdEf0000000000000000000000000000000001';
 const wallet = WALLET.toLowerCase();
-
-describe('units', () => {
-  it('uses the platform point', () => {
-    expect(POINT_USD).toBe(0.000337);
-    expect(usdToPoints(1)).toBe(2968);
-    expect(usdToPoints(0.000337)).toBe(1);
-    expect(pointsToUsd(10_000)).toBeCloseTo(3.37, 10);
-    expect(() => usdToPoints(-1)).toThrow(RangeError);
-  });
-});
 
 describe('PointsLedger (real server)', () => {
   let t: TestDb;

@@ -225,6 +225,8 @@ export interface Quote {
   estimatedSeconds: number;
   /** Estimated GPU-hour rate used, in USD. */
   gpuUsdPerHour: number;
+  /** The platform fee the quote was priced with (0.2 = 20 %); settlement uses the same. */
+  platformFee: number;
   breakdown: QuoteLine[];
 }
 

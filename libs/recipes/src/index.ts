@@ -14,7 +14,7 @@ export { applyArgvSubstitutions, testRunWeights } from './test-run';
 export { jobParametersFromPlatformDoc, PLATFORM_PARAMETER_FIELDS } from './platform';
 export { PROGRESS_PARSER, KohyaProgressParser, classifyErrorLine, ERROR_SIGNATURES } from './progress';
 export type { TqdmLine } from './progress';
-export { USD_PER_POINT, PLATFORM_FEE, SAFETY_FACTOR, GPU_USD_PER_HOUR, gpuClassFor, usdToPoints } from './pricing';
+export { USD_PER_POINT, PLATFORM_FEE, SAFETY_FACTOR, GPU_USD_PER_HOUR, gpuClassFor, usdToPoints, pointsToUsd, usedPoints } from './pricing';
 export { sdxlRecipe } from './recipes/sdxl';
 export type { SdxlParameters } from './recipes/sdxl';
 export { fluxRecipe } from './recipes/flux';

@@ -7,6 +7,10 @@
  *   points   = ceil(usd × (1 + PLATFORM_FEE) × SAFETY_FACTOR / USD_PER_POINT)
  * The quote is the MAXIMUM chargeable amount: the safety factor covers slower
  * hosts and the worker never charges more than the quote (it may charge less).
+ *
+ * Settlement prices the GPU time actually used the same way, without the
+ * safety factor (`usedPoints`). This module is the only place the point value
+ * and the fee live: quote (here) and settlement (the worker) cannot disagree.
  */
 import type { DatasetSummary, Quote, QuoteLine } from './contract';
 
@@ -30,8 +34,27 @@ export function gpuClassFor(vramGb: number): { label: string; usdPerHour: number
   return { label: row.label, usdPerHour: row.usdPerHour };
 }
 
+/** Points for a USD amount, rounded up: a charge or quote must never undercount. */
 export function usdToPoints(usd: number): number {
-  return Math.ceil(usd / USD_PER_POINT - 1e-9);
+  if (!Number.isFinite(usd) || usd < 0) throw new RangeError(`usdToPoints needs a finite, non-negative USD amount, got ${usd}.`);
+  // the epsilon stops 1.0000000000000002 from becoming 2 after float division
+  // (and max(0, …) stops -0, which Mongo would store as a double -0.0)
+  return Math.max(0, Math.ceil(usd / USD_PER_POINT - 1e-9));
+}
+
+export function pointsToUsd(points: number): number {
+  return points * USD_PER_POINT;
+}
+
+/**
+ * Points for the GPU time a job actually used: priced like its quote (the
+ * quote's GPU rate and fee, recorded when it was made, so a later change of
+ * the fee never reprices a running job), never above the quote.
+ */
+export function usedPoints(quote: Pick<Quote, 'points' | 'gpuUsdPerHour'> & { platformFee?: number }, trainSeconds: number): number {
+  const seconds = Math.max(0, Number.isFinite(trainSeconds) ? trainSeconds : 0);
+  const usd = (seconds / 3600) * quote.gpuUsdPerHour * (1 + (quote.platformFee ?? PLATFORM_FEE));
+  return Math.min(quote.points, usdToPoints(usd));
 }
 
 export interface TimeModelLine {
@@ -57,7 +80,7 @@ export function quoteFromTime(lines: TimeModelLine[], vramGb: number): Quote {
   const feePoints = Math.round(computePointsExact * PLATFORM_FEE);
   breakdown.push({ label: `platform fee ${Math.round(PLATFORM_FEE * 100)}%`, points: feePoints });
   breakdown.push({ label: `safety margin ×${SAFETY_FACTOR} (maximum chargeable)`, points: points - computePoints - feePoints });
-  return { points, estimatedSeconds: Math.ceil(seconds), gpuUsdPerHour: gpu.usdPerHour, breakdown };
+  return { points, estimatedSeconds: Math.ceil(seconds), gpuUsdPerHour: gpu.usdPerHour, platformFee: PLATFORM_FEE, breakdown };
 }
 
 /** Items the engine trains on per epoch, for cost: images plus weighted video clips. */

@@ -41,7 +41,8 @@ const schema = z.object({
   WORKER_CPU_TEST_RUNS: bool.default(false),
   // Operator-provisioned base models (air-gapped hosts, the engine demo): files here are used instead of R2.
   WEIGHTS_LOCAL_DIR: z.string().refine((v) => v.startsWith('/'), 'must be an absolute path').optional(),
-  PLATFORM_FEE_MULTIPLIER: z.coerce.number().min(1).max(10).default(1.2),
+  // Removed: the fee lives in libs/recipes pricing and is recorded in each quote, so quote and settlement agree.
+  PLATFORM_FEE_MULTIPLIER: z.undefined({ error: 'was removed: the platform fee is PLATFORM_FEE in @stationthis/recipes, recorded in each quote; unset it' }).optional(),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 
@@ -84,7 +85,6 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env) {
     imageRegistry: c.IMAGE_REGISTRY,
     imageNamespace: c.IMAGE_NAMESPACE,
     shares: { datasetCreator: c.DATASET_CREATOR_SHARE, trainer: c.TRAINER_SHARE },
-    platformFeeMultiplier: c.PLATFORM_FEE_MULTIPLIER,
     cpuTestRuns: c.WORKER_CPU_TEST_RUNS,
     weightsLocalDir: c.WEIGHTS_LOCAL_DIR,
     logLevel: c.LOG_LEVEL,

@@ -18,7 +18,7 @@ import { basename, join } from 'node:path';
 import { ObjectId } from 'mongodb';
 import { inject, injectable } from 'tsyringe';
 import { DatasetRepository, LoraModelRepository, slugify, TrainingJobDoc, TrainingJobRepository, UserCoreReader } from '@stationthis/db';
-import { InsufficientPointsError, POINT_USD, PointsLedger } from '@stationthis/points';
+import { InsufficientPointsError, PointsLedger } from '@stationthis/points';
 import { DatasetFetcher, FetchedDataset, ModelUploader, ObjectStorage, PlatformDatasetDoc, StorageError, WeightCache, jobArtifactKey, loraKey } from '@stationthis/storage';
 import { CONTAINER_RUNTIME, ContainerRuntime, GpuAllocator } from '@stationthis/docker';
 import {
@@ -36,6 +36,7 @@ import {
   summarizeDataset,
   testRunWeights,
   trainingCaption,
+  usedPoints,
 } from '@stationthis/recipes';
 import { WORKER_CONFIG } from '../tokens';
 import type { WorkerConfig } from '../config/worker-config';
@@ -50,7 +51,8 @@ import { CancelRequested, JobFailure, LeaseLost, containerFailureMessage } from 
 export interface PipelineState {
   recipeId?: string;
   recipeVersion?: string;
-  quote?: { points: number; estimatedSeconds: number; gpuUsdPerHour: number };
+  /** Fixed at the first attempt. platformFee is absent on quotes recorded before recipes 0.3.0 (the fee was 0.2 then too). */
+  quote?: { points: number; estimatedSeconds: number; gpuUsdPerHour: number; platformFee?: number };
   charged?: boolean;
   slug?: string;
   trainSeconds?: number;
@@ -165,14 +167,14 @@ export class JobPipeline {
 
       ctx.throwIfStopped();
       await this.step(ctx, 'register', recipeId, () => this.register(ctx, state, prepared!));
-      const used = this.usedPoints(state.quote!, state.trainSeconds ?? 0);
+      const used = usedPoints(state.quote!, state.trainSeconds ?? 0);
       state.settleIntent = { outcome: 'completed', usedPoints: used, reason: 'training completed' };
       await this.setState(ctx, { settleIntent: state.settleIntent });
       await this.finish(ctx, state, 'completed', 'training completed', prepared);
     } catch (err) {
       if (err instanceof CancelRequested || ctx.stopReason === 'cancel') {
         const seconds = trainStartedAt ? (Date.now() - trainStartedAt) / 1000 : 0;
-        const used = state.quote ? this.usedPoints(state.quote, seconds) : 0;
+        const used = state.quote ? usedPoints(state.quote, seconds) : 0;
         state.settleIntent = { outcome: 'cancelled', usedPoints: used, reason: `cancelled by user after ${Math.round(seconds)} s of training` };
         await this.setState(ctx, { settleIntent: state.settleIntent });
         await this.finish(ctx, state, 'cancelled', state.settleIntent.reason);
@@ -252,7 +254,7 @@ export class JobPipeline {
   private async charge(ctx: JobContext, state: PipelineState, p: Prepared): Promise<void> {
     if (state.charged) return;
     // The quote is fixed the first time and reused on every later attempt.
-    state.quote ??= { points: p.quote.points, estimatedSeconds: p.quote.estimatedSeconds, gpuUsdPerHour: p.quote.gpuUsdPerHour };
+    state.quote ??= { points: p.quote.points, estimatedSeconds: p.quote.estimatedSeconds, gpuUsdPerHour: p.quote.gpuUsdPerHour, platformFee: p.quote.platformFee };
     await this.setState(ctx, { quote: state.quote, recipeId: p.recipe.id, recipeVersion: p.recipe.version });
     try {
       await this.ledger.charge({
@@ -656,12 +658,6 @@ export class JobPipeline {
       void this.jobs.updateProgress(ctx.lease, { logLines: applied.map((a) => `[worker] CPU test run, ${step.name}: ${a}`) }).catch(() => undefined);
     }
     return { argv };
-  }
-
-  /** GPU time actually used, priced like the quote, never above the quote. */
-  usedPoints(quote: { points: number; gpuUsdPerHour: number }, seconds: number): number {
-    const usd = (seconds / 3600) * quote.gpuUsdPerHour * this.config.platformFeeMultiplier;
-    return Math.min(quote.points, Math.ceil(usd / POINT_USD));
   }
 
   private async step<T>(ctx: JobContext, name: string, recipe: string, fn: () => Promise<T>): Promise<T> {

@@ -1,5 +1,5 @@
 /** Quotes for sample jobs, in platform points (1 point = $0.000337). */
-import { getRecipe, GPU_USD_PER_HOUR, PLATFORM_FEE, SAFETY_FACTOR, USD_PER_POINT, type Recipe } from '../index';
+import { getRecipe, GPU_USD_PER_HOUR, PLATFORM_FEE, pointsToUsd, SAFETY_FACTOR, USD_PER_POINT, usdToPoints, usedPoints, type Recipe } from '../index';
 
 function quote(id: string, raw: Record<string, unknown>, dataset: { imageCount: number; videoCount?: number }) {
   const recipe = getRecipe(id) as Recipe;
@@ -51,5 +51,36 @@ describe('quotes', () => {
     expect(quote('smoke-cpu', { steps: 10 }, { imageCount: 1 }).points).toBe(11);
     expect(quote('smoke-cpu', { steps: 2000 }, { imageCount: 50 }).points).toBe(210);
     expect(quote('smoke-cpu', {}, { imageCount: 6 }).gpuUsdPerHour).toBe(0.5);
+  });
+});
+
+describe('units and settlement pricing (the one pricing module)', () => {
+  it('uses the platform point', () => {
+    expect(usdToPoints(1)).toBe(2968);
+    expect(usdToPoints(0.000337)).toBe(1);
+    expect(pointsToUsd(10_000)).toBeCloseTo(3.37, 10);
+    expect(() => usdToPoints(-1)).toThrow(RangeError);
+    expect(() => usdToPoints(Number.NaN)).toThrow(RangeError);
+  });
+
+  it('prices used GPU time with the fee the quote recorded, never above the quote', () => {
+    const q = quote('sdxl-lora', {}, { imageCount: 20 });
+    expect(q.platformFee).toBe(PLATFORM_FEE);
+    // One hour at the quote's rate plus the fee, in points.
+    expect(usedPoints({ ...q, points: 1e9 }, 3600)).toBe(usdToPoints(q.gpuUsdPerHour * (1 + PLATFORM_FEE)));
+    // A fee recorded at quote time wins over today's constant.
+    expect(usedPoints({ points: 1e9, gpuUsdPerHour: 1, platformFee: 0 }, 3600)).toBe(usdToPoints(1));
+    // Quotes recorded before the fee was recorded use the constant (it was 0.2 then too).
+    expect(usedPoints({ points: 1e9, gpuUsdPerHour: 1 }, 3600)).toBe(usdToPoints(1.2));
+    expect(usedPoints(q, 10 * q.estimatedSeconds)).toBe(q.points);
+    expect(usedPoints(q, 0)).toBe(0);
+    expect(usedPoints(q, -5)).toBe(0);
+  });
+
+  it('the quote at its own estimate is the used price times the safety factor', () => {
+    const q = quote('flux-lora', {}, { imageCount: 20 });
+    const used = usedPoints(q, q.estimatedSeconds);
+    expect(q.points / used).toBeGreaterThan(SAFETY_FACTOR * 0.99);
+    expect(q.points / used).toBeLessThan(SAFETY_FACTOR * 1.01);
   });
 });

@@ -5,6 +5,7 @@
  * its LoRA has kohya key names and metadata. Used by tests and the README
  * demo; never offered to users (product: false).
  */
+import { PLATFORM_FEE } from '../pricing';
 import { z } from 'zod';
 import type { Recipe, RenderInput } from '../contract';
 import { CONTAINER_PATHS } from '../contract';
@@ -113,6 +114,7 @@ export const smokeRecipe: Recipe<SmokeParameters> = defineRecipe<SmokeParameters
       estimatedSeconds,
       // A nominal CPU-slot price so the demo and tests exercise real charge/refund/credit arithmetic.
       gpuUsdPerHour: 0.5,
+      platformFee: PLATFORM_FEE,
       breakdown: [
         { label: 'smoke base price', points: 10 },
         { label: `${p.steps} CPU steps (1 point per 10)`, points: stepPoints },
