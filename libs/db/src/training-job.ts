@@ -27,7 +27,26 @@ export type TrainingEnvironment = 'production' | 'development';
  * `timeout` (deadline or stall), `infrastructure` (our side: retried, then a
  * full refund). `user` and `insufficient-points` are kept for older documents.
  */
-export type FailureClass = 'user-input' | 'dataset' | 'engine' | 'oom' | 'timeout' | 'infrastructure' | 'user' | 'insufficient-points';
+export type FailureClass = JobFailureClass | 'user' | 'insufficient-points';
+
+/** The classes a worker writes today: the one vocabulary of job failures (worker, repository, UI). */
+export const JOB_FAILURE_CLASSES = ['user-input', 'dataset', 'engine', 'oom', 'timeout', 'infrastructure'] as const;
+export type JobFailureClass = (typeof JOB_FAILURE_CLASSES)[number];
+
+export interface FailurePolicy {
+  /** Another attempt may succeed (only problems on our side are worth one; the charge is kept for it). */
+  retry: boolean;
+}
+
+/** What each class means for the job: data the worker consults, not a rule written in code. */
+export const FAILURE_POLICY: Readonly<Record<JobFailureClass, FailurePolicy>> = {
+  'user-input': { retry: false },
+  dataset: { retry: false },
+  engine: { retry: false },
+  oom: { retry: false },
+  timeout: { retry: false },
+  infrastructure: { retry: true },
+};
 
 /**
  * A `trainingJobs` document. The first block is the platform's shape

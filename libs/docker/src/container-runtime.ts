@@ -59,7 +59,11 @@ export interface ContainerRunObserver {
   onStarted?(containerId: string): void;
 }
 
-export type FailureClass = 'oom' | 'timeout' | 'stall' | 'engine' | 'infrastructure' | 'cancelled';
+/**
+ * Why a container run failed, as the runtime saw it. Not a job failure class:
+ * the worker maps each kind to one of libs/db's JOB_FAILURE_CLASSES.
+ */
+export type ContainerFailureKind = 'oom' | 'timeout' | 'stall' | 'engine' | 'infrastructure' | 'cancelled';
 
 export interface ContainerRunResult {
   /** '' when the container could not even be created. */
@@ -68,7 +72,7 @@ export interface ContainerRunResult {
   exitCode: number | null;
   oomKilled: boolean;
   /** null = success (exit 0, nothing else went wrong). */
-  failureClass: FailureClass | null;
+  failureClass: ContainerFailureKind | null;
   /** What went wrong, in words, when failureClass is not null. */
   failureMessage?: string;
   durationMs: number;

@@ -7,7 +7,7 @@ import type {
   ContainerRunResult,
   ContainerRunSpec,
   ContainerRuntime,
-  FailureClass,
+  ContainerFailureKind,
   LogStreamName,
   RegistryAuth,
 } from './container-runtime';
@@ -105,15 +105,15 @@ export class DockerContainerRuntime implements ContainerRuntime {
     let container: Dockerode.Container | undefined;
     let started = false;
     // A holder object, because closures (timers, abort) set it and TS would otherwise narrow it to null.
-    const stop: { reason: { cls: FailureClass; message: string } | null } = { reason: null };
-    const stopped = (): { cls: FailureClass; message: string } | null => stop.reason;
+    const stop: { reason: { cls: ContainerFailureKind; message: string } | null } = { reason: null };
+    const stopped = (): { cls: ContainerFailureKind; message: string } | null => stop.reason;
     let stopping: Promise<void> | undefined;
     let attachStream: NodeJS.ReadableStream | undefined;
     let logFile: LogFile | undefined;
     let lastProgressAt = Date.now();
     const timers: NodeJS.Timeout[] = [];
 
-    const result = (failureClass: FailureClass | null, failureMessage: string | undefined, exitCode: number | null = null, oomKilled = false): ContainerRunResult => ({
+    const result = (failureClass: ContainerFailureKind | null, failureMessage: string | undefined, exitCode: number | null = null, oomKilled = false): ContainerRunResult => ({
       containerId: container?.id ?? '',
       exitCode,
       oomKilled,
@@ -125,7 +125,7 @@ export class DockerContainerRuntime implements ContainerRuntime {
       ...(logFile?.error ? { logFileError: `writing ${spec.logFilePath} failed: ${logFile.error.message}` } : {}),
     });
 
-    const requestStop = (cls: FailureClass, message: string): void => {
+    const requestStop = (cls: ContainerFailureKind, message: string): void => {
       if (stop.reason) return;
       stop.reason = { cls, message };
       if (container && started) stopping = this.stopContainer(container, grace);

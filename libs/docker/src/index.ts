@@ -7,7 +7,7 @@ export {
   type ContainerMount,
   type ContainerRunObserver,
   type ContainerRunResult,
-  type FailureClass,
+  type ContainerFailureKind,
   type LogStreamName,
   type RegistryAuth,
 } from './container-runtime';

@@ -1,22 +1,10 @@
 /**
- * Failure classes and the plain-words reasons users see in `failureReason`.
- * Each class decides whether the job is retried and how points are settled.
+ * The plain-words reasons users see in `failureReason`. The classes and what
+ * each means for retries are libs/db's (JOB_FAILURE_CLASSES, FAILURE_POLICY).
  */
-export type JobFailureClass = 'user-input' | 'dataset' | 'engine' | 'oom' | 'timeout' | 'infrastructure';
+import type { JobFailureClass } from '@stationthis/db';
 
-export interface FailurePolicy {
-  /** Retry on another attempt (only infrastructure problems are worth it). */
-  retry: boolean;
-}
-
-export const FAILURE_POLICY: Record<JobFailureClass, FailurePolicy> = {
-  'user-input': { retry: false },
-  dataset: { retry: false },
-  engine: { retry: false },
-  oom: { retry: false },
-  timeout: { retry: false },
-  infrastructure: { retry: true },
-};
+export { FAILURE_POLICY, type JobFailureClass } from '@stationthis/db';
 
 /** An expected pipeline failure: what failed, why, and what the user can do. */
 export class JobFailure extends Error {

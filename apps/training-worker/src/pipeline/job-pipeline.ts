@@ -45,7 +45,7 @@ import { ImageResolver } from './image-resolver';
 import { JobContext } from './job-context';
 import { stepContainerSpec } from './step-container';
 import { mergeSafetensorsMetadata, readSafetensorsHeader } from './safetensors-file';
-import { CancelRequested, JobFailure, LeaseLost, containerFailureMessage } from './failures';
+import { CancelRequested, FAILURE_POLICY, JobFailure, LeaseLost, containerFailureMessage, type JobFailureClass } from './failures';
 
 /** What `job.pipeline` holds. Written step by step, read on resume. */
 export interface PipelineState {
@@ -184,7 +184,7 @@ export class JobPipeline {
       const failure = err instanceof JobFailure ? err : new JobFailure('infrastructure', `The worker hit an internal error (${(err as Error).message}). The job will be retried if attempts remain; otherwise points are refunded.`, { cause: err });
       ctx.log.error({ err, failureClass: failure.failureClass }, 'attempt failed');
       this.metrics.failures.inc({ class: failure.failureClass });
-      if (failure.failureClass === 'infrastructure' && (ctx.job.attempts ?? 1) < (ctx.job.maxAttempts ?? this.config.maxAttempts)) {
+      if (FAILURE_POLICY[failure.failureClass].retry && (ctx.job.attempts ?? 1) < (ctx.job.maxAttempts ?? this.config.maxAttempts)) {
         // Another attempt may succeed: re-queue, keeping the charge (the next attempt reuses it).
         const outcome = await this.jobs.retryLater(ctx.lease, failure.userMessage);
         if (outcome === 'QUEUED') {
@@ -577,7 +577,7 @@ export class JobPipeline {
   }
 
   /** Settles points per the recorded intent, credits contributors on success, then ends the job. */
-  private async finish(ctx: JobContext, state: PipelineState, outcome: 'completed' | 'failed' | 'cancelled', reason: string, p?: Prepared, failureClass?: string): Promise<void> {
+  private async finish(ctx: JobContext, state: PipelineState, outcome: 'completed' | 'failed' | 'cancelled', reason: string, p?: Prepared, failureClass?: JobFailureClass): Promise<void> {
     const intent = state.settleIntent;
     // The quote is recorded before the charge, so a charge whose flag was lost in a crash is still settled.
     if (state.quote && intent) {
