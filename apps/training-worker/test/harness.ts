@@ -228,9 +228,13 @@ export async function createHarness(suite: string, extraEnv: NodeJS.ProcessEnv =
 export async function manifestWithSmokeImage(dir: string, image: string): Promise<string> {
   const smoke = getRecipe('smoke-cpu');
   const path = join(dir, 'manifest-override.json');
-  const base = existsSync(SHARED_MANIFEST) ? JSON.parse(await readFile(SHARED_MANIFEST, 'utf8')) : {};
-  const images = { ...(base.images ?? base), [`${smoke.id}@${smoke.version}`]: { image, tag: undefined } };
-  await writeFile(path, JSON.stringify({ images }, null, 2));
+  const base = existsSync(SHARED_MANIFEST) ? JSON.parse(await readFile(SHARED_MANIFEST, 'utf8')) : { images: {} };
+  // A valid manifest entry (the worker refuses a malformed manifest), unpushed: the worker runs image:tag.
+  const at = image.lastIndexOf(':');
+  const [repo, tag] = at > image.lastIndexOf('/') ? [image.slice(0, at), image.slice(at + 1)] : [image, 'latest'];
+  const entry = { recipeId: smoke.id, recipeVersion: smoke.version, image: repo, tag, gitTag: 'test', digest: null, repoDigest: null, imageId: 'sha256:test', engineCommit: smoke.engine.commit };
+  const images = { ...base.images, [`${smoke.id}@${smoke.version}`]: entry };
+  await writeFile(path, JSON.stringify({ schemaVersion: 1, images }, null, 2));
   return path;
 }
 

@@ -10,6 +10,15 @@ export { parseSafetensorsHeader, safetensorsHeaderLength, MAX_SAFETENSORS_HEADER
 export { comfyModelKeys, comfyLoraKeyMap, resolveComfyLoraKeys } from './comfy-lora-keys';
 export type { ComfyModelFamily, LoraKeyResolution } from './comfy-lora-keys';
 export { trainingCaption, captionHasTrigger, isVideoItem, summarizeDataset, VIDEO_EXTENSIONS } from './dataset';
+export {
+  IMAGE_MANIFEST_SCHEMA_VERSION,
+  findManifestEntry,
+  imageManifestKey,
+  parseImageManifest,
+  parseImageManifestText,
+  serializeImageManifest,
+} from './image-manifest';
+export type { ImageManifest, ImageManifestEntry } from './image-manifest';
 export { applyArgvSubstitutions, testRunWeights } from './test-run';
 export { jobParametersFromPlatformDoc, PLATFORM_PARAMETER_FIELDS } from './platform';
 export { PROGRESS_PARSER, KohyaProgressParser, classifyErrorLine, ERROR_SIGNATURES } from './progress';
