@@ -18,8 +18,10 @@ export default [
             { sourceTag: 'type:lib', onlyDependOnLibsWithTags: ['type:lib'] },
             // libs/recipes is pure: other platform apps import it, so it may use no adapter.
             { sourceTag: 'kind:pure', onlyDependOnLibsWithTags: ['kind:pure'] },
-            // Adapters own one concern each and never import each other.
-            { sourceTag: 'kind:adapter', onlyDependOnLibsWithTags: ['kind:pure'] },
+            // Adapters own one concern each and never import each other; they share the utility tier.
+            { sourceTag: 'kind:adapter', onlyDependOnLibsWithTags: ['kind:pure', 'kind:util'] },
+            // The utility tier (libs/common) imports no other library.
+            { sourceTag: 'kind:util', onlyDependOnLibsWithTags: [] },
           ],
         },
       ],

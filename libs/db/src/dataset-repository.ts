@@ -1,6 +1,6 @@
 import type { Collection, Db, Filter, ObjectId } from 'mongodb';
 import { inject, injectable } from 'tsyringe';
-import { toObjectId, toObjectIdOrString, type IdLike } from './ids';
+import { toObjectId, toObjectIdOrString, type IdLike } from '@stationthis/common';
 import { MONGO_DB } from './mongo';
 
 export const DATASETS_COLLECTION = 'datasets';

@@ -1,5 +1,5 @@
 export { MONGO_DB, connectMongo, redactUrl } from './mongo';
-export { idForms, isObjectIdHex, toObjectId, toObjectIdOrString, type IdLike } from './ids';
+export { idForms, isObjectIdHex, toObjectId, toObjectIdOrString, type IdLike } from '@stationthis/common';
 export {
   JOB_STATUSES,
   TERMINAL_STATUSES,

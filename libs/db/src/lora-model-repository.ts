@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import { ObjectId, type Collection, type Db, type Filter } from 'mongodb';
 import { inject, injectable } from 'tsyringe';
-import { idForms, toObjectId, toObjectIdOrString, type IdLike } from './ids';
-import { ensureNamedIndexes } from './indexes';
+import { idForms, toObjectId, toObjectIdOrString, type IdLike } from '@stationthis/common';
+import { ensureNamedIndexes, isDuplicateKeyError } from '@stationthis/common';
 import { MONGO_DB } from './mongo';
 
 export const LORA_MODELS_COLLECTION = 'loraModels';
@@ -190,7 +190,7 @@ export class LoraModelRepository {
       await this.models.insertOne(doc);
       return { model: doc, created: true };
     } catch (err) {
-      if ((err as { code?: number }).code !== 11000) throw err;
+      if (!isDuplicateKeyError(err)) throw err;
       const winner = await this.models.findOne({ _id });
       if (!winner) throw err;
       return { model: winner, created: false };

@@ -1,3 +1,4 @@
+import { redactUrl } from '@stationthis/common';
 import { MongoClient, type Db } from 'mongodb';
 import type { InjectionToken } from 'tsyringe';
 
@@ -22,7 +23,4 @@ export async function connectMongo(url: string, dbName: string): Promise<{ clien
   return { client, db: client.db(dbName) };
 }
 
-/** Drop credentials from a connection string before it goes into an error message. */
-export function redactUrl(url: string): string {
-  return url.replace(/\/\/[^@/]*@/, '//***@');
-}
+export { redactUrl };

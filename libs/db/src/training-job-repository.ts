@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import type { Collection, Db, Filter, ObjectId, UpdateFilter } from 'mongodb';
 import { inject, injectable } from 'tsyringe';
-import { idForms, toObjectIdOrString } from './ids';
-import { ensureNamedIndexes } from './indexes';
+import { idForms, toObjectIdOrString } from '@stationthis/common';
+import { ensureNamedIndexes, isDuplicateKeyError } from '@stationthis/common';
 import {
   allowedFrom,
   InvalidTransitionError,
@@ -227,7 +227,7 @@ export class TrainingJobRepository {
       await this.tokens.insertOne({ _id: id, ...fields });
       return true;
     } catch (err) {
-      if ((err as { code?: number }).code === 11000) return false;
+      if (isDuplicateKeyError(err)) return false;
       throw err;
     }
   }

@@ -1,3 +1,4 @@
+import { ensureNamedIndexes, idForms, isDuplicateKeyError, toObjectIdOrString } from '@stationthis/common';
 import { createHash, randomUUID } from 'node:crypto';
 import { ObjectId, type Collection, type Db, type Document, type Filter } from 'mongodb';
 import { inject, injectable } from 'tsyringe';
@@ -103,8 +104,6 @@ function accountLockNames(account: AccountRef): string[] {
   return names;
 }
 
-const DUPLICATE_KEY = 11000;
-const INDEX_EXISTS_CODES = new Set([85, 86]); // IndexOptionsConflict, IndexKeySpecsConflict
 
 /**
  * Exactly-once training points on the platform's `credit_ledger`, with only
@@ -153,12 +152,12 @@ export class PointsLedger {
    * equivalent index under another name, that one is kept.
    */
   async ensureIndexes(): Promise<void> {
-    await createMissingIndexes(this.movements, [
+    await ensureNamedIndexes(this.movements, [
       { key: { jobId: 1, createdAt: 1 }, name: 'st_job' },
       { key: { accountId: 1, createdAt: 1 }, name: 'st_account' },
       { key: { state: 1, updatedAt: 1 }, name: 'st_state' },
     ]);
-    await createMissingIndexes(this.ledger, [
+    await ensureNamedIndexes(this.ledger, [
       { key: { master_account_id: 1, status: 1, points_remaining: 1 }, name: 'st_account_balance' },
       { key: { depositor_address: 1, status: 1, points_remaining: 1 }, name: 'st_wallet_balance' },
     ]);
@@ -226,7 +225,7 @@ export class PointsLedger {
           try {
             await this.movements.insertOne(doc);
           } catch (err) {
-            if ((err as { code?: number }).code === DUPLICATE_KEY) continue; // a concurrent caller won; follow it
+            if (isDuplicateKeyError(err)) continue; // a concurrent caller won; follow it
             throw err;
           }
           await this.step('charge:journal');
@@ -312,7 +311,7 @@ export class PointsLedger {
         replay = false;
         await this.step('settle:journal');
       } catch (err) {
-        if ((err as { code?: number }).code !== DUPLICATE_KEY) throw err;
+        if (!isDuplicateKeyError(err)) throw err;
         journal = (await this.movements.findOne({ _id: key })) as MovementDoc;
       }
     }
@@ -370,7 +369,7 @@ export class PointsLedger {
         replay = false;
         await this.step('credit:journal');
       } catch (err) {
-        if ((err as { code?: number }).code !== DUPLICATE_KEY) throw err;
+        if (!isDuplicateKeyError(err)) throw err;
         journal = (await this.movements.findOne({ _id: key })) as MovementDoc;
       }
     }
@@ -545,7 +544,7 @@ export class PointsLedger {
     const now = new Date();
     const entry: LedgerEntryDoc = {
       _id: journal.ledgerEntryId ?? ledgerEntryIdFor(journal._id),
-      master_account_id: toAccountIdForm(journal.accountId),
+      master_account_id: toObjectIdOrString(journal.accountId) /* new entries use ObjectId like the platform; a legacy string id stays */,
       status: 'CONFIRMED',
       type,
       description: journal.reason,
@@ -563,7 +562,7 @@ export class PointsLedger {
     try {
       await this.ledger.insertOne(entry);
     } catch (err) {
-      if ((err as { code?: number }).code !== DUPLICATE_KEY) throw err; // inserted before a crash: done
+      if (!isDuplicateKeyError(err)) throw err; // inserted before a crash: done
     }
   }
 
@@ -597,7 +596,7 @@ export class PointsLedger {
         await this.locks.insertOne({ _id, token, until: new Date(Date.now() + this.lockMs) });
         return { _id, token };
       } catch (err) {
-        if ((err as { code?: number }).code !== DUPLICATE_KEY) throw err;
+        if (!isDuplicateKeyError(err)) throw err;
       }
       const current = await this.locks.findOne({ _id });
       if (current && current.until.getTime() < Date.now()) {
@@ -653,41 +652,6 @@ export function platformSpendOrder(a: LedgerEntryDoc, b: LedgerEntryDoc): number
   return a._id.toHexString().localeCompare(b._id.toHexString());
 }
 
-/**
- * Create the indexes not present yet, by name and by key: an equivalent index
- * the platform made under another name is kept. Checking first also avoids a
- * FerretDB v1.24 panic when createIndexes is re-sent for existing indexes.
- */
-async function createMissingIndexes<T extends Document>(
-  collection: Collection<T>,
-  specs: Array<{ key: Record<string, 1 | -1>; name: string }>,
-): Promise<void> {
-  let existing: Document[] = [];
-  try {
-    existing = await collection.listIndexes().toArray();
-  } catch (err) {
-    if ((err as { code?: number }).code !== 26) throw err; // NamespaceNotFound
-  }
-  const sameKey = (a: Document, b: Document) => JSON.stringify(Object.entries(a)) === JSON.stringify(Object.entries(b));
-  for (const spec of specs) {
-    if (existing.some((ix) => ix['name'] === spec.name || sameKey(ix['key'] as Document, spec.key))) continue;
-    try {
-      await collection.createIndex(spec.key, { name: spec.name });
-    } catch (err) {
-      if (!INDEX_EXISTS_CODES.has((err as { code?: number }).code ?? 0)) throw err;
-    }
-  }
-}
-
-function idForms(id: string | ObjectId): Array<string | ObjectId> {
-  const text = String(id);
-  return /^[0-9a-fA-F]{24}$/.test(text) ? [new ObjectId(text), text] : [text];
-}
-
-/** New entries use ObjectId like the platform; a non-hex legacy id stays a string. */
-function toAccountIdForm(id: string): ObjectId | string {
-  return /^[0-9a-fA-F]{24}$/.test(id) ? new ObjectId(id) : id;
-}
 
 /** Deposits store depositor_address lower-cased. */
 function normalizeWallet(wallet: string | null | undefined): string | null {

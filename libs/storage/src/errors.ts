@@ -1,3 +1,4 @@
+import { redactUrl } from '@stationthis/common';
 /**
  * One error type for everything this library refuses or fails to do. `kind`
  * lets callers branch (retry later, fail the job, blame the user's dataset)
@@ -58,18 +59,7 @@ export class StorageError extends Error {
   }
 }
 
-/** Strips query strings (presigned signatures, tokens) and userinfo from a URL before it goes into an error or log. */
-export function redactUrl(raw: string): string {
-  try {
-    const u = new URL(raw);
-    u.username = '';
-    u.password = '';
-    if (u.search) u.search = '?…';
-    return u.toString();
-  } catch {
-    return raw.length > 200 ? `${raw.slice(0, 200)}…` : raw;
-  }
-}
+export { redactUrl };
 
 interface SdkLikeError {
   name?: string;

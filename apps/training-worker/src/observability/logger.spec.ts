@@ -15,7 +15,7 @@ describe('logger redaction', () => {
   });
 
   it('strips passwords from connection strings', () => {
-    expect(redactUrl('mongodb+srv://user:p4ss@cluster.example/db')).toBe('mongodb+srv://user:***@cluster.example/db');
+    expect(redactUrl('mongodb+srv://user:p4ss@cluster.example/db')).toBe('mongodb+srv://***@cluster.example/db');
     expect(redactUrl('mongodb://127.0.0.1:27017')).toBe('mongodb://127.0.0.1:27017');
   });
 });

@@ -10,10 +10,8 @@ export const REDACT_PATHS = [
   'config.mongoUrl', 'env',
 ];
 
-/** Strips credentials from URLs such as mongodb://user:pass@host. */
-export function redactUrl(url: string): string {
-  return url.replace(/\/\/([^/@:]+):([^/@]+)@/, '//$1:***@');
-}
+/** One redaction rule for every library and the worker (libs/common). */
+export { redactUrl } from '@stationthis/common';
 
 export function createLogger(level: string, destination?: pino.DestinationStream): Logger {
   return pino(
