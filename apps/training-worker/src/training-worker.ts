@@ -14,6 +14,7 @@ import type { WorkerConfig } from './config/worker-config';
 import type { Logger } from './observability/logger';
 import { WorkerMetrics } from './observability/metrics';
 import { JobContext } from './pipeline/job-context';
+import { pipelineStateOf } from './pipeline/pipeline-state';
 import { containerScope, JobPipeline } from './pipeline/job-pipeline';
 import { LeaseLost, ShutdownRequested } from './pipeline/failures';
 
@@ -185,7 +186,7 @@ export class TrainingWorker {
   private async settleTerminalJobs(): Promise<void> {
     for (const job of await this.jobs.findRefundsDue()) {
       const jobId = String(job._id);
-      const intent = (job.pipeline as { settleIntent?: { usedPoints: number; reason: string } } | undefined)?.settleIntent;
+      const intent = pipelineStateOf(job).settleIntent;
       const usedPoints = job.status === 'FAILED' ? 0 : (intent?.usedPoints ?? 0);
       // Settle even without pipeline.charged: a crash can land between the ledger's charge and that flag.
       await this.ledger.settle({ jobId, usedPoints, reason: intent?.reason ?? `settled by recovery after ${job.status}` });

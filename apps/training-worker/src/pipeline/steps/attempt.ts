@@ -1,0 +1,37 @@
+/**
+ * What every step of one attempt works on: the context (lease, signal, log),
+ * the fenced writer, the typed request, the recorded pipeline state, and,
+ * after the prepare step, the validated job.
+ */
+import type { DatasetRepository } from '@stationthis/db';
+import type { Quote, Recipe } from '@stationthis/recipes';
+import type { AttemptWriter } from '../attempt-writer';
+import type { JobContext } from '../job-context';
+import type { PipelineState } from '../pipeline-state';
+import type { TrainingRequest } from '../training-request';
+
+export interface Attempt {
+  ctx: JobContext;
+  writer: AttemptWriter;
+  request: TrainingRequest;
+  /** Mutated as steps record progress (each change also written through `writer`). */
+  state: PipelineState;
+}
+
+/** The job after validation: the recipe, typed parameters, sanitized names, the dataset and the quote. */
+export interface Prepared {
+  recipe: Recipe;
+  parameters: Record<string, unknown>;
+  triggerWord: string;
+  outputName: string;
+  dataset: NonNullable<Awaited<ReturnType<DatasetRepository['findById']>>>;
+  quote: Quote;
+}
+
+/** A base-model file held in the weight cache for this attempt. */
+export interface WeightHandle {
+  role: string;
+  fileName: string;
+  path: string;
+  release(): Promise<void>;
+}

@@ -1,0 +1,97 @@
+/**
+ * publish: upload the LoRA (content-addressed metadata, immutable caching),
+ * up to four samples, the engine log and the job spec; then register the
+ * model in the platform's loraModels collection. Both record their result in
+ * the pipeline state, so a resumed attempt never uploads or registers twice.
+ */
+import { randomBytes } from 'node:crypto';
+import { readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { injectable } from 'tsyringe';
+import { LoraModelRepository, slugify } from '@stationthis/db';
+import { ModelUploader, jobArtifactKey, loraKey } from '@stationthis/storage';
+import { WorkerMetrics } from '../../observability/metrics';
+import { JobFailure } from '../failures';
+import type { UploadState } from '../pipeline-state';
+import type { Attempt, Prepared } from './attempt';
+
+export interface PublishFiles {
+  loraPath: string;
+  outputDir: string;
+  logFile: string;
+  jobDir: string;
+  samplesDir?: string;
+}
+
+@injectable()
+export class PublishStep {
+  constructor(
+    private readonly uploader: ModelUploader,
+    private readonly models: LoraModelRepository,
+    private readonly metrics: WorkerMetrics,
+  ) {}
+
+  async upload(a: Attempt, p: Prepared, files: PublishFiles): Promise<UploadState> {
+    const { ctx, state, writer } = a;
+    if (!state.slug) {
+      // Chosen before the upload because it is the file's key; registration reuses it.
+      state.slug = `${slugify(p.outputName)}-${randomBytes(3).toString('hex')}`;
+      await writer.setState({ slug: state.slug });
+    }
+    const key = loraKey(state.slug);
+    try {
+      const lora = await this.uploader.upload({ filePath: files.loraPath, bucketAlias: 'models', key, contentType: 'application/octet-stream', cacheControl: 'public, max-age=31536000, immutable' });
+      this.metrics.bytesMoved.inc({ direction: 'up', kind: 'lora' }, lora.bytes);
+      const sampleUrls: string[] = [];
+      if (files.samplesDir) {
+        const dir = join(files.outputDir, files.samplesDir);
+        const names = (await readdir(dir).catch(() => [] as string[])).filter((n) => /\.(png|jpe?g|webp)$/i.test(n)).sort().slice(0, 4);
+        for (const name of names) {
+          const up = await this.uploader.upload({ filePath: join(dir, name), bucketAlias: 'models', key: jobArtifactKey(ctx.jobId, `samples/${name}`), contentType: name.endsWith('.png') ? 'image/png' : name.endsWith('.webp') ? 'image/webp' : 'image/jpeg' });
+          sampleUrls.push(up.publicUrl);
+        }
+      }
+      const log = (await stat(files.logFile).catch(() => null))
+        ? await this.uploader.upload({ filePath: files.logFile, bucketAlias: 'models', key: jobArtifactKey(ctx.jobId, `logs/attempt-${ctx.lease.attemptId}.log`), contentType: 'text/plain; charset=utf-8' })
+        : undefined;
+      const config = await this.uploader.upload({ filePath: join(files.jobDir, 'job-spec.json'), bucketAlias: 'models', key: jobArtifactKey(ctx.jobId, 'config/job-spec.json'), contentType: 'application/json' });
+      const upload: UploadState = { loraUrl: lora.publicUrl, loraKey: key, sha256: lora.sha256, autov2: lora.autov2, bytes: lora.bytes, sampleUrls, logUrl: log?.publicUrl, configUrl: config.publicUrl };
+      await writer.setState({ upload });
+      ctx.log.info({ loraUrl: upload.loraUrl, bytes: upload.bytes, sha256: upload.sha256 }, 'outputs uploaded');
+      return upload;
+    } catch (e) {
+      throw new JobFailure('infrastructure', `Uploading the trained model failed: ${(e as Error).message}.`, { cause: e });
+    }
+  }
+
+  async register(a: Attempt, p: Prepared): Promise<void> {
+    const { state, writer, request } = a;
+    if (state.loraModelId) return;
+    const upload = state.upload!;
+    const { model } = await this.models.registerTrainedModel({
+      trainingJobId: request.jobId,
+      masterAccountId: request.ownerAccountId,
+      datasetId: String(request.datasetId),
+      modelName: p.outputName,
+      slug: state.slug!,
+      triggerWord: p.triggerWord,
+      baseModel: p.recipe.baseModel,
+      modelFileUrl: upload.loraUrl,
+      storageKey: upload.loraKey,
+      description: request.description ?? `Trained LoRA model with trigger word: ${p.triggerWord}`,
+      tool: p.recipe.engine.name,
+      steps: Number((p.parameters as { steps?: number }).steps ?? request.totalSteps ?? 0),
+      durationSeconds: state.trainSeconds ?? 0,
+      finalLoss: request.currentLoss,
+      previewImages: upload.sampleUrls,
+      extra: {
+        // Where the file came from and how to verify it (Civitai/A1111 AutoV2 short hash).
+        hashes: { sha256: upload.sha256, autov2: upload.autov2 },
+        sizeBytes: upload.bytes,
+        recipe: { id: p.recipe.id, version: p.recipe.version, engineCommit: p.recipe.engine.commit },
+      },
+    });
+    state.loraModelId = String(model._id);
+    await writer.setState({ loraModelId: state.loraModelId });
+  }
+}
