@@ -1,0 +1,220 @@
+/**
+ * The pipeline steps against in-memory fakes of their ports: no services.
+ * The real adapters are covered by their own suites and by the worker's
+ * end-to-end tests (test/*.e2e.spec.ts).
+ */
+import { ObjectId } from 'mongodb';
+import type { DatasetRepository, Lease, ProgressUpdate, TrainingJobDoc, TrainingJobRepository, UserCoreReader } from '@stationthis/db';
+import { InsufficientPointsError, type PointsLedger } from '@stationthis/points';
+import type { ModelUploader } from '@stationthis/storage';
+import { getRecipe, usedPoints } from '@stationthis/recipes';
+import { loadWorkerConfig } from '../../config/worker-config';
+import { createLogger } from '../../observability/logger';
+import { WorkerMetrics } from '../../observability/metrics';
+import { AttemptWriter } from '../attempt-writer';
+import { JobFailure, LeaseLost } from '../failures';
+import { JobContext } from '../job-context';
+import { pipelineStateOf } from '../pipeline-state';
+import { trainingRequestFromJob } from '../training-request';
+import type { Attempt } from './attempt';
+import { ChargeStep } from './charge-step';
+import { PrepareStep } from './prepare-step';
+import { SettleStep } from './settle-step';
+
+const OWNER = '64b000000000000000000001';
+const OTHER = '64b000000000000000000002';
+const DATASET = '64b0000000000000000000d1';
+const images = (n: number) => Array.from({ length: n }, (_, i) => `https://cdn.example/img-${i}.png`);
+const log = createLogger('silent');
+const metrics = new WorkerMetrics();
+
+function job(over: Partial<TrainingJobDoc> = {}): TrainingJobDoc {
+  return { _id: new ObjectId(), status: 'PROVISIONING', modelType: 'SMOKE', ownerAccountId: new ObjectId(OWNER), datasetId: new ObjectId(DATASET), triggerWord: 'sks_dog', attempts: 1, ...over } as unknown as TrainingJobDoc;
+}
+
+/** The job repository's fenced writes, in memory; `fence` false plays a lost lease. */
+class FakeJobs {
+  fence = true;
+  state: Record<string, unknown> = {};
+  transitions: { to: string; fields: Record<string, unknown> }[] = [];
+  progress: ProgressUpdate[] = [];
+  refundsCleared: string[] = [];
+  async setPipelineState(_l: Lease, patch: Record<string, unknown>) {
+    if (this.fence) Object.assign(this.state, patch);
+    return this.fence;
+  }
+  async transition(_l: Lease, to: string, fields: Record<string, unknown> = {}) {
+    if (this.fence) this.transitions.push({ to, fields });
+    return this.fence;
+  }
+  async updateProgress(_l: Lease, p: ProgressUpdate) {
+    if (this.fence) this.progress.push(p);
+    return this.fence;
+  }
+  async clearRefundDue(id: string) {
+    this.refundsCleared.push(id);
+  }
+}
+
+/** The ledger's calls, in memory, with the real ledger's insufficient-balance error. */
+class FakeLedger {
+  balance = 1000;
+  calls: { op: string; input: Record<string, unknown> }[] = [];
+  async charge(input: { points: number }) {
+    this.calls.push({ op: 'charge', input });
+    if (input.points > this.balance) throw new InsufficientPointsError(this.balance, input.points, 'job');
+    this.balance -= input.points;
+    return {};
+  }
+  async settle(input: Record<string, unknown>) {
+    this.calls.push({ op: 'settle', input });
+    return {};
+  }
+  async credit(input: Record<string, unknown>) {
+    this.calls.push({ op: 'credit', input });
+    return {};
+  }
+}
+
+function attempt(doc: TrainingJobDoc, jobs = new FakeJobs()): Attempt & { jobs: FakeJobs } {
+  const ctx = new JobContext(doc, { jobId: String(doc._id), attemptId: 'a1', workerId: 'w1' }, log);
+  return { ctx, jobs, writer: new AttemptWriter(jobs as unknown as TrainingJobRepository, ctx, 1000), request: trainingRequestFromJob(doc), state: pipelineStateOf(doc) };
+}
+
+const datasets = (doc: Record<string, unknown> | null) => ({ findById: async () => doc }) as unknown as DatasetRepository;
+
+describe('trainingRequestFromJob: the one mapper of platform documents', () => {
+  it('reads ObjectId or string ids, legacy userId, and modelType or baseModel', () => {
+    const r = trainingRequestFromJob(job({ ownerAccountId: undefined, userId: OTHER, modelType: undefined, baseModel: 'SDXL', walletAddress: '0xABC' } as never));
+    expect(r).toMatchObject({ ownerAccountId: OTHER, modelType: 'SDXL', datasetId: DATASET, walletAddress: '0xABC', attempts: 1 });
+  });
+
+  it('takes the trigger word from triggerWord, else triggerWords[0]', () => {
+    expect(trainingRequestFromJob(job({ triggerWord: undefined, triggerWords: ['tw1', 'tw2'] } as never)).rawTriggerWord).toBe('tw1');
+    expect(trainingRequestFromJob(job({ triggerWord: undefined, triggerWords: ['tw1'] } as never)).resultTriggerWords).toEqual(['tw1']);
+    expect(trainingRequestFromJob(job({ triggerWord: undefined } as never)).rawTriggerWord).toBe('');
+  });
+});
+
+describe('PrepareStep', () => {
+  const ok = { _id: DATASET, ownerAccountId: new ObjectId(OWNER), images: images(6), visibility: 'private' };
+  const prepare = (doc: Record<string, unknown> | null, over: Partial<TrainingJobDoc> = {}) => new PrepareStep(datasets(doc)).run(trainingRequestFromJob(job(over)));
+
+  it('validates and quotes a good job', async () => {
+    const p = await prepare(ok, { parameters: { steps: 100 } } as never);
+    expect(p.recipe.id).toBe('smoke-cpu');
+    expect(p.triggerWord).toBe('sks_dog');
+    expect(p.quote.points).toBeGreaterThan(0);
+    expect(p.quote.platformFee).toBeGreaterThan(0);
+  });
+
+  it.each([
+    ['an unknown model type', ok, { modelType: 'NOPE' }, 'user-input', /Unsupported model type "NOPE"/],
+    ['invalid parameters', ok, { parameters: { steps: -1 } }, 'user-input', /Invalid training parameters: parameters\.steps: Too small/],
+    ['an unusable trigger word', ok, { triggerWord: '!!!' }, 'user-input', /trigger word "!!!" cannot be used/],
+    ['no dataset', ok, { datasetId: undefined }, 'user-input', /has no dataset/],
+    ['a deleted dataset', null, {}, 'dataset', /does not exist/],
+    ["another account's private dataset", { ...ok, ownerAccountId: new ObjectId(OTHER) }, {}, 'dataset', /private to another account/],
+    ['too few images', { ...ok, images: [] }, {}, 'dataset', /has 0 images/],
+  ] as const)('refuses %s before anything is charged', async (_what, doc, over, cls, message) => {
+    const err = await prepare(doc as never, over as never).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(JobFailure);
+    expect((err as JobFailure).failureClass).toBe(cls);
+    expect((err as JobFailure).userMessage).toMatch(message);
+  });
+
+  it('accepts a dataset shared with the owner, public or unlisted', async () => {
+    for (const doc of [{ ...ok, ownerAccountId: OTHER, accessControl: [new ObjectId(OWNER)] }, { ...ok, ownerAccountId: OTHER, visibility: 'public' }, { ...ok, ownerAccountId: OTHER, visibility: 'unlisted' }]) {
+      await expect(prepare(doc)).resolves.toMatchObject({ recipe: { id: 'smoke-cpu' } });
+    }
+  });
+});
+
+describe('ChargeStep', () => {
+  const prepared = async () => new PrepareStep(datasets({ ownerAccountId: OWNER, images: images(6) })).run(trainingRequestFromJob(job()));
+
+  it('records the quote before charging it once, then the charged flag', async () => {
+    const a = attempt(job());
+    const ledger = new FakeLedger();
+    const p = await prepared();
+    const order: string[] = [];
+    const set = a.jobs.setPipelineState.bind(a.jobs);
+    a.jobs.setPipelineState = async (l, patch) => (order.push(Object.keys(patch).join(',')), set(l, patch));
+    const charge = ledger.charge.bind(ledger);
+    ledger.charge = async (input) => (order.push('ledger.charge'), charge(input));
+    await new ChargeStep(ledger as unknown as PointsLedger).run(a, p);
+    expect(order).toEqual(['quote,recipeId,recipeVersion', 'ledger.charge', 'charged']);
+    expect(a.jobs.state).toMatchObject({ quote: { points: p.quote.points, platformFee: p.quote.platformFee }, charged: true });
+    expect(ledger.calls[0].input).toMatchObject({ jobId: a.request.jobId, masterAccountId: OWNER, points: p.quote.points });
+    // A later attempt with the flag set charges nothing.
+    await new ChargeStep(ledger as unknown as PointsLedger).run(a, p);
+    expect(ledger.calls.filter((c) => c.op === 'charge')).toHaveLength(1);
+  });
+
+  it('turns an insufficient balance into a user error that says nothing was charged', async () => {
+    const a = attempt(job());
+    const ledger = Object.assign(new FakeLedger(), { balance: 3 });
+    const err = await new ChargeStep(ledger as unknown as PointsLedger).run(a, await prepared()).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(JobFailure);
+    expect((err as JobFailure).userMessage).toMatch(/balance is 3.*Nothing was charged/);
+    expect(a.jobs.state['charged']).toBeUndefined();
+  });
+});
+
+describe('AttemptWriter', () => {
+  it('moves the status forward only', async () => {
+    const a = attempt(job({ status: 'RUNNING' } as never));
+    await a.writer.transition('RUNNING');
+    await a.writer.transition('FINALIZING');
+    await a.writer.transition('RUNNING');
+    expect(a.jobs.transitions.map((t) => t.to)).toEqual(['FINALIZING']);
+  });
+
+  it('stops the attempt with LeaseLost when the fence refuses a write', async () => {
+    const a = attempt(job());
+    a.jobs.fence = false;
+    await expect(a.writer.setState({ slug: 'x' })).rejects.toBeInstanceOf(LeaseLost);
+    expect(a.ctx.stopReason).toBe('lease-lost');
+    expect(a.ctx.signal.aborted).toBe(true);
+  });
+
+  it('writes progress at most once per interval, always with the latest values', async () => {
+    const a = attempt(job());
+    const progress = a.writer.progress();
+    for (let step = 1; step <= 50; step++) progress.event({ kind: 'step', step, totalSteps: 100, loss: step / 100 });
+    progress.line('last line');
+    await progress.flush();
+    expect(a.jobs.progress).toHaveLength(2); // the first event at once, the rest coalesced into the flush
+    expect(a.jobs.progress[1]).toMatchObject({ currentStep: 50, totalSteps: 100, progress: 50, currentLoss: 0.5, logLines: ['last line'] });
+  });
+});
+
+describe('SettleStep', () => {
+  const config = loadWorkerConfig({ WORKER_STATE_DIR: '/tmp/stationthis-steps-spec' });
+  const users = { findById: async () => null, primaryWallet: () => undefined } as unknown as UserCoreReader;
+  const uploader = { upload: async () => ({}) } as unknown as ModelUploader;
+  const step = (jobs: FakeJobs, ledger: FakeLedger, dataset: Record<string, unknown>) =>
+    new SettleStep(config, jobs as unknown as TrainingJobRepository, datasets(dataset), users, ledger as unknown as PointsLedger, uploader, metrics);
+
+  it('completed: settles the used points, credits the dataset creator and the trainer, then COMPLETED', async () => {
+    const a = attempt(job({ status: 'FINALIZING' } as never));
+    const quote = { points: 500, estimatedSeconds: 600, gpuUsdPerHour: 0.35, platformFee: 0.2 };
+    const used = usedPoints(quote, 3600);
+    Object.assign(a.state, { quote, upload: { loraUrl: 'https://m/x.safetensors', sampleUrls: [] }, loraModelId: String(new ObjectId()), settleIntent: { outcome: 'completed', usedPoints: used, reason: 'training completed' } });
+    const ledger = new FakeLedger();
+    await step(a.jobs, ledger, { ownerAccountId: OTHER }).finish(a, 'completed', 'training completed');
+    expect(ledger.calls.map((c) => c.op)).toEqual(['settle', 'credit', 'credit']);
+    expect(ledger.calls[0].input).toMatchObject({ usedPoints: used, outcome: 'completed' });
+    expect(ledger.calls[1].input).toMatchObject({ recipientAccountId: OTHER, kind: 'dataset-creator', points: Math.floor(used * 0.05) });
+    expect(a.jobs.transitions.at(-1)).toMatchObject({ to: 'COMPLETED', fields: { actualCostPoints: used, costReconciled: true, triggerWords: ['sks_dog'] } });
+  });
+
+  it('failed before any quote: no points move, FAILED with the class and not reconciled', async () => {
+    const a = attempt(job());
+    a.state.settleIntent = { outcome: 'failed', usedPoints: 0, reason: 'bad input' };
+    const ledger = new FakeLedger();
+    await step(a.jobs, ledger, {}).finish(a, 'failed', 'bad input', undefined, 'user-input');
+    expect(ledger.calls).toEqual([]);
+    expect(a.jobs.transitions).toEqual([{ to: 'FAILED', fields: { failureReason: 'bad input', failureClass: 'user-input', actualCostPoints: 0, costReconciled: false } }]);
+  });
+});
