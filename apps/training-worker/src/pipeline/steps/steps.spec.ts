@@ -7,7 +7,7 @@ import { ObjectId } from 'mongodb';
 import type { DatasetRepository, Lease, ProgressUpdate, TrainingJobDoc, TrainingJobRepository, UserCoreReader } from '@stationthis/db';
 import { InsufficientPointsError, type PointsLedger } from '@stationthis/points';
 import type { ModelUploader } from '@stationthis/storage';
-import { getRecipe, usedPoints } from '@stationthis/recipes';
+import { usedPoints } from '@stationthis/recipes';
 import { loadWorkerConfig } from '../../config/worker-config';
 import { createLogger } from '../../observability/logger';
 import { WorkerMetrics } from '../../observability/metrics';
