@@ -8,8 +8,8 @@ import { container as rootContainer, DependencyContainer, instanceCachingFactory
 import { MongoClient } from 'mongodb';
 import { connectMongo, DatasetRepository, LoraModelRepository, MONGO_DB, TrainingJobRepository, UserCoreReader } from '@stationthis/db';
 import { PointsLedger, POINTS_DB } from '@stationthis/points';
-import { loadStorageConfig, registerStorage } from '@stationthis/storage';
-import { registerDocker } from '@stationthis/docker';
+import { DatasetFetcher, loadStorageConfig, ModelUploader, ObjectStorage, registerStorage, WeightCache } from '@stationthis/storage';
+import { CONTAINER_RUNTIME, GpuAllocator, registerDocker } from '@stationthis/docker';
 import { ROOT_LOGGER, WORKER_CONFIG } from './tokens';
 import type { WorkerConfig } from './config/worker-config';
 import { createLogger, Logger, redactUrl } from './observability/logger';
@@ -48,6 +48,7 @@ export async function compose(config: WorkerConfig, env: NodeJS.ProcessEnv = pro
     container.registerSingleton(singleton as never);
   }
 
+  assertBindings(container);
   return {
     container,
     mongo,
@@ -63,4 +64,37 @@ export async function ensureIndexes(c: DependencyContainer): Promise<void> {
   await c.resolve(TrainingJobRepository).ensureIndexes();
   await c.resolve(LoraModelRepository).ensureIndexes();
   await c.resolve(PointsLedger).ensureIndexes();
+}
+
+/** Every port the worker resolves, with the library call that binds it (named in the start-up error). */
+const REQUIRED_BINDINGS: Array<[token: unknown, providedBy: string]> = [
+  [TrainingJobRepository, 'libs/db (connectMongo, registered by compose)'],
+  [DatasetRepository, 'libs/db'],
+  [LoraModelRepository, 'libs/db'],
+  [UserCoreReader, 'libs/db'],
+  [PointsLedger, 'libs/points (POINTS_DB)'],
+  [ObjectStorage, 'libs/storage registerStorage()'],
+  [DatasetFetcher, 'libs/storage registerStorage()'],
+  [ModelUploader, 'libs/storage registerStorage()'],
+  [WeightCache, 'libs/storage registerStorage()'],
+  [CONTAINER_RUNTIME, 'libs/docker registerDocker()'],
+  [GpuAllocator, 'libs/docker registerDocker()'],
+];
+
+/**
+ * Resolve every required port once at start, so a missing or broken binding
+ * fails the process before it claims a job, naming the library that should
+ * provide it, instead of failing the first attempt halfway.
+ */
+export function assertBindings(c: DependencyContainer): void {
+  const problems: string[] = [];
+  for (const [token, providedBy] of REQUIRED_BINDINGS) {
+    try {
+      c.resolve(token as never);
+    } catch (e) {
+      const name = typeof token === 'function' ? token.name : String(token);
+      problems.push(`  - ${name} (from ${providedBy}): ${(e as Error).message.split('\n')[0]}`);
+    }
+  }
+  if (problems.length) throw new Error(`The worker's composition is incomplete:\n${problems.join('\n')}\nRegister the libraries above in composition.ts.`);
 }
