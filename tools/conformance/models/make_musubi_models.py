@@ -12,6 +12,8 @@ own model classes built on the meta device:
         the dtype from blocks.0.cross_attn.k.weight and then requires
         --mixed_precision bf16 (or no). Full depth: load_wan_model builds the
         model from WAN_CONFIGS[task] (30 blocks, dim 1536) and loads strict=True.
+  wan2.1_t2v_1.3B_fp32.safetensors  the same DiT keys in fp32, for CPU test runs (the wan-lora
+        testRun profile: CPU autocast has no float32)
   wan_2.1_vae.safetensors           WAN 2.1 VAE (WanVAE_ keys, no prefix), bf16
         like the Comfy-Org file. Loaded with strict=False, so a missing key would
         silently stay on meta: --verify checks the key sets itself.
@@ -59,6 +61,9 @@ from random_weights import random_tensor, write_safetensors  # noqa: E402
 
 TASK = "t2v-1.3B"
 DIT = "wan2.1_t2v_1.3B_bf16.safetensors"
+# The same DiT keys in fp32: the wan-lora testRun profile (libs/recipes) trains on it on CPU,
+# where autocast(float32) is unsupported and bf16 weights would meet float32 activations.
+DIT_FP32 = "wan2.1_t2v_1.3B_fp32.safetensors"
 VAE = "wan_2.1_vae.safetensors"
 T5 = "models_t5_umt5-xxl-enc-bf16.pth"
 DIT_PREFIX = "model.diffusion_model."
@@ -352,6 +357,7 @@ def main(argv):
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
     write(out, DIT, dit_specs())
+    write(out, DIT_FP32, [(n, shape, torch.float32) for n, shape, _ in dit_specs()])
     write(out, VAE, vae_specs())
     write(out, T5, t5_specs())
     print(f"generate: {time.time() - t0:.0f} s", flush=True)
