@@ -11,6 +11,12 @@ npx nx run-many -t typecheck --outputStyle=static
 log "lint (module boundaries)"
 npx nx run-many -t lint --outputStyle=static
 
+mkdir -p .state
+log "versioning: nx release dry run (conventional commits -> next library versions; changes nothing)"
+# --first-release: no release tags exist yet; once the first release is tagged, drop it.
+npx nx release version --dry-run --first-release >.state/release-dry-run.log 2>&1 || { tail -30 .state/release-dry-run.log; exit 1; }
+grep -E '^\+   "version"|UPDATE libs/.*/package.json' .state/release-dry-run.log || true
+
 log "jest: all projects"
 mkdir -p .state
 set +e
