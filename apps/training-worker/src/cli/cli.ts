@@ -169,7 +169,8 @@ async function submit(storage: ObjectStorage, datasets: DatasetRepository, jobs:
     triggerWords: [trigger],
     environment,
     priority: v.priority ? Number(v.priority) : 0,
-    ...(Object.keys(params).length ? { parameters: params } : {}),
+    // Recipe parameters ride in the job's `parameters` object (see jobParametersFromPlatformDoc); enqueue keeps only `extra`.
+    ...(Object.keys(params).length ? { extra: { parameters: params } } : {}),
   } as never);
   console.log(String(jobId));
   return 0;
