@@ -17,7 +17,10 @@ log "versioning: nx release dry run (conventional commits -> next library versio
 npx nx release version --dry-run --first-release >.state/release-dry-run.log 2>&1 || { tail -30 .state/release-dry-run.log; exit 1; }
 grep -E '^\+   "version"|UPDATE libs/.*/package.json' .state/release-dry-run.log || true
 
-log "jest: all projects"
+log "jest: pure tests (no services; jest.unit.config.js, also npm run test:unit)"
+npx jest -c jest.unit.config.js --ci --silent
+
+log "jest: all projects (pure, *.int.spec.ts and *.e2e.spec.ts against the real services)"
 mkdir -p .state
 set +e
 npx jest --ci --json --outputFile=.state/jest-results.json "$@"
