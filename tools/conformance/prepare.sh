@@ -16,7 +16,19 @@ RECIPES=("$@"); [[ ${#RECIPES[@]} -gt 0 ]] || RECIPES=(sdxl-lora flux-lora wan-l
 CONF="$REPO_ROOT/.state/conformance"
 MODELS="${CONFORMANCE_MODELS_DIR:-${STATIONTHIS_CACHE_DIR:-$HOME/.cache/stationthis}/conformance/models}"
 TOOLS="$REPO_ROOT/tools/conformance/models"
-ARCHIVES="${STATIONTHIS_ENGINE_ARCHIVES:-$REPO_ROOT/../shared/engines}"
+# Engine source archives: the option, else the workspace's shared/engines beside the clone, else
+# the machine cache (filled from the first found, so a clone anywhere, like CI's, finds them).
+# recipe-builder checks each archive's sha256 against the recipe either way.
+ARCHIVE_CACHE="${STATIONTHIS_CACHE_DIR:-$HOME/.cache/stationthis}/engine-archives"
+ARCHIVES="${STATIONTHIS_ENGINE_ARCHIVES:-}"
+if [[ -z "$ARCHIVES" ]]; then
+  for d in "$REPO_ROOT/../shared/engines" /work/shared/engines "$ARCHIVE_CACHE"; do
+    [[ -d "$d" ]] && ls "$d"/*.tar.gz >/dev/null 2>&1 && { ARCHIVES="$d"; break; }
+  done
+fi
+if [[ -n "$ARCHIVES" && -d "$ARCHIVES" && "$(cd "$ARCHIVES" && pwd)" != "$ARCHIVE_CACHE" ]]; then
+  mkdir -p "$ARCHIVE_CACHE" && cp -n "$ARCHIVES"/*.tar.gz "$ARCHIVE_CACHE"/ 2>/dev/null || true
+fi
 mkdir -p "$MODELS" "$CONF/dataset"
 chmod 777 "$MODELS" "$CONF/dataset"
 
@@ -24,7 +36,7 @@ log "tokenizers (standard-library Python; the image build proves each loads offl
 python3 "$TOOLS/make_tokenizers.py" "$CONF/tokenizers"
 
 log "engine images: ${RECIPES[*]} (offline inputs: archives $ARCHIVES, tokenizers $CONF/tokenizers)"
-[[ -d "$ARCHIVES" ]] || { echo "engine archives folder $ARCHIVES not found; set STATIONTHIS_ENGINE_ARCHIVES" >&2; exit 1; }
+[[ -n "$ARCHIVES" && -d "$ARCHIVES" ]] || { echo "no engine source archives found (looked in ../shared/engines, /work/shared/engines, $ARCHIVE_CACHE); set STATIONTHIS_ENGINE_ARCHIVES to the folder holding sd-scripts-*.tar.gz and musubi-tuner-*.tar.gz" >&2; exit 1; }
 npx nx run recipe-builder:build --outputStyle=static >/dev/null
 build_log="$CONF/build-images.log"
 if ! node apps/recipe-builder/dist/main.js build-images --only "$(IFS=,; echo "${RECIPES[*]}")" \

@@ -6,6 +6,10 @@ set -euo pipefail
 SVC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/services.sh"
 STATE_DIR="${STATIONTHIS_STATE_DIR:-$(cd "$(dirname "$SVC")/../.." && pwd)/.state}"
 failures=0
+# tools/bootstrap.sh exports the local services' own addresses (services.sh env); with
+# them set, services.sh would treat mongo and s3 as external and manage neither.
+[[ "${MONGO_URL:-}" == "mongodb://127.0.0.1:27017" ]] && unset MONGO_URL
+[[ "${S3_ENDPOINT:-}" == "http://127.0.0.1:9000" ]] && unset S3_ENDPOINT
 check() { # check <description> <command...>
   local what=$1; shift
   if "$@"; then echo "  ok    $what"; else echo "  FAIL  $what"; failures=$((failures + 1)); fi
