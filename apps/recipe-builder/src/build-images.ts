@@ -12,7 +12,8 @@ import { buildImage, pushImage, type DockerStreamEvent } from './docker-image';
 import { torchBaseTag } from './dockerfile';
 import { generateBuildContexts } from './generate';
 import { checkPinnedImageRef, SECRET_NAME } from './image-spec-check';
-import { upsertImageManifest, type ImageManifestEntry } from './image-manifest';
+import type { ImageManifestEntry } from '@stationthis/recipes';
+import { upsertImageManifest } from './image-manifest';
 import type { BuildableRecipe, ImageSpec } from './recipe-types';
 import { resolveRegistryAuth } from './registry-auth';
 

@@ -1,7 +1,8 @@
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { findManifestEntry, parseImageManifest, readImageManifest, upsertImageManifest, type ImageManifestEntry } from './image-manifest';
+import { findManifestEntry, parseImageManifest, type ImageManifestEntry } from '@stationthis/recipes';
+import { readImageManifest, upsertImageManifest } from './image-manifest';
 
 const digest = `sha256:${'b'.repeat(64)}`;
 const entry = (recipeId: string, recipeVersion: string, pushed = true): ImageManifestEntry => ({

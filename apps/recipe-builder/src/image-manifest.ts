@@ -13,17 +13,6 @@ import {
   type ImageManifestEntry,
 } from '@stationthis/recipes';
 
-export {
-  IMAGE_MANIFEST_SCHEMA_VERSION,
-  findManifestEntry,
-  imageManifestKey,
-  parseImageManifest,
-  parseImageManifestText,
-  serializeImageManifest,
-  type ImageManifest,
-  type ImageManifestEntry,
-} from '@stationthis/recipes';
-
 /** Reads and checks a manifest file. */
 export async function readImageManifest(path: string): Promise<ImageManifest> {
   let text: string;

@@ -15,7 +15,8 @@ import type { Logger } from './observability/logger';
 import { WorkerMetrics } from './observability/metrics';
 import { JobContext } from './pipeline/job-context';
 import { pipelineStateOf } from './pipeline/pipeline-state';
-import { containerScope, JobPipeline } from './pipeline/job-pipeline';
+import { JobPipeline } from './pipeline/job-pipeline';
+import { containerScope } from './pipeline/steps/train-step';
 import { LeaseLost, ShutdownRequested } from './pipeline/failures';
 
 @injectable()

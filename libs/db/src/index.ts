@@ -1,4 +1,5 @@
-export { MONGO_DB, connectMongo, redactUrl } from './mongo';
+export { MONGO_DB, connectMongo } from './mongo';
+export { redactUrl } from '@stationthis/common';
 export { idForms, isObjectIdHex, toObjectId, toObjectIdOrString, type IdLike } from '@stationthis/common';
 export {
   JOB_STATUSES,

@@ -23,4 +23,3 @@ export async function connectMongo(url: string, dbName: string): Promise<{ clien
   return { client, db: client.db(dbName) };
 }
 
-export { redactUrl };

@@ -22,16 +22,13 @@ import { CancelRequested, FAILURE_POLICY, JobFailure, LeaseLost } from './failur
 import { JobContext } from './job-context';
 import { pipelineStateOf } from './pipeline-state';
 import { trainingRequestFromJob } from './training-request';
-import type { Attempt, Prepared } from './steps/attempt';
+import type { Attempt } from './steps/attempt';
 import { ChargeStep } from './steps/charge-step';
 import { InputsStep } from './steps/inputs-step';
 import { PrepareStep } from './steps/prepare-step';
 import { PublishStep } from './steps/publish-step';
 import { SettleStep } from './steps/settle-step';
 import { TrainStep } from './steps/train-step';
-
-export type { PipelineState } from './pipeline-state';
-export { containerScope } from './steps/train-step';
 
 @injectable()
 export class JobPipeline {
@@ -149,4 +146,3 @@ export class JobPipeline {
   }
 }
 
-export type { Prepared };

@@ -7,8 +7,8 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { inject, injectable } from 'tsyringe';
-import { DatasetFetcher, FetchedDataset, PlatformDatasetDoc, StorageError, WeightCache } from '@stationthis/storage';
-import { requiredWeights, testRunWeights, trainingCaption, type Recipe, type TestRunProfile, type WeightFile } from '@stationthis/recipes';
+import { DatasetFetcher, FetchedDataset, PlatformDatasetDoc, StorageError, WeightCache, type FetchOptions } from '@stationthis/storage';
+import { requiredWeights, testRunWeights, trainingCaption, type WeightFile } from '@stationthis/recipes';
 import { WORKER_CONFIG } from '../../tokens';
 import type { WorkerConfig } from '../../config/worker-config';
 import { WorkerMetrics } from '../../observability/metrics';
@@ -16,18 +16,10 @@ import { JobFailure } from '../failures';
 import type { JobContext } from '../job-context';
 import type { Prepared, WeightHandle } from './attempt';
 import { makeReadable } from './files';
+import { testRunOf } from './test-run';
 
 /** Storage error kinds caused by the dataset itself, not by our infrastructure. */
 const DATASET_ERROR_KINDS = new Set(['disallowed-url', 'invalid-name', 'invalid-content', 'too-large', 'not-found']);
-
-/**
- * The recipe's test-run profile when this worker runs GPU recipes as CPU
- * tests (WORKER_CPU_TEST_RUNS): never on a production worker, never for a
- * recipe that has no profile.
- */
-export function testRunOf(config: Pick<WorkerConfig, 'cpuTestRuns'>, recipe: Recipe): TestRunProfile | undefined {
-  return config.cpuTestRuns && recipe.gpu.count > 0 ? recipe.testRun : undefined;
-}
 
 @injectable()
 export class InputsStep {
@@ -49,20 +41,9 @@ export class InputsStep {
       ctx.log.info({ images: reused.images.length }, 'dataset already prefetched while the slot was busy');
       return reused;
     }
-    await rm(datasetDir, { recursive: true, force: true });
-    await mkdir(datasetDir, { recursive: true });
     try {
-      const fetched = await this.fetcher.fetch(p.dataset as unknown as PlatformDatasetDoc, datasetDir, {
-        captionSetId,
-        captionFor: (caption) => trainingCaption(caption, p.triggerWord),
-        allowVideo: p.recipe.datasetRequirements.allowVideo,
-        signal: ctx.signal,
-        onProgress: (pr) => ctx.log.debug({ progress: pr }, 'dataset fetch progress'),
-      });
-      this.metrics.bytesMoved.inc({ direction: 'down', kind: 'dataset' }, fetched.totalBytes);
+      const fetched = await this.download(datasetDir, p, captionSetId, { signal: ctx.signal, onProgress: (pr) => ctx.log.debug({ progress: pr }, 'dataset fetch progress') });
       ctx.log.info({ images: fetched.images.length, bytes: fetched.totalBytes }, 'dataset fetched');
-      await makeReadable(datasetDir);
-      await this.writePrefetchMarker(datasetDir, p, fetched);
       return fetched;
     } catch (e) {
       if (e instanceof JobFailure) throw e;
@@ -76,18 +57,14 @@ export class InputsStep {
     }
   }
 
-  /** The weight files this job trains on: only those its parameters need, with test-run overrides. */
-  jobWeights(p: Prepared): WeightFile[] {
-    // Only the files these parameters need (WAN 2.1 vs 2.2 experts differ by tens of GB).
-    const needed = requiredWeights(p.recipe, p.parameters as never);
-    return testRunOf(this.config, p.recipe) ? testRunWeights(p.recipe, needed).weights : needed;
-  }
-
   async fetchWeights(p: Prepared): Promise<WeightHandle[]> {
     const handles: WeightHandle[] = [];
-    const pinned = new Map(requiredWeights(p.recipe, p.parameters as never).map((w) => [w.fileName, w.sha256]));
+    // Only the files these parameters need (WAN 2.1 vs 2.2 experts differ by tens of GB), with test-run overrides.
+    const needed: WeightFile[] = requiredWeights(p.recipe, p.parameters as never);
+    const weights = testRunOf(this.config, p.recipe) ? testRunWeights(p.recipe, needed).weights : needed;
+    const pinned = new Map(needed.map((w) => [w.fileName, w.sha256]));
     try {
-      for (const w of this.jobWeights(p)) {
+      for (const w of weights) {
         const local = this.config.weightsLocalDir ? join(this.config.weightsLocalDir, w.fileName) : undefined;
         const source = local && existsSync(local) ? ({ kind: 'local', path: local } as const) : ({ kind: 'r2', bucketAlias: 'models', key: w.r2Key } as const);
         // A test-run override is another file than the one the recipe pins a hash for.
@@ -109,19 +86,24 @@ export class InputsStep {
    */
   async prefetch(jobId: string, p: Prepared, captionSetId: string | undefined): Promise<void> {
     const datasetDir = this.datasetDir(jobId);
-    if (!(await this.readPrefetched(datasetDir, p))) {
-      await rm(datasetDir, { recursive: true, force: true });
-      await mkdir(datasetDir, { recursive: true });
-      const fetched = await this.fetcher.fetch(p.dataset as unknown as PlatformDatasetDoc, datasetDir, {
-        captionSetId,
-        captionFor: (caption) => trainingCaption(caption, p.triggerWord),
-        allowVideo: p.recipe.datasetRequirements.allowVideo,
-      });
-      await makeReadable(datasetDir);
-      await this.writePrefetchMarker(datasetDir, p, fetched);
-      this.metrics.bytesMoved.inc({ direction: 'down', kind: 'dataset' }, fetched.totalBytes);
-    }
+    if (!(await this.readPrefetched(datasetDir, p))) await this.download(datasetDir, p, captionSetId);
     for (const h of await this.fetchWeights(p)) await h.release();
+  }
+
+  /** Into a fresh folder, captions carrying the trigger word, readable by the container, with the prefetch marker. */
+  private async download(datasetDir: string, p: Prepared, captionSetId: string | undefined, opts: Pick<FetchOptions, 'signal' | 'onProgress'> = {}): Promise<FetchedDataset> {
+    await rm(datasetDir, { recursive: true, force: true });
+    await mkdir(datasetDir, { recursive: true });
+    const fetched = await this.fetcher.fetch(p.dataset as unknown as PlatformDatasetDoc, datasetDir, {
+      ...opts,
+      captionSetId,
+      captionFor: (caption) => trainingCaption(caption, p.triggerWord),
+      allowVideo: p.recipe.datasetRequirements.allowVideo,
+    });
+    this.metrics.bytesMoved.inc({ direction: 'down', kind: 'dataset' }, fetched.totalBytes);
+    await makeReadable(datasetDir);
+    await this.writePrefetchMarker(datasetDir, p, fetched);
+    return fetched;
   }
 
   /** The marker sits beside the dataset folder (never inside the container mount). */

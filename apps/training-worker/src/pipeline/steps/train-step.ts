@@ -19,7 +19,7 @@ import { stepContainerSpec } from '../step-container';
 import type { ContainerRun } from '../pipeline-state';
 import type { Attempt, Prepared, WeightHandle } from './attempt';
 import { makeReadable } from './files';
-import { testRunOf } from './inputs-step';
+import { testRunOf } from './test-run';
 
 /** Containers are judged only by workers of the same job store (database and environment). */
 export function containerScope(config: Pick<WorkerConfig, 'mongoDbName' | 'environment'>): string {
