@@ -39,14 +39,24 @@ const CREDIT_TYPE: Record<CreditKind, string> = {
   trainer: 'TRAINING_TRAINER_SHARE',
 };
 
-export function chargeKey(jobId: string): string {
-  return `training:${jobId}:charge`;
+/**
+ * Idempotency keys are per job and platform attempt (the job's `retryCount`).
+ * Attempt 0 keeps the original form (`training:<job>:charge`) so rows written
+ * before attempts were keyed still match; a Retry's attempt n > 0 gets
+ * `training:<job>:r<n>:…`, a new charge with its own refund and credits.
+ */
+function keyPrefix(jobId: string, platformAttempt: number): string {
+  assertAttempt(platformAttempt);
+  return platformAttempt === 0 ? `training:${jobId}` : `training:${jobId}:r${platformAttempt}`;
 }
-export function refundKey(jobId: string): string {
-  return `training:${jobId}:refund`;
+export function chargeKey(jobId: string, platformAttempt = 0): string {
+  return `${keyPrefix(jobId, platformAttempt)}:charge`;
 }
-export function creditKey(jobId: string, kind: CreditKind): string {
-  return `training:${jobId}:credit:${kind}`;
+export function refundKey(jobId: string, platformAttempt = 0): string {
+  return `${keyPrefix(jobId, platformAttempt)}:refund`;
+}
+export function creditKey(jobId: string, kind: CreditKind, platformAttempt = 0): string {
+  return `${keyPrefix(jobId, platformAttempt)}:credit:${kind}`;
 }
 
 /**
@@ -72,6 +82,8 @@ interface LedgerEntryDoc {
 interface MovementDoc {
   _id: string;
   jobId: string;
+  /** Missing on rows written before attempts were keyed: read as 0. */
+  platformAttempt?: number;
   kind: MovementKind;
   creditKind?: CreditKind;
   accountId: string;
@@ -178,7 +190,8 @@ export class PointsLedger {
    */
   async charge(input: ChargeInput): Promise<ChargeResult> {
     assertPoints(input.points, 'charge');
-    const key = chargeKey(input.jobId);
+    const attempt = input.platformAttempt ?? 0;
+    const key = chargeKey(input.jobId, attempt);
     // Charges on one account take turns. Besides keeping plans fresh, this is what makes the
     // guarded $inc safe on FerretDB v1, whose conditional updates are not atomic under concurrency.
     const held = await this.acquireLocks(accountLockNames(input));
@@ -188,21 +201,23 @@ export class PointsLedger {
         let journal = await this.movements.findOne({ _id: key });
         if (journal && journal.points !== input.points) {
           throw new MovementConflictError(
-            `Training job ${input.jobId} already has a charge of ${journal.points} points; a charge of ${input.points} was asked.`,
+            `Training job ${input.jobId} (platform attempt ${attempt}) already has a charge of ${journal.points} points; a charge of ${input.points} was asked.`,
           );
         }
         if (journal?.state === 'applied') {
           await this.cleanSpendMarkers(journal);
-          return chargeResult(journal, true);
+          const settled = Boolean(await this.movements.findOne({ _id: refundKey(input.jobId, attempt) }, { projection: { _id: 1 } }));
+          return chargeResult(journal, true, settled);
         }
         if (journal?.state === 'rolling_back') {
           await this.rollBackCharge(journal, held);
           continue;
         }
         if (!journal) {
-          if (await this.movements.findOne({ _id: refundKey(input.jobId) }, { projection: { _id: 1 } })) {
+          if (await this.movements.findOne({ _id: refundKey(input.jobId, attempt) }, { projection: { _id: 1 } })) {
             throw new MovementConflictError(
-              `Training job ${input.jobId} was already settled; it cannot be charged again under the same job id.`,
+              `Training job ${input.jobId} was already settled for platform attempt ${attempt}; it cannot be charged again ` +
+                'under the same attempt. A platform Retry charges under the next attempt number.',
             );
           }
           const entries = await this.spendableEntries(input);
@@ -212,6 +227,7 @@ export class PointsLedger {
           const doc: MovementDoc = {
             _id: key,
             jobId: input.jobId,
+            platformAttempt: attempt,
             kind: 'charge',
             accountId: String(input.masterAccountId),
             walletAddress: normalizeWallet(input.walletAddress),
@@ -234,7 +250,7 @@ export class PointsLedger {
         if (await this.applyCharge(journal, held)) {
           const done = (await this.movements.findOne({ _id: key })) as MovementDoc;
           await this.cleanSpendMarkers(done);
-          return chargeResult(done, false);
+          return chargeResult(done, false, false);
         }
         // The plan went stale (someone else spent an entry): undo and plan again.
         await this.rollBackCharge({ ...journal, state: 'rolling_back' }, held);
@@ -260,8 +276,9 @@ export class PointsLedger {
    * settles to zero without writing anything.
    */
   async settle(input: SettleInput): Promise<SettleResult> {
-    const key = refundKey(input.jobId);
-    let charge = await this.movements.findOne({ _id: chargeKey(input.jobId) });
+    const attempt = input.platformAttempt ?? 0;
+    const key = refundKey(input.jobId, attempt);
+    let charge = await this.movements.findOne({ _id: chargeKey(input.jobId, attempt) });
     if (charge && charge.state !== 'applied') {
       // The charger died mid-way: finish (or undo) it first, so the refund is computed from what was taken.
       try {
@@ -271,14 +288,15 @@ export class PointsLedger {
           walletAddress: charge.walletAddress,
           points: charge.points,
           reason: charge.reason,
+          platformAttempt: attempt,
         });
       } catch (err) {
         if (!(err instanceof InsufficientPointsError)) throw err;
       }
-      charge = await this.movements.findOne({ _id: chargeKey(input.jobId) });
+      charge = await this.movements.findOne({ _id: chargeKey(input.jobId, attempt) });
     }
     if (!charge) {
-      return { key, jobId: input.jobId, charged: 0, usedPoints: 0, refunded: 0, ledgerEntryId: null, replay: false };
+      return { key, jobId: input.jobId, platformAttempt: attempt, charged: 0, usedPoints: 0, refunded: 0, ledgerEntryId: null, replay: false };
     }
     const charged = charge.points;
     const used = Math.min(charged, Math.max(0, Math.round(input.usedPoints)));
@@ -291,6 +309,7 @@ export class PointsLedger {
       const doc: MovementDoc = {
         _id: key,
         jobId: input.jobId,
+        platformAttempt: attempt,
         kind: 'refund',
         accountId: charge.accountId,
         walletAddress: charge.walletAddress ?? null,
@@ -319,6 +338,7 @@ export class PointsLedger {
       replay = false;
       await this.insertLedgerEntry(journal, REFUND_TYPE[journal.outcome ?? 'failed'], {
         trainingJobId: journal.jobId,
+        platformAttempt: attempt,
         chargedPoints: journal.chargedPoints,
         usedPoints: journal.usedPoints,
       });
@@ -329,6 +349,7 @@ export class PointsLedger {
     return {
       key,
       jobId: input.jobId,
+      platformAttempt: attempt,
       charged: journal.chargedPoints ?? charged,
       usedPoints: journal.usedPoints ?? used,
       refunded: journal.points,
@@ -344,7 +365,8 @@ export class PointsLedger {
    */
   async credit(input: CreditInput): Promise<CreditResult> {
     assertPoints(input.points, 'credit');
-    const key = creditKey(input.jobId, input.kind);
+    const attempt = input.platformAttempt ?? 0;
+    const key = creditKey(input.jobId, input.kind, attempt);
     let journal = await this.movements.findOne({ _id: key });
     let replay = true;
     if (!journal) {
@@ -352,6 +374,7 @@ export class PointsLedger {
       const doc: MovementDoc = {
         _id: key,
         jobId: input.jobId,
+        platformAttempt: attempt,
         kind: 'credit',
         creditKind: input.kind,
         accountId: String(input.recipientAccountId),
@@ -375,7 +398,7 @@ export class PointsLedger {
     }
     if (journal.state === 'pending') {
       replay = false;
-      await this.insertLedgerEntry(journal, CREDIT_TYPE[input.kind], { trainingJobId: journal.jobId });
+      await this.insertLedgerEntry(journal, CREDIT_TYPE[input.kind], { trainingJobId: journal.jobId, platformAttempt: attempt });
       await this.step('credit:ledger');
       await this.markApplied(key);
       await this.step('credit:applied');
@@ -383,6 +406,7 @@ export class PointsLedger {
     return {
       key,
       jobId: input.jobId,
+      platformAttempt: attempt,
       kind: input.kind,
       points: journal.points,
       ledgerEntryId: journal.ledgerEntryId ? journal.ledgerEntryId.toHexString() : null,
@@ -390,7 +414,7 @@ export class PointsLedger {
     };
   }
 
-  /** Every movement of a job, or every movement paid by or to an account, oldest first. */
+  /** Every movement of a job (all its platform attempts), or every movement paid by or to an account, oldest first. */
   async history(query: { jobId: string } | { masterAccountId: string | ObjectId }): Promise<LedgerMovement[]> {
     const filter: Filter<MovementDoc> =
       'jobId' in query ? { jobId: query.jobId } : { accountId: String(query.masterAccountId) };
@@ -398,8 +422,14 @@ export class PointsLedger {
     return docs.map(toMovement);
   }
 
-  async jobSummary(jobId: string): Promise<JobPointsSummary> {
-    const docs = await this.movements.find({ jobId, state: 'applied' }).toArray();
+  /**
+   * Applied movements of a job, summed over every platform attempt, or over
+   * one attempt when `platformAttempt` is given.
+   */
+  async jobSummary(jobId: string, platformAttempt?: number): Promise<JobPointsSummary> {
+    const all = await this.movements.find({ jobId, state: 'applied' }).toArray();
+    // Rows from before attempts were keyed have no platformAttempt: they are attempt 0.
+    const docs = platformAttempt === undefined ? all : all.filter((d) => (d.platformAttempt ?? 0) === platformAttempt);
     const summary: JobPointsSummary = {
       jobId,
       charged: 0,
@@ -433,9 +463,9 @@ export class PointsLedger {
     for (const m of stuck) {
       try {
         if (m.kind === 'charge') {
-          await this.charge({ jobId: m.jobId, masterAccountId: m.accountId, walletAddress: m.walletAddress, points: m.points, reason: m.reason });
+          await this.charge({ jobId: m.jobId, masterAccountId: m.accountId, walletAddress: m.walletAddress, points: m.points, reason: m.reason, platformAttempt: m.platformAttempt ?? 0 });
         } else if (m.kind === 'refund') {
-          await this.settle({ jobId: m.jobId, usedPoints: m.usedPoints ?? 0, reason: m.reason, outcome: m.outcome });
+          await this.settle({ jobId: m.jobId, usedPoints: m.usedPoints ?? 0, reason: m.reason, outcome: m.outcome, platformAttempt: m.platformAttempt ?? 0 });
         } else if (m.creditKind) {
           await this.credit({
             jobId: m.jobId,
@@ -444,6 +474,7 @@ export class PointsLedger {
             points: m.points,
             kind: m.creditKind,
             reason: m.reason,
+            platformAttempt: m.platformAttempt ?? 0,
           });
         }
         done.push(m._id);
@@ -658,19 +689,27 @@ function normalizeWallet(wallet: string | null | undefined): string | null {
   return wallet ? wallet.trim().toLowerCase() : null;
 }
 
+function assertAttempt(platformAttempt: number): void {
+  if (!Number.isSafeInteger(platformAttempt) || platformAttempt < 0) {
+    throw new RangeError(`A platform attempt is the job's retryCount, a whole number ≥ 0; got ${platformAttempt}.`);
+  }
+}
+
 function assertPoints(points: number, what: string): void {
   if (!Number.isSafeInteger(points) || points <= 0) {
     throw new RangeError(`A ${what} needs a positive whole number of points, got ${points}.`);
   }
 }
 
-function chargeResult(journal: MovementDoc, replay: boolean): ChargeResult {
+function chargeResult(journal: MovementDoc, replay: boolean, settled: boolean): ChargeResult {
   return {
     key: journal._id,
     jobId: journal.jobId,
+    platformAttempt: journal.platformAttempt ?? 0,
     points: journal.points,
     spends: planToSpends(journal.plan),
     replay,
+    settled,
   };
 }
 
@@ -682,6 +721,7 @@ function toMovement(d: MovementDoc): LedgerMovement {
   const m: LedgerMovement = {
     key: d._id,
     jobId: d.jobId,
+    platformAttempt: d.platformAttempt ?? 0,
     kind: d.kind,
     accountId: d.accountId,
     walletAddress: d.walletAddress ?? null,

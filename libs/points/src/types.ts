@@ -14,6 +14,12 @@ export interface ChargeInput extends AccountRef {
   /** The quote: a positive integer; the charge is never more than this. */
   points: number;
   reason: string;
+  /**
+   * The platform's attempt number (the job's `retryCount`): each platform Retry
+   * is a new charge with its own idempotency key.
+   * @default 0
+   */
+  platformAttempt?: number;
 }
 
 export interface Spend {
@@ -24,10 +30,17 @@ export interface Spend {
 export interface ChargeResult {
   key: string;
   jobId: string;
+  platformAttempt: number;
   points: number;
   spends: Spend[];
   /** True when this call found the movement already applied (a retry or duplicate). */
   replay: boolean;
+  /**
+   * True when this attempt's charge was already settled (refunded or
+   * reconciled): the points it bought are spent, so a caller must not run the
+   * work again under this attempt. A platform Retry charges the next attempt.
+   */
+  settled: boolean;
 }
 
 export interface SettleInput {
@@ -37,11 +50,18 @@ export interface SettleInput {
   reason: string;
   /** Picks the ledger entry type the platform uses (TRAINING_REFUND vs TRAINING_REFUND_CANCELLED). */
   outcome?: SettleOutcome;
+  /**
+   * The platform's attempt number (the job's `retryCount`): each platform Retry
+   * is settled on its own, never against another attempt's charge.
+   * @default 0
+   */
+  platformAttempt?: number;
 }
 
 export interface SettleResult {
   key: string;
   jobId: string;
+  platformAttempt: number;
   charged: number;
   usedPoints: number;
   refunded: number;
@@ -57,11 +77,18 @@ export interface CreditInput {
   points: number;
   kind: CreditKind;
   reason: string;
+  /**
+   * The platform's attempt number (the job's `retryCount`): each platform Retry
+   * credits once per platform attempt.
+   * @default 0
+   */
+  platformAttempt?: number;
 }
 
 export interface CreditResult {
   key: string;
   jobId: string;
+  platformAttempt: number;
   kind: CreditKind;
   points: number;
   ledgerEntryId: string | null;
@@ -72,6 +99,8 @@ export interface CreditResult {
 export interface LedgerMovement {
   key: string;
   jobId: string;
+  /** 0 for rows written before attempts were keyed. */
+  platformAttempt: number;
   kind: MovementKind;
   creditKind?: CreditKind;
   accountId: string;
