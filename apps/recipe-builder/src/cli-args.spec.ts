@@ -1,4 +1,4 @@
-import { parseCliArgs } from './cli-args';
+import { parseCliArgs, USAGE } from './cli-args';
 
 const defaults = { outDir: '/w/apps/recipe-builder/build', registry: '127.0.0.1:5000' };
 
@@ -35,19 +35,54 @@ describe('parseCliArgs', () => {
   });
 
   it.each([
-    [['build-images', '--frobnicate'], /Unknown option '--frobnicate'/],
+    [['build-images', '--frobnicate'], /^Unknown option '--frobnicate'\n/],
+    [['build-images', '--frob=1'], /^Unknown option '--frob'\n/],
+    [['build-images', '-x'], /^Unknown option '-x'\n/],
+    [['generate', '--Only', 'a'], /^Unknown option '--Only'\n/],
     [['deploy'], /Unknown command 'deploy'/],
-    [['build-images', '--only'], /--only needs at least one recipe id/],
-    [['build-images', '--registry', '--push'], /--registry needs a value/],
-    [['build-images', '--timeout', '-5'], /positive whole number/],
+    [['build-images', 'smoke-cpu'], /Unexpected argument 'smoke-cpu'/],
+    [['build-images', '--only'], /--only needs a value/],
+    [['build-images', '--only='], /--only needs at least one recipe id/],
+    [['build-images', '--registry', '--push'], /--registry needs a value \(to pass a value that starts with '-', write --registry=<value>\)/],
+    [['build-images', '--namespace'], /--namespace needs a value/],
+    [['build-images', '--timeout', '-5'], /--timeout needs a value/],
+    [['build-images', '--timeout=-5'], /positive whole number of seconds, got '-5'/],
+    [['build-images', '--timeout', '0'], /positive whole number/],
+    [['build-images', '--timeout', '1.5'], /positive whole number/],
     [['build-images', '--build-arg', 'NOVALUE'], /KEY=VALUE/],
+    [['build-images', '--push=yes'], /--push takes no value/],
     [['generate', '--push'], /--push is a build-images option/],
+    [['generate', '--registry=r'], /--registry is a build-images option/],
   ])('rejects %j', (argv, pattern) => {
     expect(() => parseCliArgs(argv, defaults)).toThrow(pattern);
+  });
+
+  it('prints the usage with every error', () => {
+    expect(() => parseCliArgs(['build-images', '--frobnicate'], defaults)).toThrow(USAGE);
+    expect(() => parseCliArgs(['build-images', '--registry'], defaults)).toThrow(USAGE);
+  });
+
+  it('collects repeated list options and keeps the last value of a repeated single-value option', () => {
+    const c = parseCliArgs(
+      [
+        'build-images', '--only', 'a', '--only=b', '--build-arg', 'A=1', '--build-arg', 'B=2', '--build-arg', 'A=3',
+        '--base-image', 'x:1', '--base-image', 'runtime=y:2', '--registry', 'r1', '--registry=r2', '--timeout', '10', '--timeout', '20',
+      ],
+      defaults,
+    );
+    expect(c).toMatchObject({
+      only: ['a', 'b'], buildArgs: { A: '3', B: '2' }, baseImages: { builder: 'x:1', runtime: 'y:2' }, registry: 'r2', timeoutSeconds: 20,
+    });
+  });
+
+  it('takes a value that starts with a dash only in the --option=value spelling', () => {
+    expect(parseCliArgs(['build-images', '--namespace=-odd'], defaults)).toMatchObject({ namespace: '-odd' });
   });
 
   it('answers help', () => {
     expect(parseCliArgs([], defaults)).toEqual({ command: 'help' });
     expect(parseCliArgs(['--help'], defaults)).toEqual({ command: 'help' });
+    expect(parseCliArgs(['build-images', '--push', '-h'], defaults)).toEqual({ command: 'help' });
+    expect(parseCliArgs(['generate', '--help'], defaults)).toEqual({ command: 'help' });
   });
 });

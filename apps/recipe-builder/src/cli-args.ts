@@ -1,8 +1,10 @@
 /**
- * Command-line parsing for `generate` and `build-images`. Pure, so every
- * option is unit tested. Unknown options fail loudly: a typo in CI must not
- * silently build or push the wrong thing.
+ * Command-line parsing for `generate` and `build-images`, with `node:util`
+ * `parseArgs` in strict mode (as the worker CLI does). Pure, so every option
+ * is unit tested. Unknown options fail loudly: a typo in CI must not silently
+ * build or push the wrong thing.
  */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { BaseImageOverrides } from './build-images';
 
 export interface CliDefaults {
@@ -48,13 +50,13 @@ export const USAGE = `Usage:
   recipe-builder build-images [options]
 
 build-images options:
-  --only <id...>                      build only these recipes (space or comma separated)
-  --push | --no-push                  push both tags and record digests (default: --no-push)
+  --only <id...>                      build only these recipes (space or comma separated; repeatable)
+  --push | --no-push                  push both tags and record digests (default: --no-push; the last one wins)
   --dry-run                           render contexts and print the plan; no Docker calls
   --registry <host[:port]>            default: $REGISTRY_URL or 127.0.0.1:5000
   --namespace <ns>                    default: stationthis
   --base-image <ref>                  replace both base images (hosts without CUDA images)
-  --base-image builder=<ref>          replace the builder base only (also runtime=, both=)
+  --base-image builder=<ref>          replace the builder base only (also runtime=, both=; repeatable)
   --engine-archives <dir>             folder with the engines' pinned source archives (sha256
                                       checked); default $STATIONTHIS_ENGINE_ARCHIVES, else git
   --tokenizers <dir>                  HF_HOME-layout folder with the recipes' tokenizers; default
@@ -68,11 +70,63 @@ build-images options:
   --timeout <seconds>                 per build and per push (default 3600)
   --out <dir>                         build folder (default: apps/recipe-builder/build)
 
+A value given twice for a single-value option: the last one wins.
+A value starting with '-' is written --option=-value.
+
 Through Nx, put the options after "--":
   npx nx run recipe-builder:build-images -- --only smoke-cpu --push`;
 
+/** Every option of both commands; `generate` accepts only GENERATE_OPTIONS. */
+const OPTIONS = {
+  help: { type: 'boolean', short: 'h' },
+  only: { type: 'string', multiple: true },
+  out: { type: 'string' },
+  registry: { type: 'string' },
+  namespace: { type: 'string' },
+  push: { type: 'boolean' },
+  'no-push': { type: 'boolean' },
+  'dry-run': { type: 'boolean' },
+  'base-image': { type: 'string', multiple: true },
+  'engine-archives': { type: 'string' },
+  tokenizers: { type: 'string' },
+  'ca-bundle': { type: 'string' },
+  'debian-compat': { type: 'boolean' },
+  'build-arg': { type: 'string', multiple: true },
+  'no-cache': { type: 'boolean' },
+  manifest: { type: 'string' },
+  timeout: { type: 'string' },
+} as const satisfies ParseArgsConfig['options'];
+
+type OptionName = keyof typeof OPTIONS;
+const GENERATE_OPTIONS: ReadonlySet<OptionName> = new Set(['help', 'only', 'out']);
+
 function fail(message: string): never {
   throw new Error(`${message}\n\n${USAGE}`);
+}
+
+/**
+ * parseArgs' own errors, reworded to name the option and what to do. Node's
+ * message is kept when its wording is not recognised (it may change between
+ * Node releases), so nothing is ever swallowed.
+ */
+function reword(err: unknown): never {
+  const e = err as { code?: string; message?: string };
+  const message = e?.message ?? String(err);
+  const option = /'(-{1,2}[^' ]+)/.exec(message)?.[1];
+  if (e?.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && option) fail(`Unknown option '${option}'`);
+  if (e?.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' && option) {
+    if (/does not take an argument/.test(message)) fail(`${option} takes no value`);
+    if (/argument missing|ambiguous/.test(message)) {
+      fail(`${option} needs a value (to pass a value that starts with '-', write ${option}=<value>)`);
+    }
+  }
+  fail(message.split('\n')[0]);
+}
+
+function positiveSeconds(v: string): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v.trim()) || !Number.isSafeInteger(n) || n <= 0) fail(`--timeout must be a positive whole number of seconds, got '${v}'`);
+  return n;
 }
 
 export function parseCliArgs(argv: string[], defaults: CliDefaults): CliCommand {
@@ -80,111 +134,87 @@ export function parseCliArgs(argv: string[], defaults: CliDefaults): CliCommand 
   if (command === undefined || command === 'help' || command === '--help' || command === '-h') return { command: 'help' };
   if (command !== 'generate' && command !== 'build-images') fail(`Unknown command '${command}'`);
 
+  const parsed = (() => {
+    try {
+      return parseArgs({ args: rest, options: OPTIONS, strict: true, allowPositionals: true, tokens: true });
+    } catch (err) {
+      return reword(err);
+    }
+  })();
+
   const only: string[] = [];
   const baseImages: BaseImageOverrides = {};
   const buildArgs: Record<string, string> = {};
-  let outDir = defaults.outDir;
-  let registry = defaults.registry;
-  let namespace = 'stationthis';
   let push = false;
-  let dryRun = false;
-  let engineArchiveDir: string | undefined;
-  let tokenizersDir: string | undefined;
-  let caBundle: string | undefined;
-  let debianCompat = false;
-  let nocache = false;
-  let manifestPath: string | undefined;
-  let timeoutSeconds = 3600;
-
-  // Accept both '--opt value' and '--opt=value'.
-  const tokens: string[] = [];
-  for (const t of rest) {
-    const eq = t.indexOf('=');
-    if (t.startsWith('--') && eq > 2) tokens.push(t.slice(0, eq), t.slice(eq + 1));
-    else tokens.push(t);
-  }
-  const buildOnly = new Set(['--registry', '--namespace', '--push', '--no-push', '--dry-run', '--base-image', '--engine-archives', '--tokenizers', '--ca-bundle', '--debian-compat', '--build-arg', '--no-cache', '--manifest', '--timeout']);
-
-  for (let i = 0; i < tokens.length; i++) {
-    const t = tokens[i];
-    const value = (): string => {
-      const v = tokens[++i];
-      if (v === undefined || v.startsWith('--')) fail(`${t} needs a value`);
-      return v;
-    };
-    if (command === 'generate' && buildOnly.has(t)) fail(`${t} is a build-images option`);
-    switch (t) {
-      case '--only': {
-        const before = only.length;
-        while (tokens[i + 1] !== undefined && !tokens[i + 1].startsWith('--')) {
-          only.push(...tokens[++i].split(',').filter((s) => s !== ''));
-        }
-        if (only.length === before) fail('--only needs at least one recipe id');
+  // Walk the tokens in order: `--only a b` takes the words after it, and the last of --push/--no-push wins.
+  let onlyOpen = false;
+  for (const token of parsed.tokens) {
+    if (token.kind === 'positional') {
+      if (!onlyOpen) fail(`Unexpected argument '${token.value}'`);
+      only.push(...token.value.split(',').filter((s) => s !== ''));
+      continue;
+    }
+    onlyOpen = false;
+    if (token.kind !== 'option') fail(`Unexpected '--': ${command} takes options only`);
+    const name = token.name as OptionName;
+    if (command === 'generate' && !GENERATE_OPTIONS.has(name)) fail(`${token.rawName} is a build-images option`);
+    const value = token.value ?? '';
+    switch (name) {
+      case 'help':
+        return { command: 'help' };
+      case 'only': {
+        const ids = value.split(',').filter((s) => s !== '');
+        if (ids.length === 0) fail('--only needs at least one recipe id');
+        only.push(...ids);
+        // Space-separated ids only after `--only a`, not after `--only=a`.
+        onlyOpen = token.inlineValue === false;
         break;
       }
-      case '--out':
-        outDir = value();
-        break;
-      case '--registry':
-        registry = value();
-        break;
-      case '--namespace':
-        namespace = value();
-        break;
-      case '--push':
+      case 'push':
         push = true;
         break;
-      case '--no-push':
+      case 'no-push':
         push = false;
         break;
-      case '--dry-run':
-        dryRun = true;
-        break;
-      case '--engine-archives':
-        engineArchiveDir = value();
-        break;
-      case '--tokenizers':
-        tokenizersDir = value();
-        break;
-      case '--ca-bundle':
-        caBundle = value();
-        break;
-      case '--debian-compat':
-        debianCompat = true;
-        break;
-      case '--no-cache':
-        nocache = true;
-        break;
-      case '--manifest':
-        manifestPath = value();
-        break;
-      case '--timeout': {
-        const v = value();
-        timeoutSeconds = Number(v);
-        if (!Number.isInteger(timeoutSeconds) || timeoutSeconds <= 0) fail(`--timeout must be a positive whole number of seconds, got '${v}'`);
+      case 'build-arg': {
+        const eq = value.indexOf('=');
+        if (eq <= 0) fail(`--build-arg needs KEY=VALUE, got '${value}'`);
+        buildArgs[value.slice(0, eq)] = value.slice(eq + 1);
         break;
       }
-      case '--build-arg': {
-        const v = value();
-        const eq = v.indexOf('=');
-        if (eq <= 0) fail(`--build-arg needs KEY=VALUE, got '${v}'`);
-        buildArgs[v.slice(0, eq)] = v.slice(eq + 1);
-        break;
-      }
-      case '--base-image': {
-        const v = value();
-        const m = /^(builder|runtime|both)=(.+)$/.exec(v);
+      case 'base-image': {
+        const m = /^(builder|runtime|both)=(.+)$/.exec(value);
         const which = m ? m[1] : 'both';
-        const ref = m ? m[2] : v;
+        const ref = m ? m[2] : value;
         if (which !== 'runtime') baseImages.builder = ref;
         if (which !== 'builder') baseImages.runtime = ref;
         break;
       }
       default:
-        fail(`Unknown option '${t}'`);
+        // Single-value options and flags: parseArgs already kept the last value.
+        break;
     }
   }
 
+  const v = parsed.values;
+  const outDir = v.out ?? defaults.outDir;
   if (command === 'generate') return { command, only, outDir };
-  return { command, only, outDir, registry, namespace, push, dryRun, baseImages, engineArchiveDir, tokenizersDir, caBundle, debianCompat, buildArgs, nocache, manifestPath, timeoutSeconds };
+  return {
+    command,
+    only,
+    outDir,
+    registry: v.registry ?? defaults.registry,
+    namespace: v.namespace ?? 'stationthis',
+    push,
+    dryRun: v['dry-run'] ?? false,
+    baseImages,
+    engineArchiveDir: v['engine-archives'],
+    tokenizersDir: v.tokenizers,
+    caBundle: v['ca-bundle'],
+    debianCompat: v['debian-compat'] ?? false,
+    buildArgs,
+    nocache: v['no-cache'] ?? false,
+    manifestPath: v.manifest,
+    timeoutSeconds: v.timeout === undefined ? 3600 : positiveSeconds(v.timeout),
+  };
 }
