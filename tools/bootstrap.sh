@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# Shared set-up for the README's two commands: Node dependencies, local
-# services, and the variables every test and app reads. Source it.
+# Shared set-up for the README's two commands: the pinned Node.js, Node
+# dependencies, local services, and the variables every test and app reads. Source it.
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 
-# Install Node dependencies when missing or when the lockfile changed since the last install.
+# The pinned Node.js (.nvmrc; ADR 0007), installed once into the machine cache and put
+# first on PATH: npm, npx, nx, tsc and jest below and in the sourcing script run on it.
+source tools/node/ensure-node.sh
+log "node $(node --version) ($(command -v node)), npm $(npm --version)"
+
+# Install Node dependencies when missing, or when the lockfile or the Node version
+# changed since the last install.
 stamp=node_modules/.stationthis-lock.sha
-want=$(sha256sum package-lock.json | cut -d' ' -f1)
+want="$(sha256sum package-lock.json | cut -d' ' -f1) node-$(node --version)"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   log "npm ci (install scripts approved in package.json allowScripts)"
   npm ci --no-audit --no-fund
