@@ -4,12 +4,12 @@
  * inside an HTTP 200 stream, and a stream may never end (so every call has a
  * timeout that aborts the request, which also cancels the build daemon-side).
  */
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join, relative, sep } from 'node:path';
 import type { Readable } from 'node:stream';
 import type Docker from 'dockerode';
+import ignore from '@balena/dockerignore';
 import * as tar from 'tar-fs';
-import { isExcluded, parseDockerignore } from './dockerignore';
 
 /** One JSON line of a build, pull or push stream. */
 export interface DockerStreamEvent {
@@ -33,24 +33,55 @@ export interface RegistryAuth {
   serveraddress: string;
 }
 
+/** Always sent, whatever .dockerignore says (as `docker build` does). */
+const ALWAYS_SENT = new Set(['Dockerfile', '.dockerignore']);
+
+/**
+ * The '/'-separated context paths `docker build` would send: every path the
+ * .dockerignore rules keep (Docker's own matcher, moby's rules: parents match,
+ * the last match wins, '!' re-includes), plus the folders above a kept path.
+ * An excluded folder is walked only when the rules have '!' exceptions, and is
+ * sent only when it holds a re-included path.
+ */
+export function buildContextPaths(contextDir: string): Set<string> {
+  const ignoreFile = join(contextDir, '.dockerignore');
+  const text = existsSync(ignoreFile) ? readFileSync(ignoreFile, 'utf8') : '';
+  const rules = ignore().add(text);
+  const hasExceptions = text.split(/\r?\n/).some((line) => line.trim().startsWith('!'));
+  const kept = new Set<string>();
+  const walk = (dirRel: string): void => {
+    for (const entry of readdirSync(join(contextDir, dirRel), { withFileTypes: true })) {
+      const rel = dirRel === '' ? entry.name : `${dirRel}/${entry.name}`;
+      const excluded = !(dirRel === '' && ALWAYS_SENT.has(rel)) && rules.ignores(rel);
+      if (!entry.isDirectory()) {
+        if (!excluded) kept.add(rel);
+      } else if (!excluded) {
+        kept.add(rel);
+        walk(rel);
+      } else if (hasExceptions) {
+        const before = kept.size;
+        walk(rel);
+        if (kept.size > before) kept.add(rel);
+      }
+    }
+  };
+  walk('');
+  return kept;
+}
+
 /**
  * Packs a build context folder the way the Docker CLI does: .dockerignore
- * applied (Dockerfile and .dockerignore always kept), entries sorted, owners
- * and mtimes normalised so the same files give the same archive.
+ * applied (see `buildContextPaths`), entries sorted, owners and mtimes
+ * normalised so the same files give the same archive.
  */
 export function packBuildContext(contextDir: string): Readable {
-  const ignoreFile = join(contextDir, '.dockerignore');
-  const rules = existsSync(ignoreFile) ? parseDockerignore(readFileSync(ignoreFile, 'utf8')) : [];
-  const hasExceptions = rules.some((r) => r.negate);
+  const kept = buildContextPaths(contextDir);
   // `sort` exists in tar-fs 3 but not in @types/tar-fs 2, hence the cast below.
   const options = {
     sort: true,
     ignore: (absPath: string) => {
       const rel = relative(contextDir, absPath).split(sep).join('/');
-      if (rel === 'Dockerfile' || rel === '.dockerignore') return false;
-      if (!isExcluded(rules, rel)) return false;
-      // An excluded folder may still hold re-included files ('!rootfs/**'): walk into it.
-      return !(hasExceptions && statSync(absPath).isDirectory());
+      return rel !== '' && !kept.has(rel);
     },
     map: (header: tar.Headers) => {
       const h = header as tar.Headers & { uname?: string; gname?: string };
