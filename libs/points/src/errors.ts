@@ -22,14 +22,6 @@ export class MovementBusyError extends Error {
   }
 }
 
-/** Thrown by a test fault hook to simulate a crash: the lock is left held, as after a real crash. */
-export class SimulatedCrashError extends Error {
-  constructor(readonly step: string) {
-    super(`Simulated crash after step ${step}.`);
-    this.name = 'SimulatedCrashError';
-  }
-}
-
 /** A call that contradicts an earlier movement with the same key (e.g. charging a job already settled). */
 export class MovementConflictError extends Error {
   constructor(message: string) {

@@ -1,15 +1,11 @@
-export { POINTS_DB } from './tokens';
-export { InsufficientPointsError, MovementBusyError, MovementConflictError, SimulatedCrashError } from './errors';
-export {
-  PointsLedger,
-  CREDIT_LEDGER_COLLECTION,
-  MOVEMENTS_COLLECTION,
-  SPEND_MARKER_FIELD,
-  chargeKey,
-  refundKey,
-  creditKey,
-  ledgerEntryIdFor,
-  planSpends,
-  platformSpendOrder,
-} from './points-ledger';
+export { POINTS_DB, POINTS_LEDGER_OPTIONS, MOVEMENT_PROBE } from './tokens';
+export { InsufficientPointsError, MovementBusyError, MovementConflictError } from './errors';
+export { PointsLedger } from './points-ledger';
+export { POINTS_LEDGER, type PointsLedgerPort } from './points-ledger.port';
+export { registerPoints, type RegisterPointsOptions } from './register';
+export { parsePointsLedgerOptions, type PointsLedgerOptions, type ResolvedPointsLedgerOptions } from './options';
+export { MOVEMENTS_COLLECTION, NO_MOVEMENT_PROBE, type MovementProbe } from './movement-journal';
+export { CREDIT_LEDGER_COLLECTION, SPEND_MARKER_FIELD, planSpends, platformSpendOrder } from './credit-ledger';
+export { LOCKS_COLLECTION } from './account-locks';
+export { chargeKey, refundKey, creditKey, grantKey, ledgerEntryIdFor } from './keys';
 export type * from './types';

@@ -1,9 +1,13 @@
-import { ensureNamedIndexes, idForms, isDuplicateKeyError, toObjectIdOrString } from '@stationthis/common';
-import { createHash, randomUUID } from 'node:crypto';
-import { ObjectId, type Collection, type Db, type Document, type Filter } from 'mongodb';
+import type { Db, Filter, ObjectId } from 'mongodb';
 import { inject, injectable } from 'tsyringe';
-import { InsufficientPointsError, MovementBusyError, MovementConflictError, SimulatedCrashError } from './errors';
-import { POINTS_DB } from './tokens';
+import { AccountLocks, type HeldLock } from './account-locks';
+import { CreditLedgerEntries, normalizeWallet, planSpends } from './credit-ledger';
+import { InsufficientPointsError, MovementBusyError, MovementConflictError } from './errors';
+import { assertPoints, chargeKey, creditKey, grantKey, ledgerEntryIdFor, refundKey } from './keys';
+import { MovementJournal, NO_MOVEMENT_PROBE, type MovementDoc, type MovementProbe } from './movement-journal';
+import { parsePointsLedgerOptions, type PointsLedgerOptions, type ResolvedPointsLedgerOptions } from './options';
+import type { PointsLedgerPort } from './points-ledger.port';
+import { MOVEMENT_PROBE, POINTS_DB, POINTS_LEDGER_OPTIONS } from './tokens';
 import type {
   AccountRef,
   ChargeInput,
@@ -11,22 +15,15 @@ import type {
   CreditInput,
   CreditKind,
   CreditResult,
+  GrantInput,
+  GrantResult,
   JobPointsSummary,
   LedgerMovement,
-  MovementKind,
-  PointsLedgerOptions,
   SettleInput,
-  SettleResult,
   SettleOutcome,
+  SettleResult,
   Spend,
 } from './types';
-
-export const CREDIT_LEDGER_COLLECTION = 'credit_ledger';
-export const MOVEMENTS_COLLECTION = 'training_points_movements';
-/** Short-lived per-account locks for charges. */
-export const LOCKS_COLLECTION = 'training_points_locks';
-/** Field we add to a credit_ledger entry while a charge is being applied to it (2PC "pendingTransactions"). */
-export const SPEND_MARKER_FIELD = 'training_spend_keys';
 
 /** The platform's entry types for refund entries; ours for the creator and trainer shares. */
 const REFUND_TYPE: Record<SettleOutcome, string> = {
@@ -40,153 +37,61 @@ const CREDIT_TYPE: Record<CreditKind, string> = {
 };
 
 /**
- * Idempotency keys are per job and platform attempt (the job's `retryCount`).
- * Attempt 0 keeps the original form (`training:<job>:charge`) so rows written
- * before attempts were keyed still match; a Retry's attempt n > 0 gets
- * `training:<job>:r<n>:…`, a new charge with its own refund and credits.
- */
-function keyPrefix(jobId: string, platformAttempt: number): string {
-  assertAttempt(platformAttempt);
-  return platformAttempt === 0 ? `training:${jobId}` : `training:${jobId}:r${platformAttempt}`;
-}
-export function chargeKey(jobId: string, platformAttempt = 0): string {
-  return `${keyPrefix(jobId, platformAttempt)}:charge`;
-}
-export function refundKey(jobId: string, platformAttempt = 0): string {
-  return `${keyPrefix(jobId, platformAttempt)}:refund`;
-}
-export function creditKey(jobId: string, kind: CreditKind, platformAttempt = 0): string {
-  return `${keyPrefix(jobId, platformAttempt)}:credit:${kind}`;
-}
-
-/**
- * A deterministic ObjectId for the credit_ledger entry a movement creates. The
- * platform's code expects ObjectId `_id`s in credit_ledger; deriving it from the
- * idempotency key makes the always-present `_id` index reject a second insert
- * even where the platform's unique `deposit_tx_hash` index was never created.
- */
-export function ledgerEntryIdFor(key: string): ObjectId {
-  return new ObjectId(createHash('sha256').update(`credit_ledger:${key}`).digest().subarray(0, 12));
-}
-
-interface LedgerEntryDoc {
-  _id: ObjectId;
-  status?: string;
-  points_remaining?: number;
-  funding_rate_applied?: number | null;
-  createdAt?: Date;
-  [SPEND_MARKER_FIELD]?: string[];
-  [extra: string]: unknown;
-}
-
-interface MovementDoc {
-  _id: string;
-  jobId: string;
-  /** Missing on rows written before attempts were keyed: read as 0. */
-  platformAttempt?: number;
-  kind: MovementKind;
-  creditKind?: CreditKind;
-  accountId: string;
-  walletAddress?: string | null;
-  points: number;
-  reason: string;
-  state: 'pending' | 'applied' | 'rolling_back';
-  plan?: Array<{ entryId: ObjectId; points: number }>;
-  usedPoints?: number;
-  chargedPoints?: number;
-  outcome?: SettleOutcome;
-  ledgerEntryId?: ObjectId | null;
-  createdAt: Date;
-  updatedAt: Date;
-  appliedAt?: Date;
-}
-
-interface LockDoc {
-  _id: string;
-  token: string;
-  until: Date;
-}
-type HeldLock = Pick<LockDoc, '_id' | 'token'>;
-
-/** A charge locks the account and, when given, the wallet (entries are matched by either). */
-function accountLockNames(account: AccountRef): string[] {
-  const names = [`account:${String(account.masterAccountId)}`];
-  const wallet = normalizeWallet(account.walletAddress);
-  if (wallet) names.push(`wallet:${wallet}`);
-  return names;
-}
-
-
-/**
  * Exactly-once training points on the platform's `credit_ledger`, with only
  * single-document atomic writes (no transactions: FerretDB v1 has none).
  *
- * - Every movement has a deterministic key and a journal document in
- *   `training_points_movements`, written first; every later write is
- *   idempotent, so running the same call again after a crash between any two
+ * - Every movement has a deterministic key (per job and platform attempt) and
+ *   goes through the MovementJournal: journal first, then idempotent writes,
+ *   then applied; running the same call again after a crash between any two
  *   writes finishes the movement instead of repeating it.
  * - A charge spends credit_ledger entries with guarded `$inc`s
  *   (`points_remaining >= n` and the key not yet in the entry's marker list),
- *   so no entry or account goes negative under concurrency.
- * - Refunds and credits are new CONFIRMED credit_ledger entries, shaped like
- *   the platform's createRewardCreditEntry, with a deterministic `_id` and
- *   `deposit_tx_hash` = key (the platform's unique non-sparse index).
+ *   under per-account locks, so no entry or account goes negative.
+ * - Refunds, credits and grants are new CONFIRMED credit_ledger entries,
+ *   shaped like the platform's createRewardCreditEntry, with a deterministic
+ *   `_id` and `deposit_tx_hash` = key (the platform's unique non-sparse index).
  * See roadmap/training-system/adr/0002-leases-fencing-and-ledger-idempotency.md.
  */
 @injectable()
-export class PointsLedger {
-  private readonly ledger: Collection<LedgerEntryDoc>;
-  private readonly movements: Collection<MovementDoc>;
-  private readonly locks: Collection<LockDoc>;
-  private lockMs = 30_000;
-  private lockWaitMs = 120_000;
-  private maxChargeRetries = 10;
-  private faultHook: ((step: string) => void | Promise<void>) | undefined;
-
-  constructor(@inject(POINTS_DB) db: Db) {
-    this.ledger = db.collection<LedgerEntryDoc>(CREDIT_LEDGER_COLLECTION);
-    this.movements = db.collection<MovementDoc>(MOVEMENTS_COLLECTION);
-    this.locks = db.collection<LockDoc>(LOCKS_COLLECTION);
-  }
-
-  /** Tunables and the test fault hook; returns `this` so it chains after resolve(). */
-  configure(options: PointsLedgerOptions): this {
-    if (options.lockMs !== undefined) this.lockMs = options.lockMs;
-    if (options.lockWaitMs !== undefined) this.lockWaitMs = options.lockWaitMs;
-    if (options.maxChargeRetries !== undefined) this.maxChargeRetries = options.maxChargeRetries;
-    if ('faultHook' in options) this.faultHook = options.faultHook;
-    return this;
-  }
+export class PointsLedger implements PointsLedgerPort {
+  private readonly options: ResolvedPointsLedgerOptions;
+  private readonly journal: MovementJournal;
+  private readonly entries: CreditLedgerEntries;
+  private readonly locks: AccountLocks;
 
   /**
-   * Our journal's indexes, and the platform's two balance indexes (from
-   * scripts/create-credit-ledger-indexes.js). If the platform already made an
-   * equivalent index under another name, that one is kept.
+   * Options and probe are optional so `new PointsLedger(db)` and a container
+   * holding only POINTS_DB both work; registerPoints() binds all three.
    */
+  constructor(
+    @inject(POINTS_DB) db: Db,
+    @inject(POINTS_LEDGER_OPTIONS, { isOptional: true }) options?: PointsLedgerOptions,
+    @inject(MOVEMENT_PROBE, { isOptional: true }) probe: MovementProbe = NO_MOVEMENT_PROBE,
+  ) {
+    this.options = parsePointsLedgerOptions(options);
+    this.journal = new MovementJournal(db, probe);
+    this.entries = new CreditLedgerEntries(db);
+    this.locks = new AccountLocks(db, this.options);
+  }
+
+  /** Our journal's indexes, and the platform's two balance indexes. */
   async ensureIndexes(): Promise<void> {
-    await ensureNamedIndexes(this.movements, [
-      { key: { jobId: 1, createdAt: 1 }, name: 'st_job' },
-      { key: { accountId: 1, createdAt: 1 }, name: 'st_account' },
-      { key: { state: 1, updatedAt: 1 }, name: 'st_state' },
-    ]);
-    await ensureNamedIndexes(this.ledger, [
-      { key: { master_account_id: 1, status: 1, points_remaining: 1 }, name: 'st_account_balance' },
-      { key: { depositor_address: 1, status: 1, points_remaining: 1 }, name: 'st_wallet_balance' },
-    ]);
+    await this.journal.ensureIndexes();
+    await this.entries.ensureIndexes();
   }
 
   /** Spendable points: CONFIRMED entries with points_remaining > 0, by account (both id forms) or wallet. */
   async balance(account: AccountRef): Promise<number> {
-    const entries = await this.spendableEntries(account);
+    const entries = await this.entries.spendable(account);
     return entries.reduce((sum, e) => sum + (e.points_remaining ?? 0), 0);
   }
 
   /**
-   * Charge the quote for `jobId`, exactly once. Entries are spent in the
-   * platform's order (PointsService._deductFromCreditLedger): entries without
-   * `funding_rate_applied` (refunds, rewards) first, then ascending funding
-   * rate; oldest first within a rate. Throws InsufficientPointsError, leaving
-   * nothing behind, when the balance is short.
+   * Charge the quote for (jobId, platformAttempt), exactly once. Entries are
+   * spent in the platform's order (PointsService._deductFromCreditLedger):
+   * entries without `funding_rate_applied` (refunds, rewards) first, then
+   * ascending funding rate; oldest first within a rate. Throws
+   * InsufficientPointsError, leaving nothing behind, when the balance is short.
    */
   async charge(input: ChargeInput): Promise<ChargeResult> {
     assertPoints(input.points, 'charge');
@@ -194,11 +99,10 @@ export class PointsLedger {
     const key = chargeKey(input.jobId, attempt);
     // Charges on one account take turns. Besides keeping plans fresh, this is what makes the
     // guarded $inc safe on FerretDB v1, whose conditional updates are not atomic under concurrency.
-    const held = await this.acquireLocks(accountLockNames(input));
-    let crashed = false;
+    const held = await this.locks.acquire(accountLockNames(input));
     try {
-      for (let round = 0; round <= this.maxChargeRetries; round++) {
-        let journal = await this.movements.findOne({ _id: key });
+      for (let round = 0; round <= this.options.maxChargeRetries; round++) {
+        let journal = await this.journal.find(key);
         if (journal && journal.points !== input.points) {
           throw new MovementConflictError(
             `Training job ${input.jobId} (platform attempt ${attempt}) already has a charge of ${journal.points} points; a charge of ${input.points} was asked.`,
@@ -206,49 +110,36 @@ export class PointsLedger {
         }
         if (journal?.state === 'applied') {
           await this.cleanSpendMarkers(journal);
-          const settled = Boolean(await this.movements.findOne({ _id: refundKey(input.jobId, attempt) }, { projection: { _id: 1 } }));
-          return chargeResult(journal, true, settled);
+          return chargeResult(journal, true, await this.journal.exists(refundKey(input.jobId, attempt)));
         }
         if (journal?.state === 'rolling_back') {
           await this.rollBackCharge(journal, held);
           continue;
         }
         if (!journal) {
-          if (await this.movements.findOne({ _id: refundKey(input.jobId, attempt) }, { projection: { _id: 1 } })) {
+          if (await this.journal.exists(refundKey(input.jobId, attempt))) {
             throw new MovementConflictError(
               `Training job ${input.jobId} was already settled for platform attempt ${attempt}; it cannot be charged again ` +
                 'under the same attempt. A platform Retry charges under the next attempt number.',
             );
           }
-          const entries = await this.spendableEntries(input);
-          const balance = entries.reduce((sum, e) => sum + (e.points_remaining ?? 0), 0);
+          const spendable = await this.entries.spendable(input);
+          const balance = spendable.reduce((sum, e) => sum + (e.points_remaining ?? 0), 0);
           if (balance < input.points) throw new InsufficientPointsError(balance, input.points, input.jobId);
-          const now = new Date();
-          const doc: MovementDoc = {
-            _id: key,
-            jobId: input.jobId,
-            platformAttempt: attempt,
+          const opened = await this.journal.open({
+            ...newMovement(key, input.jobId, attempt, input.reason),
             kind: 'charge',
             accountId: String(input.masterAccountId),
             walletAddress: normalizeWallet(input.walletAddress),
             points: input.points,
-            reason: input.reason,
             state: 'pending',
-            plan: planSpends(entries, input.points),
-            createdAt: now,
-            updatedAt: now,
-          };
-          try {
-            await this.movements.insertOne(doc);
-          } catch (err) {
-            if (isDuplicateKeyError(err)) continue; // a concurrent caller won; follow it
-            throw err;
-          }
-          await this.step('charge:journal');
-          journal = doc;
+            plan: planSpends(spendable, input.points),
+          });
+          if (!opened.created) continue; // a concurrent caller won; follow it
+          journal = opened.journal;
         }
         if (await this.applyCharge(journal, held)) {
-          const done = (await this.movements.findOne({ _id: key })) as MovementDoc;
+          const done = (await this.journal.find(key)) as MovementDoc;
           await this.cleanSpendMarkers(done);
           return chargeResult(done, false, false);
         }
@@ -256,44 +147,35 @@ export class PointsLedger {
         await this.rollBackCharge({ ...journal, state: 'rolling_back' }, held);
       }
       throw new Error(
-        `Charging training job ${input.jobId} found its plan stale ${this.maxChargeRetries + 1} times in a row ` +
+        `Charging training job ${input.jobId} found its plan stale ${this.options.maxChargeRetries + 1} times in a row ` +
           '(the balance keeps changing under it); nothing was charged. Retry later.',
       );
-    } catch (err) {
-      crashed = err instanceof SimulatedCrashError;
-      throw err;
     } finally {
-      // A simulated crash keeps its locks, as a killed process would; they expire after lockMs.
-      if (!crashed) await this.releaseLocks(held).catch(() => undefined);
+      // A process killed before this line leaves its locks; they expire after lockMs.
+      await this.locks.release(held).catch(() => undefined);
     }
   }
 
   /**
-   * Reconcile a charged job exactly once: refund `charged - usedPoints`
+   * Reconcile a charged attempt exactly once: refund `charged - usedPoints`
    * (clamped to [0, charged]). Success: usedPoints = actual GPU cost. Platform
    * failure: 0. Cancel: the time used. The first settle wins; a later one,
-   * even with other figures, returns the first result. A job never charged
-   * settles to zero without writing anything.
+   * even with other figures, returns the first result. An attempt never
+   * charged settles to zero without writing anything; a settle never touches
+   * another attempt's charge.
    */
   async settle(input: SettleInput): Promise<SettleResult> {
     const attempt = input.platformAttempt ?? 0;
     const key = refundKey(input.jobId, attempt);
-    let charge = await this.movements.findOne({ _id: chargeKey(input.jobId, attempt) });
+    let charge = await this.journal.find(chargeKey(input.jobId, attempt));
     if (charge && charge.state !== 'applied') {
       // The charger died mid-way: finish (or undo) it first, so the refund is computed from what was taken.
       try {
-        await this.charge({
-          jobId: charge.jobId,
-          masterAccountId: charge.accountId,
-          walletAddress: charge.walletAddress,
-          points: charge.points,
-          reason: charge.reason,
-          platformAttempt: attempt,
-        });
+        await this.charge({ ...chargeInputOf(charge), platformAttempt: attempt });
       } catch (err) {
         if (!(err instanceof InsufficientPointsError)) throw err;
       }
-      charge = await this.movements.findOne({ _id: chargeKey(input.jobId, attempt) });
+      charge = await this.journal.find(chargeKey(input.jobId, attempt));
     }
     if (!charge) {
       return { key, jobId: input.jobId, platformAttempt: attempt, charged: 0, usedPoints: 0, refunded: 0, ledgerEntryId: null, replay: false };
@@ -301,51 +183,28 @@ export class PointsLedger {
     const charged = charge.points;
     const used = Math.min(charged, Math.max(0, Math.round(input.usedPoints)));
     const refund = charged - used;
-    const entryId = ledgerEntryIdFor(key);
-    let journal = await this.movements.findOne({ _id: key });
-    let replay = true;
-    if (!journal) {
-      const now = new Date();
-      const doc: MovementDoc = {
-        _id: key,
-        jobId: input.jobId,
-        platformAttempt: attempt,
-        kind: 'refund',
-        accountId: charge.accountId,
-        walletAddress: charge.walletAddress ?? null,
-        points: refund,
-        reason: input.reason,
-        state: refund > 0 ? 'pending' : 'applied',
-        usedPoints: used,
-        chargedPoints: charged,
-        outcome: input.outcome ?? (used === 0 ? 'failed' : 'completed'),
-        ledgerEntryId: refund > 0 ? entryId : null,
-        createdAt: now,
-        updatedAt: now,
-        ...(refund > 0 ? {} : { appliedAt: now }),
-      };
-      try {
-        await this.movements.insertOne(doc);
-        journal = doc;
-        replay = false;
-        await this.step('settle:journal');
-      } catch (err) {
-        if (!isDuplicateKeyError(err)) throw err;
-        journal = (await this.movements.findOne({ _id: key })) as MovementDoc;
-      }
-    }
-    if (journal.state === 'pending') {
-      replay = false;
-      await this.insertLedgerEntry(journal, REFUND_TYPE[journal.outcome ?? 'failed'], {
-        trainingJobId: journal.jobId,
-        platformAttempt: attempt,
-        chargedPoints: journal.chargedPoints,
-        usedPoints: journal.usedPoints,
-      });
-      await this.step('settle:ledger');
-      await this.markApplied(key);
-      await this.step('settle:applied');
-    }
+    const doc: MovementDoc = {
+      ...newMovement(key, input.jobId, attempt, input.reason),
+      kind: 'refund',
+      accountId: charge.accountId,
+      walletAddress: charge.walletAddress ?? null,
+      points: refund,
+      // Nothing to refund: the journal alone records the settlement, already applied.
+      state: refund > 0 ? 'pending' : 'applied',
+      usedPoints: used,
+      chargedPoints: charged,
+      outcome: input.outcome ?? (used === 0 ? 'failed' : 'completed'),
+      ledgerEntryId: refund > 0 ? ledgerEntryIdFor(key) : null,
+    };
+    if (refund === 0) doc.appliedAt = doc.createdAt;
+    const { journal, replay } = await this.journal.record(doc, (j) =>
+      this.insertEntry(j, REFUND_TYPE[j.outcome ?? 'failed'], {
+        trainingJobId: j.jobId,
+        platformAttempt: j.platformAttempt ?? 0,
+        chargedPoints: j.chargedPoints,
+        usedPoints: j.usedPoints,
+      }),
+    );
     return {
       key,
       jobId: input.jobId,
@@ -359,50 +218,27 @@ export class PointsLedger {
   }
 
   /**
-   * Credit a contributor for `jobId` exactly once per (jobId, kind). Shares
-   * are minted like the platform's contributor rewards; the caller decides the
-   * amount and whether it applies (e.g. dataset creator ≠ job owner).
+   * Credit a contributor exactly once per (jobId, kind, platformAttempt).
+   * Shares are minted like the platform's contributor rewards; the caller
+   * decides the amount and whether it applies (e.g. dataset creator ≠ job owner).
    */
   async credit(input: CreditInput): Promise<CreditResult> {
     assertPoints(input.points, 'credit');
     const attempt = input.platformAttempt ?? 0;
     const key = creditKey(input.jobId, input.kind, attempt);
-    let journal = await this.movements.findOne({ _id: key });
-    let replay = true;
-    if (!journal) {
-      const now = new Date();
-      const doc: MovementDoc = {
-        _id: key,
-        jobId: input.jobId,
-        platformAttempt: attempt,
+    const { journal, replay } = await this.journal.record(
+      {
+        ...newMovement(key, input.jobId, attempt, input.reason),
         kind: 'credit',
         creditKind: input.kind,
         accountId: String(input.recipientAccountId),
         walletAddress: normalizeWallet(input.recipientWalletAddress),
         points: input.points,
-        reason: input.reason,
         state: 'pending',
         ledgerEntryId: ledgerEntryIdFor(key),
-        createdAt: now,
-        updatedAt: now,
-      };
-      try {
-        await this.movements.insertOne(doc);
-        journal = doc;
-        replay = false;
-        await this.step('credit:journal');
-      } catch (err) {
-        if (!isDuplicateKeyError(err)) throw err;
-        journal = (await this.movements.findOne({ _id: key })) as MovementDoc;
-      }
-    }
-    if (journal.state === 'pending') {
-      replay = false;
-      await this.insertLedgerEntry(journal, CREDIT_TYPE[input.kind], { trainingJobId: journal.jobId, platformAttempt: attempt });
-      await this.step('credit:ledger');
-      await this.markApplied(key);
-      await this.step('credit:applied');
-    }
+      },
+      (j) => this.insertEntry(j, CREDIT_TYPE[input.kind], { trainingJobId: j.jobId, platformAttempt: j.platformAttempt ?? 0 }),
+    );
     return {
       key,
       jobId: input.jobId,
@@ -414,12 +250,44 @@ export class PointsLedger {
     };
   }
 
+  /**
+   * Give an account points outside any job, once per idempotency key: one
+   * CONFIRMED entry (type ADMIN_GIFT unless told), shaped like the platform's
+   * reward entries. One insert with a deterministic `_id`, so no journal is
+   * needed. The same key with another account or amount is a MovementConflictError.
+   */
+  async grant(input: GrantInput): Promise<GrantResult> {
+    assertPoints(input.points, 'grant');
+    const key = grantKey(input.idempotencyKey);
+    const entryId = ledgerEntryIdFor(key);
+    const accountId = String(input.masterAccountId);
+    const inserted = await this.entries.insert({
+      _id: entryId,
+      key,
+      accountId,
+      walletAddress: normalizeWallet(input.walletAddress),
+      points: input.points,
+      type: input.type ?? 'ADMIN_GIFT',
+      description: input.reason,
+      related: { grantKey: input.idempotencyKey },
+    });
+    if (!inserted) {
+      const existing = await this.entries.findCreated(entryId, key);
+      if (!existing || String(existing['master_account_id']) !== accountId || existing['points_credited'] !== input.points) {
+        throw new MovementConflictError(
+          `Points grant ${input.idempotencyKey} already exists for another account or amount ` +
+            `(${existing ? `${String(existing['points_credited'])} points to ${String(existing['master_account_id'])}` : 'entry unreadable'}); use a new key.`,
+        );
+      }
+      return { key, points: input.points, ledgerEntryId: existing._id.toHexString(), replay: true };
+    }
+    return { key, points: input.points, ledgerEntryId: entryId.toHexString(), replay: false };
+  }
+
   /** Every movement of a job (all its platform attempts), or every movement paid by or to an account, oldest first. */
   async history(query: { jobId: string } | { masterAccountId: string | ObjectId }): Promise<LedgerMovement[]> {
-    const filter: Filter<MovementDoc> =
-      'jobId' in query ? { jobId: query.jobId } : { accountId: String(query.masterAccountId) };
-    const docs = await this.movements.find(filter).sort({ createdAt: 1, _id: 1 }).toArray();
-    return docs.map(toMovement);
+    const filter: Filter<MovementDoc> = 'jobId' in query ? { jobId: query.jobId } : { accountId: String(query.masterAccountId) };
+    return (await this.journal.list(filter)).map(toMovement);
   }
 
   /**
@@ -427,16 +295,10 @@ export class PointsLedger {
    * one attempt when `platformAttempt` is given.
    */
   async jobSummary(jobId: string, platformAttempt?: number): Promise<JobPointsSummary> {
-    const all = await this.movements.find({ jobId, state: 'applied' }).toArray();
+    const all = await this.journal.list({ jobId, state: 'applied' });
     // Rows from before attempts were keyed have no platformAttempt: they are attempt 0.
     const docs = platformAttempt === undefined ? all : all.filter((d) => (d.platformAttempt ?? 0) === platformAttempt);
-    const summary: JobPointsSummary = {
-      jobId,
-      charged: 0,
-      refunded: 0,
-      credited: { 'dataset-creator': 0, trainer: 0 },
-      totalCredited: 0,
-    };
+    const summary: JobPointsSummary = { jobId, charged: 0, refunded: 0, credited: { 'dataset-creator': 0, trainer: 0 }, totalCredited: 0 };
     for (const d of docs) {
       if (d.kind === 'charge') summary.charged += d.points;
       else if (d.kind === 'refund') summary.refunded += d.points;
@@ -450,22 +312,20 @@ export class PointsLedger {
 
   /**
    * The 2PC tutorial's recovery sweep: finish movements whose caller died
-   * (state not applied, not touched for `olderThanMs`). Charges are driven to
-   * applied or rolled back; refunds and credits are completed.
+   * (state not applied, not touched for `olderThanMs`), oldest first. Charges
+   * are driven to applied or rolled back; refunds and credits are completed,
+   * each under its own platform attempt.
    */
   async replayPending(olderThanMs = 60_000): Promise<string[]> {
-    const cutoff = new Date(Date.now() - olderThanMs);
-    const stuck = await this.movements
-      .find({ state: { $in: ['pending', 'rolling_back'] }, updatedAt: { $lt: cutoff } })
-      .limit(100)
-      .toArray();
+    const stuck = await this.journal.stuck(new Date(Date.now() - olderThanMs), 100);
     const done: string[] = [];
     for (const m of stuck) {
+      const platformAttempt = m.platformAttempt ?? 0;
       try {
         if (m.kind === 'charge') {
-          await this.charge({ jobId: m.jobId, masterAccountId: m.accountId, walletAddress: m.walletAddress, points: m.points, reason: m.reason, platformAttempt: m.platformAttempt ?? 0 });
+          await this.charge({ ...chargeInputOf(m), platformAttempt });
         } else if (m.kind === 'refund') {
-          await this.settle({ jobId: m.jobId, usedPoints: m.usedPoints ?? 0, reason: m.reason, outcome: m.outcome, platformAttempt: m.platformAttempt ?? 0 });
+          await this.settle({ jobId: m.jobId, usedPoints: m.usedPoints ?? 0, reason: m.reason, outcome: m.outcome, platformAttempt });
         } else if (m.creditKind) {
           await this.credit({
             jobId: m.jobId,
@@ -474,7 +334,7 @@ export class PointsLedger {
             points: m.points,
             kind: m.creditKind,
             reason: m.reason,
-            platformAttempt: m.platformAttempt ?? 0,
+            platformAttempt,
           });
         }
         done.push(m._id);
@@ -486,219 +346,72 @@ export class PointsLedger {
     return done;
   }
 
-  // ---------------------------------------------------------------- internals
+  // ---------------------------------------------------------------- charge internals
 
-  private async spendableEntries(account: AccountRef): Promise<LedgerEntryDoc[]> {
-    const or: Document[] = [{ master_account_id: { $in: idForms(account.masterAccountId) } }];
-    const wallet = normalizeWallet(account.walletAddress);
-    if (wallet) {
-      const forms = account.walletAddress && account.walletAddress !== wallet ? [wallet, account.walletAddress] : [wallet];
-      or.push({ depositor_address: { $in: forms } });
-    }
-    const entries = await this.ledger
-      .find({ status: 'CONFIRMED', points_remaining: { $gt: 0 }, $or: or } as Filter<LedgerEntryDoc>)
-      .toArray();
-    return entries.sort(platformSpendOrder);
-  }
-
-  /** Apply every planned spend; false if one no longer fits (the plan is stale). */
+  /** Apply every planned spend, then mark the journal applied; false if one no longer fits (the plan is stale). */
   private async applyCharge(journal: MovementDoc, held: HeldLock[]): Promise<boolean> {
-    const key = journal._id;
     for (const [i, item] of (journal.plan ?? []).entries()) {
-      await this.renewLocks(held);
-      const r = await this.ledger.updateOne(
-        {
-          _id: item.entryId,
-          status: 'CONFIRMED',
-          points_remaining: { $gte: item.points },
-          [SPEND_MARKER_FIELD]: { $ne: key },
-        } as Filter<LedgerEntryDoc>,
-        { $inc: { points_remaining: -item.points }, $push: { [SPEND_MARKER_FIELD]: key } } as Document,
-      );
-      if (r.matchedCount === 0) {
-        const already = await this.ledger.findOne({ _id: item.entryId, [SPEND_MARKER_FIELD]: key } as Filter<LedgerEntryDoc>);
-        if (!already) {
-          await this.movements.updateOne({ _id: key, state: 'pending' }, { $set: { state: 'rolling_back', updatedAt: new Date() } });
-          await this.step('charge:stale-plan');
-          return false;
-        }
-      } else {
-        await this.step(`charge:spend:${i}`);
+      await this.locks.renew(held);
+      const spent = await this.entries.spend(item, journal._id);
+      if (spent === 'stale') {
+        await this.journal.markRollingBack(journal._id);
+        return false;
       }
+      if (spent === 'spent') await this.journal.step(`charge:spend:${i}`);
     }
-    await this.movements.updateOne(
-      { _id: key, state: 'pending' },
-      { $set: { state: 'applied', appliedAt: new Date(), updatedAt: new Date() } },
-    );
-    await this.step('charge:applied');
+    await this.journal.markApplied(journal);
     return true;
   }
 
   /** Undo the spends this movement applied, then delete its journal: as if it never happened. */
   private async rollBackCharge(journal: MovementDoc, held: HeldLock[]): Promise<void> {
-    const key = journal._id;
     for (const [i, item] of (journal.plan ?? []).entries()) {
-      await this.renewLocks(held);
-      const r = await this.ledger.updateOne({ _id: item.entryId, [SPEND_MARKER_FIELD]: key } as Filter<LedgerEntryDoc>, {
-        $inc: { points_remaining: item.points },
-        $pull: { [SPEND_MARKER_FIELD]: key },
-      } as Document);
-      if (r.matchedCount === 1) await this.step(`charge:undo:${i}`);
-      await this.dropEmptyMarker(item.entryId);
+      await this.locks.renew(held);
+      if (await this.entries.unspend(item, journal._id)) await this.journal.step(`charge:undo:${i}`);
+      await this.entries.dropEmptyMarker(item.entryId);
     }
-    await this.movements.deleteOne({ _id: key, state: 'rolling_back' });
-    await this.step('charge:rolled-back');
+    await this.journal.removeRolledBack(journal._id);
   }
 
   /** After the journal says applied, the markers are no longer needed: remove them (idempotent). */
   private async cleanSpendMarkers(journal: MovementDoc): Promise<void> {
     for (const [i, item] of (journal.plan ?? []).entries()) {
-      const r = await this.ledger.updateOne(
-        { _id: item.entryId, [SPEND_MARKER_FIELD]: journal._id } as Filter<LedgerEntryDoc>,
-        { $pull: { [SPEND_MARKER_FIELD]: journal._id } } as Document,
-      );
-      if (r.matchedCount === 1) await this.step(`charge:unmark:${i}`);
-      await this.dropEmptyMarker(item.entryId);
+      if (await this.entries.unmark(item.entryId, journal._id)) await this.journal.step(`charge:unmark:${i}`);
+      await this.entries.dropEmptyMarker(item.entryId);
     }
   }
 
-  /** Leave no empty marker array behind on a platform document. */
-  private async dropEmptyMarker(entryId: ObjectId): Promise<void> {
-    await this.ledger.updateOne(
-      { _id: entryId, [SPEND_MARKER_FIELD]: { $size: 0 } } as Filter<LedgerEntryDoc>,
-      { $unset: { [SPEND_MARKER_FIELD]: '' } },
-    );
-  }
-
-  /** Platform-shaped CONFIRMED entry (createRewardCreditEntry), keyed for idempotency. */
-  private async insertLedgerEntry(journal: MovementDoc, type: string, related: Record<string, unknown>): Promise<void> {
-    const now = new Date();
-    const entry: LedgerEntryDoc = {
+  /** A refund's or credit's one effect: its CONFIRMED entry, keyed by the movement. */
+  private async insertEntry(journal: MovementDoc, type: string, related: Record<string, unknown>): Promise<void> {
+    await this.entries.insert({
       _id: journal.ledgerEntryId ?? ledgerEntryIdFor(journal._id),
-      master_account_id: toObjectIdOrString(journal.accountId) /* new entries use ObjectId like the platform; a legacy string id stays */,
-      status: 'CONFIRMED',
+      key: journal._id,
+      accountId: journal.accountId,
+      walletAddress: journal.walletAddress,
+      points: journal.points,
       type,
       description: journal.reason,
-      points_credited: journal.points,
-      points_remaining: journal.points,
-      related_items: related,
-      // The platform's unique, non-sparse index: a missing value would collide with every other
-      // entry lacking it, so (like upsertRewardTally) we set a synthetic, unique one.
-      deposit_tx_hash: journal._id,
-      idempotency_key: journal._id,
-      createdAt: now,
-      updatedAt: now,
-    };
-    if (journal.walletAddress) entry['depositor_address'] = journal.walletAddress;
-    try {
-      await this.ledger.insertOne(entry);
-    } catch (err) {
-      if (!isDuplicateKeyError(err)) throw err; // inserted before a crash: done
-    }
-  }
-
-  private async markApplied(key: string): Promise<void> {
-    const now = new Date();
-    await this.movements.updateOne({ _id: key, state: 'pending' }, { $set: { state: 'applied', appliedAt: now, updatedAt: now } });
-  }
-
-  /**
-   * Insert-based locks: a unique `_id` insert is the one write FerretDB v1
-   * makes atomic. Taken in sorted order (no deadlock); an expired lock (its
-   * holder died) is deleted by token and the insert retried.
-   */
-  private async acquireLocks(names: string[]): Promise<HeldLock[]> {
-    const held: HeldLock[] = [];
-    try {
-      for (const name of [...new Set(names)].sort()) held.push(await this.acquireLock(name));
-      return held;
-    } catch (err) {
-      await this.releaseLocks(held).catch(() => undefined);
-      throw err;
-    }
-  }
-
-  private async acquireLock(name: string): Promise<HeldLock> {
-    const _id = `lock:${name}`;
-    const token = randomUUID();
-    const deadline = Date.now() + Math.max(this.lockWaitMs, this.lockMs);
-    for (;;) {
-      try {
-        await this.locks.insertOne({ _id, token, until: new Date(Date.now() + this.lockMs) });
-        return { _id, token };
-      } catch (err) {
-        if (!isDuplicateKeyError(err)) throw err;
-      }
-      const current = await this.locks.findOne({ _id });
-      if (current && current.until.getTime() < Date.now()) {
-        await this.locks.deleteOne({ _id, token: current.token });
-        continue;
-      }
-      if (Date.now() > deadline) throw new MovementBusyError(name);
-      await sleep(5 + Math.random() * 20);
-    }
-  }
-
-  /** Before each write to a ledger entry: extend our locks, or stop if one was taken over. */
-  private async renewLocks(held: HeldLock[]): Promise<void> {
-    for (const lock of held) {
-      const r = await this.locks.updateOne(lock, { $set: { until: new Date(Date.now() + this.lockMs) } });
-      if (r.matchedCount === 0) throw new MovementBusyError(lock._id);
-    }
-  }
-
-  private async releaseLocks(held: HeldLock[]): Promise<void> {
-    for (const lock of held) await this.locks.deleteOne(lock);
-  }
-
-  private async step(name: string): Promise<void> {
-    await this.faultHook?.(name);
+      related,
+    });
   }
 }
 
-/** Greedy over the ordered entries: take from each until the quote is covered. */
-export function planSpends(entries: LedgerEntryDoc[], points: number): Array<{ entryId: ObjectId; points: number }> {
-  const plan: Array<{ entryId: ObjectId; points: number }> = [];
-  let left = points;
-  for (const e of entries) {
-    if (left <= 0) break;
-    const take = Math.min(left, Math.floor(e.points_remaining ?? 0));
-    if (take <= 0) continue;
-    plan.push({ entryId: e._id, points: take });
-    left -= take;
-  }
-  return plan;
+/** A charge locks the account and, when given, the wallet (entries are matched by either). */
+function accountLockNames(account: AccountRef): string[] {
+  const names = [`account:${String(account.masterAccountId)}`];
+  const wallet = normalizeWallet(account.walletAddress);
+  if (wallet) names.push(`wallet:${wallet}`);
+  return names;
 }
 
-/** Entries without funding_rate_applied first, then ascending rate, then oldest, then _id. */
-export function platformSpendOrder(a: LedgerEntryDoc, b: LedgerEntryDoc): number {
-  const ra = a.funding_rate_applied ?? null;
-  const rb = b.funding_rate_applied ?? null;
-  if (ra === null && rb !== null) return -1;
-  if (ra !== null && rb === null) return 1;
-  if (ra !== null && rb !== null && ra !== rb) return ra - rb;
-  const ta = a.createdAt?.getTime?.() ?? 0;
-  const tb = b.createdAt?.getTime?.() ?? 0;
-  if (ta !== tb) return ta - tb;
-  return a._id.toHexString().localeCompare(b._id.toHexString());
+function newMovement(key: string, jobId: string, platformAttempt: number, reason: string) {
+  const now = new Date();
+  return { _id: key, jobId, platformAttempt, reason, createdAt: now, updatedAt: now };
 }
 
-
-/** Deposits store depositor_address lower-cased. */
-function normalizeWallet(wallet: string | null | undefined): string | null {
-  return wallet ? wallet.trim().toLowerCase() : null;
-}
-
-function assertAttempt(platformAttempt: number): void {
-  if (!Number.isSafeInteger(platformAttempt) || platformAttempt < 0) {
-    throw new RangeError(`A platform attempt is the job's retryCount, a whole number ≥ 0; got ${platformAttempt}.`);
-  }
-}
-
-function assertPoints(points: number, what: string): void {
-  if (!Number.isSafeInteger(points) || points <= 0) {
-    throw new RangeError(`A ${what} needs a positive whole number of points, got ${points}.`);
-  }
+/** Re-run a journaled charge as its caller would have. */
+function chargeInputOf(m: MovementDoc): ChargeInput {
+  return { jobId: m.jobId, masterAccountId: m.accountId, walletAddress: m.walletAddress, points: m.points, reason: m.reason };
 }
 
 function chargeResult(journal: MovementDoc, replay: boolean, settled: boolean): ChargeResult {
@@ -737,8 +450,4 @@ function toMovement(d: MovementDoc): LedgerMovement {
   if (d.ledgerEntryId !== undefined) m.ledgerEntryId = d.ledgerEntryId ? d.ledgerEntryId.toHexString() : null;
   if (d.appliedAt) m.appliedAt = d.appliedAt;
   return m;
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }

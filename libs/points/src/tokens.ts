@@ -1,5 +1,7 @@
 import type { Db } from 'mongodb';
 import type { InjectionToken } from 'tsyringe';
+import type { MovementProbe } from './movement-journal';
+import type { ResolvedPointsLedgerOptions } from './options';
 
 /**
  * The database holding the platform's `credit_ledger`. Our own token (adapter
@@ -7,3 +9,13 @@ import type { InjectionToken } from 'tsyringe';
  * @stationthis/db's MONGO_DB.
  */
 export const POINTS_DB = Symbol('PointsDb') as InjectionToken<Db>;
+
+/** The ledger's validated tunables (registerPoints binds them; unbound means the defaults). */
+export const POINTS_LEDGER_OPTIONS = Symbol('PointsLedgerOptions') as InjectionToken<ResolvedPointsLedgerOptions>;
+
+/**
+ * Told after every write a movement makes. Production binds nothing (or
+ * NO_MOVEMENT_PROBE); crash-window tests bind a probe that stops the process
+ * at a chosen write.
+ */
+export const MOVEMENT_PROBE = Symbol('MovementProbe') as InjectionToken<MovementProbe>;

@@ -124,14 +124,25 @@ export interface JobPointsSummary {
   totalCredited: number;
 }
 
-export interface PointsLedgerOptions {
-  /** How long one caller may hold a movement before another may take over (default 30 000 ms). */
-  /** How long a charge may hold its account lock before another caller may take over (default 30 000 ms). */
-  lockMs?: number;
-  /** How long a charge waits for a busy account before MovementBusyError (default 120 000 ms). */
-  lockWaitMs?: number;
-  /** Called after every write with a step name; a test throws SimulatedCrashError from it. */
-  faultHook?: (step: string) => void | Promise<void>;
-  /** Re-plans of a charge that lost a race for an entry before giving up (default 10). */
-  maxChargeRetries?: number;
+/**
+ * Points given to an account outside any job (an operator's top-up, a local
+ * demo account): one platform-shaped CONFIRMED credit_ledger entry.
+ */
+export interface GrantInput extends AccountRef {
+  /** Makes the grant happen once: the same key again is a replay. Stored as `grant:<key>`. */
+  idempotencyKey: string;
+  points: number;
+  reason: string;
+  /**
+   * The entry's `type`, as the platform names its reward entries.
+   * @default 'ADMIN_GIFT'
+   */
+  type?: string;
+}
+
+export interface GrantResult {
+  key: string;
+  points: number;
+  ledgerEntryId: string;
+  replay: boolean;
 }

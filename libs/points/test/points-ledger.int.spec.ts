@@ -4,10 +4,10 @@ import {
   MovementConflictError,
   PointsLedger,
   SPEND_MARKER_FIELD,
-  SimulatedCrashError,
   ledgerEntryIdFor,
   refundKey,
 } from '../src';
+import { SimulatedCrashError, crashAfterWrite, killableDb } from './crash';
 import { createPlatformIndexes, openTestDb, platformEntry, resetLedger, snapshot, type TestDb } from './fixtures';
 
 const WALLET = '0xAbCdEf0000000000000000000000000000000001';
@@ -42,7 +42,7 @@ describe('PointsLedger (real server)', () => {
   });
   beforeEach(async () => {
     await resetLedger(t.db, fixtures());
-    ledger = new PointsLedger(t.db).configure({ lockMs: 200, faultHook: undefined });
+    ledger = new PointsLedger(t.db, { lockMs: 200 });
     await ledger.ensureIndexes();
   });
   afterAll(() => t.drop());
@@ -88,7 +88,7 @@ describe('PointsLedger (real server)', () => {
   });
 
   it('concurrent charges on one account never go below zero; losers leave no trace', async () => {
-    ledger.configure({ lockMs: 20_000 }); // longer than one charge takes on a loaded server
+    ledger = new PointsLedger(t.db, { lockMs: 20_000 }); // longer than one charge takes on a loaded server
     const jobs = Array.from({ length: 12 }, (_, i) => `c${i}`);
     const results = await Promise.allSettled(
       jobs.map((jobId) => ledger.charge({ jobId, masterAccountId: account, walletAddress: WALLET, points: 150, reason: 'quote' })),
@@ -108,8 +108,8 @@ describe('PointsLedger (real server)', () => {
 
   it('a stale plan (entry spent by someone else mid-charge) is rolled back and re-planned', async () => {
     let raced = false;
-    ledger.configure({
-      faultHook: async (step) => {
+    ledger = new PointsLedger(t.db, { lockMs: 200 }, {
+      after: async (step) => {
         if (step === 'charge:journal' && !raced) {
           raced = true;
           // the platform's own generation billing spends the gift entry after our plan was made
@@ -220,30 +220,24 @@ describe('PointsLedger (real server)', () => {
 
     it('final balances and records equal a clean single run, for every crash point', async () => {
       await resetLedger(t.db, fixtures());
-      await runAll(new PointsLedger(t.db).configure({ lockMs: 100 }));
+      await runAll(new PointsLedger(t.db, { lockMs: 100 }));
       const clean = await snapshot(t.db);
       const steps: string[] = [];
       for (let n = 1; n < 100; n++) {
         await resetLedger(t.db, fixtures());
-        let count = 0;
-        let crashedAt: string | null = null;
-        const crashing = new PointsLedger(t.db).configure({
-          lockMs: 100,
-          faultHook: (step) => {
-            if (++count === n) {
-              crashedAt = step;
-              throw new SimulatedCrashError(step);
-            }
-          },
-        });
+        // A process killed after its n-th write: it writes nothing more and its locks stay held.
+        const killable = killableDb(t.db);
+        const probe = crashAfterWrite(n, killable);
+        const crashing = new PointsLedger(killable.db, { lockMs: 100 }, probe);
         try {
           await runAll(crashing);
         } catch (err) {
           if (!(err instanceof SimulatedCrashError)) throw err;
         }
+        const crashedAt = probe.crashedAt;
         if (crashedAt === null) break; // ran to the end: every step has been covered
         steps.push(crashedAt);
-        await runAll(new PointsLedger(t.db).configure({ lockMs: 100 })); // the retry, from the start
+        await runAll(new PointsLedger(t.db, { lockMs: 100 })); // the retry, from the start
         expect({ crashedAt, state: await snapshot(t.db) }).toEqual({ crashedAt, state: clean });
       }
       expect(steps).toEqual(
@@ -267,34 +261,25 @@ describe('PointsLedger (real server)', () => {
         l.charge({ jobId: 'st', masterAccountId: account, walletAddress: WALLET, points: 450, reason: 'quote' });
 
       await resetLedger(t.db, fixtures());
-      await charge(new PointsLedger(t.db).configure({ lockMs: 100, faultHook: drainOnce() }));
+      await charge(new PointsLedger(t.db, { lockMs: 100 }, { after: drainOnce() }));
       const clean = await snapshot(t.db);
       expect(await ledger.balance({ masterAccountId: account, walletAddress: WALLET })).toBe(1100 - 150 - 450);
 
       const steps: string[] = [];
       for (let n = 1; n < 100; n++) {
         await resetLedger(t.db, fixtures());
-        const drain = drainOnce();
-        let count = 0;
-        let crashedAt: string | null = null;
-        const crashing = new PointsLedger(t.db).configure({
-          lockMs: 100,
-          faultHook: async (step) => {
-            await drain(step);
-            if (++count === n) {
-              crashedAt = step;
-              throw new SimulatedCrashError(step);
-            }
-          },
-        });
+        const killable = killableDb(t.db);
+        const probe = crashAfterWrite(n, killable, drainOnce());
+        const crashing = new PointsLedger(killable.db, { lockMs: 100 }, probe);
         try {
           await charge(crashing);
         } catch (err) {
           if (!(err instanceof SimulatedCrashError)) throw err;
         }
+        const crashedAt = probe.crashedAt;
         if (crashedAt === null) break;
         steps.push(crashedAt);
-        await charge(new PointsLedger(t.db).configure({ lockMs: 100 }));
+        await charge(new PointsLedger(t.db, { lockMs: 100 }));
         expect({ crashedAt, state: await snapshot(t.db) }).toEqual({ crashedAt, state: clean });
       }
       expect(steps).toEqual(expect.arrayContaining(['charge:stale-plan', 'charge:undo:0', 'charge:rolled-back']));
