@@ -34,6 +34,12 @@ export class UserCoreReader {
     return this.users.findOne({ _id: toObjectIdOrString(masterAccountId) } as Filter<UserCoreDoc>);
   }
 
+  /** Every wallet address linked to the account, lower-cased (the platform compares them case-insensitively). */
+  walletAddresses(user: Pick<UserCoreDoc, 'wallets'> | null | undefined): string[] {
+    const wallets = Array.isArray(user?.wallets) ? user.wallets : [];
+    return wallets.map((w) => (typeof w?.address === 'string' ? w.address.trim().toLowerCase() : '')).filter((a) => a.length > 0);
+  }
+
   /** The platform's rule (TrainingService.js:55-68): the primary wallet, else the first; lower-cased. */
   primaryWallet(user: Pick<UserCoreDoc, 'wallets'> | null | undefined): string | null {
     const wallets = user?.wallets ?? [];

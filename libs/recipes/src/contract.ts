@@ -198,8 +198,12 @@ export interface NetworkNeed {
 }
 
 export interface DatasetRequirements {
+  /** Fewest items the engine can train on (a smaller dataset is refused before any charge). */
   minImages: number;
+  /** Most items the worker downloads (the dataset fetcher's own limit); the engines have none. */
   maxImages: number;
+  /** Below this many items the job runs, with a warning in its log (see datasetSizeCheck). */
+  recommendedImages?: number;
   /** Whether video clips are accepted (WAN). */
   allowVideo: boolean;
   /** Accepted file extensions, lower-case without dot. */

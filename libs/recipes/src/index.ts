@@ -10,6 +10,7 @@ export { parseSafetensorsHeader, safetensorsHeaderLength, MAX_SAFETENSORS_HEADER
 export { comfyModelKeys, comfyLoraKeyMap, resolveComfyLoraKeys } from './comfy-lora-keys';
 export type { ComfyModelFamily, LoraKeyResolution } from './comfy-lora-keys';
 export { trainingCaption, captionHasTrigger, isVideoItem, summarizeDataset, VIDEO_EXTENSIONS } from './dataset';
+export { datasetSizeCheck, type DatasetSizeCheck } from './dataset-size';
 export {
   IMAGE_MANIFEST_SCHEMA_VERSION,
   findManifestEntry,

@@ -33,16 +33,18 @@ function normalise(s: string, allowed: RegExp, maxLength: number): string {
 
 /**
  * Make a single-token trigger word the platform can match in prompts.
- * Spaces become '_', other characters outside [A-Za-z0-9_.-] are removed.
+ * Spaces and dots become '_', other characters outside [A-Za-z0-9_-] are removed.
  * Throws when nothing usable is left, because a LoRA without a trigger word
  * cannot be used on the platform.
  */
 export function sanitizeTriggerWord(s: string): string {
   if (typeof s !== 'string') throw new Error('trigger word must be a string');
-  const out = normalise(s, /[^A-Za-z0-9_.-]/g, TRIGGER_WORD_MAX_LENGTH);
+  // '.' becomes '_': the platform's prompt tokenizer splits words on '.' (loraResolutionService.js
+  // SPLIT_KEEP_DELIMITERS_REGEX) and reads trailing dots as weight modifiers, so "v2.1" is never found.
+  const out = normalise(s.replace(/\./g, '_'), /[^A-Za-z0-9_-]/g, TRIGGER_WORD_MAX_LENGTH);
   if (!out) {
     throw new Error(
-      `trigger word ${JSON.stringify(s)} has no usable characters: use letters, digits, '_', '.' or '-' (max ${TRIGGER_WORD_MAX_LENGTH})`,
+      `trigger word ${JSON.stringify(s)} has no usable characters: use letters, digits, '_' or '-' (max ${TRIGGER_WORD_MAX_LENGTH})`,
     );
   }
   return out;

@@ -6,14 +6,21 @@
  * the steps read typed fields only.
  */
 import type { TrainingJobDoc } from '@stationthis/db';
-import { jobParametersFromPlatformDoc } from '@stationthis/recipes';
+import { jobParametersFromPlatformDoc, sanitizeTriggerWord } from '@stationthis/recipes';
 
 export interface TrainingRequest {
   jobId: string;
   /** The model type the user picked ('SDXL', 'FLUX', 'WAN', ...), as the platform wrote it. */
   modelType: string;
-  /** The owner's master account id (hex string). */
+  /**
+   * The owner's master account id (hex string) as the job names it: a claim
+   * the prepare step checks against the platform's account records
+   * (`userCore`) before anything is charged, never trusted on its own.
+   */
   ownerAccountId: string;
+  /** `userId` as written (the platform writes the same masterAccountId into both). */
+  userId?: string;
+  /** As written; the prepare step accepts it only when it is one of the account's wallets. */
   walletAddress?: string;
   datasetId?: string;
   captionSetId?: string;
@@ -24,6 +31,8 @@ export interface TrainingRequest {
   description?: string;
   /** Raw parameters in the platform's fields, for the recipe to validate. */
   rawParameters: Record<string, unknown>;
+  /** Why the parameters could not even be read (e.g. `parameters: "steps=30"`); the prepare step refuses the job with it. */
+  parametersError?: string;
   /** The trigger words to record on the finished job, as the platform shows them. */
   resultTriggerWords: string[];
   totalSteps?: number;
@@ -34,26 +43,56 @@ export interface TrainingRequest {
 
 const text = (v: unknown): string | undefined => (v === undefined || v === null || v === '' ? undefined : String(v));
 
+/** The trigger word as the LoRA is registered and the captions carry it; the raw word when it has no usable characters. */
+function cleanedTriggerWord(raw: string): string {
+  try {
+    return sanitizeTriggerWord(raw);
+  } catch {
+    return raw;
+  }
+}
+
+/**
+ * Never throws: whatever a client wrote into the document, the attempt gets a
+ * request, and the prepare step turns what is wrong into a user error before
+ * any charge (a throw here would surface as an internal error, retried).
+ */
 export function trainingRequestFromJob(job: TrainingJobDoc): TrainingRequest {
   const triggerWords = Array.isArray(job.triggerWords) ? job.triggerWords : undefined;
   // triggerWord, else the first of triggerWords (else the job name, only when that list exists but is empty).
   const rawTriggerWord = String(job.triggerWord ?? (triggerWords ? (triggerWords[0] ?? job.name) : '') ?? '');
   const first = job.triggerWord ?? triggerWords?.[0];
+  let rawParameters: Record<string, unknown> = {};
+  let parametersError: string | undefined;
+  try {
+    rawParameters = jobParametersFromPlatformDoc(job as unknown as Record<string, unknown>);
+  } catch (e) {
+    parametersError = `${(e as Error).message} (got ${describeValue((job as Record<string, unknown>)['parameters'])})`;
+  }
   return {
     jobId: String(job._id),
     modelType: text(job.modelType) ?? text(job.baseModel) ?? '',
     ownerAccountId: text(job.ownerAccountId) ?? text(job.userId) ?? '',
+    userId: text(job.userId),
     walletAddress: text(job.walletAddress),
     datasetId: text(job.datasetId),
     captionSetId: text(job.captionSetId),
     rawTriggerWord,
     rawModelName: text(job.modelName) ?? text(job.name),
     description: text(job.description),
-    rawParameters: jobParametersFromPlatformDoc(job as unknown as Record<string, unknown>),
-    resultTriggerWords: first ? [String(first)] : [],
+    rawParameters,
+    parametersError,
+    // What the platform shows and the resolver matches: the cleaned word, the one the LoRA answers to.
+    resultTriggerWords: first ? [cleanedTriggerWord(String(first))] : [],
     totalSteps: typeof job.totalSteps === 'number' ? job.totalSteps : undefined,
     currentLoss: typeof job.currentLoss === 'number' ? job.currentLoss : null,
     attempts: typeof job.attempts === 'number' ? job.attempts : 1,
     maxAttempts: typeof job.maxAttempts === 'number' ? job.maxAttempts : undefined,
   };
+}
+
+function describeValue(v: unknown): string {
+  if (typeof v === 'string') return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}…` : v);
+  if (Array.isArray(v)) return 'an array';
+  return v === null ? 'null' : typeof v;
 }

@@ -93,7 +93,7 @@ describe('sanitisers', () => {
     ['--output_dir=/etc', 'output_diretc'],
     ['../../x', 'x'],
     ['a"b\'c;rm -rf', 'abcrm_-rf'],
-    ['miladystation_v2.1', 'miladystation_v2.1'],
+    ['miladystation_v2.1', 'miladystation_v2_1'], // the platform's prompt tokenizer splits on '.'
   ])('sanitizeTriggerWord(%j) = %j', (input, out) => {
     expect(sanitizeTriggerWord(input)).toBe(out);
     expect(sanitizeTriggerWord(input)).toMatch(TRIGGER_WORD_PATTERN);

@@ -113,7 +113,7 @@ export const fluxRecipe: Recipe<FluxParameters> = defineRecipe<FluxParameters>({
   ]),
   gpu: { count: 1, minVramGb: 24, recommendedVramGb: 24 },
   testRun: { substitutions: [TEST_RUN_TWO_STEPS] },
-  datasetRequirements: { minImages: 5, maxImages: 200, allowVideo: false, extensions: ['jpg', 'jpeg', 'png', 'webp'] },
+  datasetRequirements: { minImages: 1, recommendedImages: 20, maxImages: 1000, allowVideo: false, extensions: ['jpg', 'jpeg', 'png', 'webp'] },
   weights: FLUX_WEIGHTS,
   parameterSchema: fluxParameterSchema,
   crossCheck: warmupIssues,

@@ -94,7 +94,7 @@ export const sdxlRecipe: Recipe<SdxlParameters> = defineRecipe<SdxlParameters>({
   ]),
   gpu: { count: 1, minVramGb: 12, recommendedVramGb: 24 },
   testRun: { substitutions: [TEST_RUN_TWO_STEPS] },
-  datasetRequirements: { minImages: 5, maxImages: 200, allowVideo: false, extensions: ['jpg', 'jpeg', 'png', 'webp'] },
+  datasetRequirements: { minImages: 1, recommendedImages: 20, maxImages: 1000, allowVideo: false, extensions: ['jpg', 'jpeg', 'png', 'webp'] },
   weights: SDXL_WEIGHTS,
   parameterSchema: sdxlParameterSchema,
   crossCheck: warmupIssues,

@@ -249,7 +249,7 @@ export const wanRecipe: Recipe<WanParameters> = defineRecipe<WanParameters>({
       },
     ],
   },
-  datasetRequirements: { minImages: 1, maxImages: 200, allowVideo: true, extensions: ['jpg', 'jpeg', 'png', 'webp', 'mp4', 'webm', 'mov'] },
+  datasetRequirements: { minImages: 1, recommendedImages: 20, maxImages: 1000, allowVideo: true, extensions: ['jpg', 'jpeg', 'png', 'webp', 'mp4', 'webm', 'mov'] },
   weights: WAN_WEIGHTS,
   weightsFor(p) {
     const roles = new Set([wanDitRole(p), 'vae', 't5']);

@@ -26,6 +26,20 @@ export interface Prepared {
   outputName: string;
   dataset: NonNullable<Awaited<ReturnType<DatasetRepository['findById']>>>;
   quote: Quote;
+  /**
+   * Who pays, from the platform's account records (`userCore`), never from the
+   * job's fields: the charge and refunds must use these, not the request's.
+   */
+  payer: Payer;
+  /** Lines for the job log: the job runs (e.g. fewer images than recommended). */
+  warnings: string[];
+}
+
+/** The paying account and the wallet its points are keyed on, as userCore links them. */
+export interface Payer {
+  masterAccountId: string;
+  /** Lower-case; the job's wallet when it is one of the account's, else the account's primary wallet. */
+  walletAddress: string | null;
 }
 
 /** A base-model file held in the weight cache for this attempt. */

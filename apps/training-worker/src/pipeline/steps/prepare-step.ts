@@ -1,19 +1,26 @@
 /**
  * prepare: the recipe, validated parameters, sanitized trigger word and
- * output name, the dataset (exists, is the owner's or shared, has the size
- * the recipe accepts) and the quote. Reads only: nothing is charged yet, so
- * every problem found here costs the user nothing.
+ * output name, the paying account bound from the platform's account records,
+ * the dataset (exists, may be used by that account, has a size the engine can
+ * train on) and the quote. Reads only: nothing is charged yet, so every
+ * problem found here costs the user nothing. Everything that can be checked
+ * without the network is checked here, before the charge.
  */
 import { injectable } from 'tsyringe';
-import { DatasetRepository } from '@stationthis/db';
-import { recipeForModelType, sanitizeOutputName, sanitizeTriggerWord, summarizeDataset, type Recipe } from '@stationthis/recipes';
+import { DatasetRepository, UserCoreReader } from '@stationthis/db';
+import { datasetSizeCheck, recipeForModelType, sanitizeOutputName, sanitizeTriggerWord, summarizeDataset, type Recipe } from '@stationthis/recipes';
 import { JobFailure } from '../failures';
 import type { TrainingRequest } from '../training-request';
-import type { Prepared } from './attempt';
+import type { Payer, Prepared } from './attempt';
+
+const NOTHING_CHARGED = 'Nothing was charged.';
 
 @injectable()
 export class PrepareStep {
-  constructor(private readonly datasets: DatasetRepository) {}
+  constructor(
+    private readonly datasets: DatasetRepository,
+    private readonly users: UserCoreReader,
+  ) {}
 
   async run(request: TrainingRequest): Promise<Prepared> {
     let recipe: Recipe;
@@ -21,6 +28,9 @@ export class PrepareStep {
       recipe = recipeForModelType(request.modelType);
     } catch (e) {
       throw new JobFailure('user-input', `Unsupported model type "${request.modelType}": ${(e as Error).message}`);
+    }
+    if (request.parametersError) {
+      throw new JobFailure('user-input', `Invalid training parameters: ${request.parametersError}. Write them as an object, e.g. {"steps": 30}, and submit again. ${NOTHING_CHARGED}`);
     }
     const validated = recipe.validate(request.rawParameters);
     if (!validated.ok) {
@@ -40,21 +50,56 @@ export class PrepareStep {
       outputName = sanitizeOutputName(triggerWord);
     }
 
+    const payer = await this.bindPayer(request);
+
     if (!request.datasetId) throw new JobFailure('user-input', 'The job has no dataset. Choose a dataset and submit again.');
     const dataset = await this.datasets.findById(request.datasetId);
     if (!dataset) throw new JobFailure('dataset', `Dataset ${request.datasetId} does not exist (it may have been deleted). Choose another dataset.`);
     const datasetOwner = String(dataset.ownerAccountId ?? '');
     const visibility = String(dataset.visibility ?? 'private');
-    const granted = Array.isArray(dataset.accessControl) && dataset.accessControl.some((id: unknown) => String(id) === request.ownerAccountId);
-    if (datasetOwner !== request.ownerAccountId && visibility !== 'public' && visibility !== 'unlisted' && !granted) {
+    const granted = Array.isArray(dataset.accessControl) && dataset.accessControl.some((id: unknown) => String(id) === payer.masterAccountId);
+    if (datasetOwner !== payer.masterAccountId && visibility !== 'public' && visibility !== 'unlisted' && !granted) {
       throw new JobFailure('dataset', `Dataset "${dataset.name ?? request.datasetId}" is private to another account. Use your own dataset or ask its owner to share it.`);
     }
     const images: unknown[] = Array.isArray(dataset.images) ? dataset.images : [];
-    const req = recipe.datasetRequirements;
-    if (images.length < req.minImages || images.length > req.maxImages) {
-      throw new JobFailure('dataset', `The dataset has ${images.length} images; ${recipe.displayName} needs ${req.minImages} to ${req.maxImages}. Add or remove images and retry.`);
-    }
-    const quote = recipe.quote(validated.value as never, summarizeDataset(images.map((url) => ({ url: String(url) }))));
-    return { recipe, parameters: validated.value as Record<string, unknown>, triggerWord, outputName, dataset, quote };
+    const summary = summarizeDataset(images.map((url) => ({ url: String(url) })));
+    const size = datasetSizeCheck(recipe, summary);
+    if (size.error) throw new JobFailure('dataset', size.error);
+    const quote = recipe.quote(validated.value as never, summary);
+    return { recipe, parameters: validated.value as Record<string, unknown>, triggerWord, outputName, dataset, quote, payer, warnings: size.warnings };
   }
+
+  /**
+   * The paying account and wallet come from `userCore`, the platform's account
+   * records, where the job only names them: the platform writes one
+   * masterAccountId into both `userId` and `ownerAccountId` and that
+   * account's wallet into `walletAddress` (TrainingService.create). A job
+   * whose fields disagree with each other or with the account was not written
+   * by the platform for that account, and must not move anyone's points.
+   */
+  private async bindPayer(request: TrainingRequest): Promise<Payer> {
+    const claimed = request.ownerAccountId;
+    if (!claimed) throw new JobFailure('user-input', `The job names no account (ownerAccountId and userId are empty). Submit it again from the platform. ${NOTHING_CHARGED}`);
+    if (request.userId !== undefined && request.userId !== claimed) {
+      throw new JobFailure('user-input', `The job names two different accounts (userId ${short(request.userId)}, ownerAccountId ${short(claimed)}); the platform writes the same account into both. Submit it again from the platform. ${NOTHING_CHARGED}`);
+    }
+    const user = await this.users.findById(claimed);
+    if (!user) throw new JobFailure('user-input', `Account ${short(claimed)} does not exist on the platform (no userCore record). Submit the job again from your account. ${NOTHING_CHARGED}`);
+    const masterAccountId = String(user._id);
+    const wallets = this.users.walletAddresses(user);
+    if (request.walletAddress !== undefined) {
+      const wallet = request.walletAddress.trim().toLowerCase();
+      if (!wallets.includes(wallet)) {
+        throw new JobFailure('user-input', `The job's wallet ${short(wallet)} is not linked to account ${short(masterAccountId)}. Connect it to your account or submit the job again from the platform. ${NOTHING_CHARGED}`);
+      }
+      return { masterAccountId, walletAddress: wallet };
+    }
+    return { masterAccountId, walletAddress: this.users.primaryWallet(user) };
+  }
+}
+
+/** Enough of an id or address to recognise it in a message, never a whole hostile string. */
+function short(s: string): string {
+  const t = s.length > 14 ? `${s.slice(0, 10)}…${s.slice(-4)}` : s;
+  return JSON.stringify(t);
 }

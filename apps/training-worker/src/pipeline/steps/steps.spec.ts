@@ -4,7 +4,7 @@
  * end-to-end tests (test/*.e2e.spec.ts).
  */
 import { ObjectId } from 'mongodb';
-import type { DatasetRepository, Lease, ProgressUpdate, TrainingJobDoc, TrainingJobRepository, UserCoreReader } from '@stationthis/db';
+import { UserCoreReader, type DatasetRepository, type Lease, type ProgressUpdate, type TrainingJobDoc, type TrainingJobRepository } from '@stationthis/db';
 import { InsufficientPointsError, type PointsLedger } from '@stationthis/points';
 import type { ModelUploader } from '@stationthis/storage';
 import { usedPoints } from '@stationthis/recipes';
@@ -82,6 +82,8 @@ function attempt(doc: TrainingJobDoc, jobs = new FakeJobs()): Attempt & { jobs: 
 }
 
 const datasets = (doc: Record<string, unknown> | null) => ({ findById: async () => doc }) as unknown as DatasetRepository;
+/** The real reader over an in-memory userCore holding OWNER (wallet 0xowner). */
+const accounts = new UserCoreReader({ collection: () => ({ findOne: async (q: { _id: unknown }) => (String(q._id) === OWNER ? { _id: new ObjectId(OWNER), wallets: [{ address: '0xOWNER', isPrimary: true }] } : null) }) } as never);
 
 describe('trainingRequestFromJob: the one mapper of platform documents', () => {
   it('reads ObjectId or string ids, legacy userId, and modelType or baseModel', () => {
@@ -98,7 +100,7 @@ describe('trainingRequestFromJob: the one mapper of platform documents', () => {
 
 describe('PrepareStep', () => {
   const ok = { _id: DATASET, ownerAccountId: new ObjectId(OWNER), images: images(6), visibility: 'private' };
-  const prepare = (doc: Record<string, unknown> | null, over: Partial<TrainingJobDoc> = {}) => new PrepareStep(datasets(doc)).run(trainingRequestFromJob(job(over)));
+  const prepare = (doc: Record<string, unknown> | null, over: Partial<TrainingJobDoc> = {}) => new PrepareStep(datasets(doc), accounts).run(trainingRequestFromJob(job(over)));
 
   it('validates and quotes a good job', async () => {
     const p = await prepare(ok, { parameters: { steps: 100 } } as never);
@@ -131,7 +133,7 @@ describe('PrepareStep', () => {
 });
 
 describe('ChargeStep', () => {
-  const prepared = async () => new PrepareStep(datasets({ ownerAccountId: OWNER, images: images(6) })).run(trainingRequestFromJob(job()));
+  const prepared = async () => new PrepareStep(datasets({ ownerAccountId: OWNER, images: images(6) }), accounts).run(trainingRequestFromJob(job()));
 
   it('records the quote before charging it once, then the charged flag', async () => {
     const a = attempt(job());
