@@ -1,6 +1,6 @@
 import Dockerode from 'dockerode';
 import { pipeline } from 'node:stream/promises';
-import { inject, injectable } from 'tsyringe';
+import { inject, injectable, type InjectionToken } from 'tsyringe';
 import { DOCKER } from './docker-client';
 import type {
   ContainerRunObserver,
@@ -15,18 +15,54 @@ import { assertNoSecrets } from './env-guard';
 import { buildContainerCreateOptions, DEFAULT_STOP_GRACE_SECONDS, validateRunSpec } from './container-spec';
 import { MANAGED_LABEL_FILTER } from './labels';
 import { LogFile } from './log-file';
+import { classifyExit, STOP_REASONS, type StopReason } from './run-outcome';
 import { DEFAULT_MAX_LINE_BYTES, DockerStreamDemuxer, LineSplitter, RingBuffer } from './log-stream';
 
-/** Knobs with production defaults; change them on the instance (tests shorten the timeouts). */
-export interface DockerRuntimeTuning {
-  /** Longest line handed to observers. @default 8192 */
-  maxLineBytes: number;
+/**
+ * Limits of a `DockerContainerRuntime`. Every field is optional; production
+ * uses the defaults. Checked once, in the constructor.
+ */
+export interface DockerRuntimeOptions {
+  /** Longest line handed to observers; the log file keeps every byte. @default 8192 */
+  maxLineBytes?: number;
   /** Lines kept for `ContainerRunResult.lastLines`. @default 50 */
-  lastLines: number;
+  lastLines?: number;
   /** How long to wait for the attach stream to end after the container exited. @default 10000 */
-  streamEndTimeoutMs: number;
+  streamEndTimeoutMs?: number;
   /** Upper bound on one image pull. @default 3600000 */
-  pullTimeoutMs: number;
+  pullTimeoutMs?: number;
+}
+
+/** `DockerRuntimeOptions` with every default filled in. */
+export type ResolvedDockerRuntimeOptions = Readonly<Required<DockerRuntimeOptions>>;
+
+export const DEFAULT_DOCKER_RUNTIME_OPTIONS: ResolvedDockerRuntimeOptions = Object.freeze({
+  maxLineBytes: DEFAULT_MAX_LINE_BYTES,
+  lastLines: 50,
+  streamEndTimeoutMs: 10_000,
+  pullTimeoutMs: 3_600_000,
+});
+
+/**
+ * The runtime's options, bound by `registerDocker` to `{}` (the defaults)
+ * unless the composition root bound it first.
+ */
+export const DOCKER_RUNTIME_OPTIONS = Symbol('DockerRuntimeOptions') as InjectionToken<DockerRuntimeOptions>;
+
+/** Fills in the defaults and rejects a value that is not a positive integer, naming the option. */
+export function resolveDockerRuntimeOptions(options: DockerRuntimeOptions = {}): ResolvedDockerRuntimeOptions {
+  const resolved = { ...DEFAULT_DOCKER_RUNTIME_OPTIONS };
+  for (const key of Object.keys(DEFAULT_DOCKER_RUNTIME_OPTIONS) as Array<keyof DockerRuntimeOptions>) {
+    const value = options[key];
+    if (value === undefined) continue;
+    if (!Number.isSafeInteger(value) || value <= 0) {
+      throw new RangeError(`DockerContainerRuntime option ${key} must be a positive whole number, got ${String(value)}; leave it out for the default (${DEFAULT_DOCKER_RUNTIME_OPTIONS[key]}).`);
+    }
+    resolved[key] = value;
+  }
+  const unknown = Object.keys(options).filter((k) => !(k in DEFAULT_DOCKER_RUNTIME_OPTIONS));
+  if (unknown.length) throw new RangeError(`Unknown DockerContainerRuntime option(s): ${unknown.join(', ')}; known: ${Object.keys(DEFAULT_DOCKER_RUNTIME_OPTIONS).join(', ')}.`);
+  return Object.freeze(resolved);
 }
 
 export class ImagePullError extends Error {
@@ -57,17 +93,17 @@ function errorText(err: unknown): string {
  */
 @injectable()
 export class DockerContainerRuntime implements ContainerRuntime {
-  readonly tuning: DockerRuntimeTuning = {
-    maxLineBytes: DEFAULT_MAX_LINE_BYTES,
-    lastLines: 50,
-    streamEndTimeoutMs: 10_000,
-    pullTimeoutMs: 3_600_000,
-  };
+  private readonly options: ResolvedDockerRuntimeOptions;
 
   /** Containers of runs in progress here; the orphan sweep never touches them. */
   private readonly active = new Set<string>();
 
-  constructor(@inject(DOCKER) private readonly docker: Dockerode) {}
+  constructor(
+    @inject(DOCKER) private readonly docker: Dockerode,
+    @inject(DOCKER_RUNTIME_OPTIONS) options: DockerRuntimeOptions = {},
+  ) {
+    this.options = resolveDockerRuntimeOptions(options);
+  }
 
   async ensureImage(ref: string, auth?: RegistryAuth): Promise<void> {
     if (await this.imageExists(ref)) return;
@@ -80,8 +116,8 @@ export class DockerContainerRuntime implements ContainerRuntime {
     const events = await new Promise<Array<{ error?: string; errorDetail?: { message?: string } }>>((resolve, reject) => {
       const timer = setTimeout(() => {
         (stream as unknown as { destroy?: () => void }).destroy?.();
-        reject(new ImagePullError(ref, `no end of the pull stream after ${this.tuning.pullTimeoutMs} ms`));
-      }, this.tuning.pullTimeoutMs);
+        reject(new ImagePullError(ref, `no end of the pull stream after ${this.options.pullTimeoutMs} ms`));
+      }, this.options.pullTimeoutMs);
       this.docker.modem.followProgress(stream, (err: Error | null, out: unknown[]) => {
         clearTimeout(timer);
         if (err) reject(new ImagePullError(ref, errorText(err), { cause: err }));
@@ -98,15 +134,15 @@ export class DockerContainerRuntime implements ContainerRuntime {
     validateRunSpec(spec);
     assertNoSecrets(spec.env);
     const startedAt = Date.now();
-    const tail = new RingBuffer<string>(this.tuning.lastLines);
+    const tail = new RingBuffer<string>(this.options.lastLines);
     const grace = spec.stopGraceSeconds ?? DEFAULT_STOP_GRACE_SECONDS;
     const isProgress = spec.isProgressLine ?? (() => true);
 
     let container: Dockerode.Container | undefined;
     let started = false;
     // A holder object, because closures (timers, abort) set it and TS would otherwise narrow it to null.
-    const stop: { reason: { cls: ContainerFailureKind; message: string } | null } = { reason: null };
-    const stopped = (): { cls: ContainerFailureKind; message: string } | null => stop.reason;
+    const stop: { reason: StopReason | null } = { reason: null };
+    const stopped = (): StopReason | null => stop.reason;
     let stopping: Promise<void> | undefined;
     let attachStream: NodeJS.ReadableStream | undefined;
     let logFile: LogFile | undefined;
@@ -125,12 +161,12 @@ export class DockerContainerRuntime implements ContainerRuntime {
       ...(logFile?.error ? { logFileError: `writing ${spec.logFilePath} failed: ${logFile.error.message}` } : {}),
     });
 
-    const requestStop = (cls: ContainerFailureKind, message: string): void => {
+    const requestStop = (reason: StopReason): void => {
       if (stop.reason) return;
-      stop.reason = { cls, message };
+      stop.reason = reason;
       if (container && started) stopping = this.stopContainer(container, grace);
     };
-    const onAbort = (): void => requestStop('cancelled', 'the run was cancelled');
+    const onAbort = (): void => requestStop(STOP_REASONS.cancelled());
 
     const deliver = (line: string, stream: LogStreamName): void => {
       tail.push(line);
@@ -146,8 +182,8 @@ export class DockerContainerRuntime implements ContainerRuntime {
       }
     };
     const splitters = {
-      stdout: new LineSplitter((l) => deliver(l, 'stdout'), this.tuning.maxLineBytes),
-      stderr: new LineSplitter((l) => deliver(l, 'stderr'), this.tuning.maxLineBytes),
+      stdout: new LineSplitter((l) => deliver(l, 'stdout'), this.options.maxLineBytes),
+      stderr: new LineSplitter((l) => deliver(l, 'stderr'), this.options.maxLineBytes),
     };
 
     try {
@@ -204,7 +240,7 @@ export class DockerContainerRuntime implements ContainerRuntime {
 
       timers.push(
         setTimeout(
-          () => requestStop('timeout', `the overall deadline of ${spec.deadlineMs} ms passed`),
+          () => requestStop(STOP_REASONS.timeout(spec.deadlineMs)),
           spec.deadlineMs,
         ),
       );
@@ -212,7 +248,7 @@ export class DockerContainerRuntime implements ContainerRuntime {
       timers.push(
         setInterval(() => {
           if (Date.now() - lastProgressAt >= spec.stallTimeoutMs) {
-            requestStop('stall', `no progress line for ${spec.stallTimeoutMs} ms`);
+            requestStop(STOP_REASONS.stall(spec.stallTimeoutMs));
           }
         }, stallTick),
       );
@@ -230,7 +266,7 @@ export class DockerContainerRuntime implements ContainerRuntime {
       // Let the last output drain into the file and the observers.
       const drainedInTime = await Promise.race([
         piping.then(() => true, () => true),
-        new Promise<boolean>((r) => timers.push(setTimeout(() => r(false), this.tuning.streamEndTimeoutMs))),
+        new Promise<boolean>((r) => timers.push(setTimeout(() => r(false), this.options.streamEndTimeoutMs))),
       ]);
       if (!drainedInTime) (attachStream as unknown as { destroy?: () => void }).destroy?.();
       splitters.stdout.flush();
@@ -246,15 +282,8 @@ export class DockerContainerRuntime implements ContainerRuntime {
         if (exitCode === null) return result('infrastructure', `could not inspect container ${container.id}: ${errorText(err)}`);
       }
 
-      const s = stopped();
-      if (s) {
-        return result(s.cls, `${s.message}; the container was stopped (exit code ${exitCode})`, exitCode, oomKilled);
-      }
-      if (oomKilled) {
-        return result('oom', `the container ran out of memory (limit ${spec.memoryBytes ?? 'none'} bytes) and was killed (exit code ${exitCode})`, exitCode, true);
-      }
-      if (exitCode === 0) return result(null, undefined, 0, false);
-      return result('engine', `the training process exited with code ${exitCode}`, exitCode, false);
+      const outcome = classifyExit(stopped(), exitCode, oomKilled, spec.memoryBytes);
+      return result(outcome.failureClass, outcome.failureMessage, outcome.exitCode, outcome.oomKilled);
     } finally {
       for (const t of timers) clearTimeout(t);
       signal?.removeEventListener('abort', onAbort);

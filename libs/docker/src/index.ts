@@ -11,7 +11,15 @@ export {
   type LogStreamName,
   type RegistryAuth,
 } from './container-runtime';
-export { DockerContainerRuntime, ImagePullError, type DockerRuntimeTuning } from './docker-container-runtime';
+export {
+  DockerContainerRuntime,
+  ImagePullError,
+  DOCKER_RUNTIME_OPTIONS,
+  DEFAULT_DOCKER_RUNTIME_OPTIONS,
+  resolveDockerRuntimeOptions,
+  type DockerRuntimeOptions,
+  type ResolvedDockerRuntimeOptions,
+} from './docker-container-runtime';
 export {
   buildContainerCreateOptions,
   validateRunSpec,

@@ -1,13 +1,14 @@
 import { Lifecycle, type DependencyContainer, type InjectionToken } from 'tsyringe';
 import { CONTAINER_RUNTIME } from './container-runtime';
 import { createDockerClient, DOCKER, type DockerClientEnv } from './docker-client';
-import { DockerContainerRuntime } from './docker-container-runtime';
+import { DOCKER_RUNTIME_OPTIONS, DockerContainerRuntime } from './docker-container-runtime';
 import { GpuAllocator } from './gpu-allocator';
 import { GPU_INVENTORY, readGpuInventory, type GpuInventoryEnv, type NvidiaSmiRunner } from './gpu-inventory';
 
 /**
  * Binds this library into a composition root: DOCKER (from DOCKER_HOST),
- * CONTAINER_RUNTIME and DockerContainerRuntime (one singleton), GPU_INVENTORY
+ * CONTAINER_RUNTIME and DockerContainerRuntime (one singleton; its
+ * DOCKER_RUNTIME_OPTIONS default to `{}` unless bound before), GPU_INVENTORY
  * (nvidia-smi or GPU_DEVICES / CPU_SLOTS, read once now) and a singleton
  * GpuAllocator. Async because the inventory runs nvidia-smi.
  */
@@ -23,6 +24,8 @@ export async function registerDocker(
   }
   container.register(DOCKER, { useValue: createDockerClient(env) });
   container.register(GPU_INVENTORY, { useValue: await readGpuInventory(env, smi) });
+  // The defaults, unless the composition root bound its own options first.
+  if (!container.isRegistered(DOCKER_RUNTIME_OPTIONS, true)) container.register(DOCKER_RUNTIME_OPTIONS, { useValue: {} });
   container.register(DockerContainerRuntime, { useClass: DockerContainerRuntime }, { lifecycle: Lifecycle.ContainerScoped });
   container.register(CONTAINER_RUNTIME, { useToken: DockerContainerRuntime });
   container.register(GpuAllocator, { useClass: GpuAllocator }, { lifecycle: Lifecycle.ContainerScoped });
