@@ -117,7 +117,7 @@ export function classifyErrorLine(line: string): ErrorSignature | undefined {
 }
 
 export interface KohyaParserOptions {
-  /** tqdm description of the training bar; kohya and musubi both use 'steps'. */
+  /** tqdm description of the training bar; kohya and musubi both use 'steps'. @default 'steps' */
   stepsDesc?: string;
 }
 

@@ -8,9 +8,14 @@ import { wanRecipe } from './recipes/wan';
 /** Every recipe, in display order. Internal (product: false) recipes last. */
 const ALL: ReadonlyArray<Recipe> = [sdxlRecipe, fluxRecipe, wanRecipe, smokeRecipe] as unknown as ReadonlyArray<Recipe>;
 
-/** Recipes offered to users; `includeInternal` adds the CPU smoke recipe. */
-export function listRecipes(opts: { includeInternal?: boolean } = {}): Recipe[] {
-  return ALL.filter((r) => r.product || opts.includeInternal === true);
+export interface ListRecipesOptions {
+  /** Add the internal recipes (product: false), such as the CPU smoke recipe. @default false */
+  includeInternal?: boolean;
+}
+
+/** Recipes offered to users, in display order. */
+export function listRecipes(options: ListRecipesOptions = {}): Recipe[] {
+  return ALL.filter((r) => r.product || options.includeInternal === true);
 }
 
 export function getRecipe(id: string): Recipe {
