@@ -42,4 +42,5 @@ export {
   type LoraModelDoc,
   type RegisterTrainedModelInput,
 } from './lora-model-repository';
-export { UserCoreReader, USER_CORE_COLLECTION, type UserCoreDoc, type UserWallet } from './user-core-reader';
+export { UserCoreReader, UserCoreAccounts, USER_CORE_COLLECTION, type EnsureAccountInput, type UserCoreDoc, type UserWallet } from './user-core-reader';
+export { registerDb, type RegisterDbOptions } from './register';

@@ -1,6 +1,6 @@
 import type { Collection, Db, Filter, ObjectId } from 'mongodb';
 import { inject, injectable } from 'tsyringe';
-import { toObjectIdOrString, type IdLike } from '@stationthis/common';
+import { toObjectId, toObjectIdOrString, type IdLike } from '@stationthis/common';
 import { MONGO_DB } from './mongo';
 
 export const USER_CORE_COLLECTION = 'userCore';
@@ -45,5 +45,45 @@ export class UserCoreReader {
     const wallets = user?.wallets ?? [];
     const wallet = wallets.find((w) => w.isPrimary) ?? wallets[0];
     return wallet?.address ? wallet.address.toLowerCase() : null;
+  }
+}
+
+export interface EnsureAccountInput {
+  /** The account's `_id` (the platform's masterAccountId): a 24-hex ObjectId. */
+  masterAccountId: IdLike;
+  /** Stored lower-cased as the account's primary wallet when the account is created. */
+  walletAddress: string;
+}
+
+/**
+ * Creates userCore accounts shaped like the platform's, for local set-ups and
+ * demos only (the operator CLI's seed-account). In production the platform
+ * creates accounts and the training system only reads them (UserCoreReader).
+ */
+@injectable()
+export class UserCoreAccounts {
+  private readonly users: Collection<UserCoreDoc>;
+
+  constructor(@inject(MONGO_DB) db: Db) {
+    this.users = db.collection<UserCoreDoc>(USER_CORE_COLLECTION);
+  }
+
+  /**
+   * The account, created with the wallet as its primary wallet if it does not
+   * exist; an existing account is returned unchanged (`created: false`), even
+   * when its wallets differ: the caller decides what that means.
+   */
+  async ensureAccount(input: EnsureAccountInput): Promise<{ user: UserCoreDoc; created: boolean }> {
+    const _id = toObjectId(input.masterAccountId, 'masterAccountId');
+    const address = input.walletAddress.trim().toLowerCase();
+    if (!address) throw new Error(`Cannot create account ${_id.toHexString()}: the wallet address is empty.`);
+    const r = await this.users.updateOne(
+      { _id },
+      { $setOnInsert: { _id, wallets: [{ address, isPrimary: true }], status: 'active', userCreationTimestamp: new Date() } },
+      { upsert: true },
+    );
+    const user = await this.users.findOne({ _id });
+    if (!user) throw new Error(`Account ${_id.toHexString()} was upserted but cannot be read back from ${USER_CORE_COLLECTION}; retry.`);
+    return { user, created: r.upsertedCount === 1 };
   }
 }
