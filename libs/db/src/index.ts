@@ -36,6 +36,7 @@ export {
 export {
   LoraModelRepository,
   LORA_MODELS_COLLECTION,
+  LORA_SLUG_RESERVATIONS_COLLECTION,
   checkpointFor,
   modelIdForTrainingJob,
   slugify,

@@ -6,6 +6,20 @@ import { ensureNamedIndexes, isDuplicateKeyError } from '@stationthis/common';
 import { MONGO_DB } from './mongo';
 
 export const LORA_MODELS_COLLECTION = 'loraModels';
+/**
+ * One document per slug a training job took (`_id` = slug): the conditional
+ * insert that makes slugs unique among trained models. `loraModels` itself
+ * cannot carry a unique slug index: the platform's data may already hold
+ * duplicates (it relies on a random 6-hex suffix) and FerretDB has no partial
+ * unique index.
+ */
+export const LORA_SLUG_RESERVATIONS_COLLECTION = 'loraSlugReservations';
+
+interface SlugReservationDoc {
+  _id: string;
+  trainingJobId: string;
+  reservedAt: Date;
+}
 
 /** A `loraModels` document as createTrainedLoRAModel writes it (stationthis-platform.md 1.4). */
 export interface LoraModelDoc {
@@ -54,7 +68,13 @@ export interface RegisterTrainedModelInput {
   slug?: string;
   triggerWord: string;
   baseModel: string;
-  /** Public or presigned URL of the .safetensors file (becomes publishedTo.modelFileUrl). */
+  /**
+   * Public URL of the .safetensors file in our R2 models bucket. Becomes
+   * `publishedTo.modelFileUrl` and `publishedTo.cloudflareUrl`, as the
+   * platform's createTrainedLoRAModel writes an R2 upload: its ComfyDeploy
+   * upload (TrainingFinalizationService.uploadToComfyDeploy) downloads
+   * `cloudflareUrl || modelFileUrl` into `loras/<slug>.safetensors`.
+   */
   modelFileUrl: string;
   /** Object-store key of the file (publishedTo.storageKey), for our own bookkeeping. */
   storageKey?: string;
@@ -111,9 +131,47 @@ export function modelIdForTrainingJob(trainingJobId: IdLike): ObjectId {
 @injectable()
 export class LoraModelRepository {
   private readonly models: Collection<LoraModelDoc>;
+  private readonly slugs: Collection<SlugReservationDoc>;
 
   constructor(@inject(MONGO_DB) db: Db) {
     this.models = db.collection<LoraModelDoc>(LORA_MODELS_COLLECTION);
+    this.slugs = db.collection<SlugReservationDoc>(LORA_SLUG_RESERVATIONS_COLLECTION);
+  }
+
+  /**
+   * A slug for the model `trainingJobId` will register, that no other model
+   * and no other training job holds, reserved for that job by a conditional
+   * insert (`_id` = slug). Idempotent: the candidates are derived from the job
+   * id, so a resumed or retried attempt of the same job gets the same slug
+   * back. `isTaken` lets the caller refuse a candidate for a reason of its own
+   * (e.g. an object of another job already stored under that slug's key);
+   * such a candidate stays reserved and is never handed out.
+   */
+  async reserveSlug(modelName: string, trainingJobId: IdLike, isTaken?: (slug: string) => Promise<boolean>): Promise<string> {
+    const job = String(trainingJobId);
+    const base = slugify(modelName);
+    const ownModelId = modelIdForTrainingJob(job);
+    for (let i = 0; i < SLUG_CANDIDATES; i++) {
+      const slug = `${base}-${createHash('sha256').update(`${job}:${i}`).digest('hex').slice(0, 6)}`;
+      if (!(await this.holdSlug(slug, job))) continue;
+      const model = await this.models.findOne({ slug }, { projection: { _id: 1 } });
+      if (model && !model._id.equals(ownModelId)) continue;
+      if (isTaken && (await isTaken(slug))) continue;
+      return slug;
+    }
+    throw new Error(`No free slug for "${modelName}" (job ${job}) after ${SLUG_CANDIDATES} candidates; the loraModels slugs or the ${LORA_SLUG_RESERVATIONS_COLLECTION} collection look corrupted.`);
+  }
+
+  /** True when `slug` is (now) reserved for `job`: inserted here, or inserted earlier by the same job. */
+  private async holdSlug(slug: string, job: string): Promise<boolean> {
+    try {
+      await this.slugs.insertOne({ _id: slug, trainingJobId: job, reservedAt: new Date() });
+      return true;
+    } catch (err) {
+      if (!isDuplicateKeyError(err)) throw err;
+      const holder = await this.slugs.findOne({ _id: slug });
+      return holder?.trainingJobId === job;
+    }
   }
 
   /** Non-unique on slug: existing platform data may already hold duplicates (no unique index there). */
@@ -138,7 +196,11 @@ export class LoraModelRepository {
     const owner = toObjectId(input.masterAccountId, 'masterAccountId');
     const checkpoint = checkpointFor(input.baseModel);
     const now = new Date();
-    const slug = input.slug ?? (await this.freeSlug(input.modelName, String(input.trainingJobId)));
+    const job = String(input.trainingJobId);
+    if (input.slug !== undefined && !(await this.holdSlug(input.slug, job))) {
+      throw new Error(`Slug "${input.slug}" is reserved by another training job; reserve one with reserveSlug() for job ${job} and register with it.`);
+    }
+    const slug = input.slug ?? (await this.reserveSlug(input.modelName, job));
     const doc: LoraModelDoc = {
       ...(input.extra ?? {}),
       _id,
@@ -171,7 +233,7 @@ export class LoraModelRepository {
       permissionType: 'public',
       createdBy: owner,
       ownedBy: owner,
-      publishedTo: { modelFileUrl: input.modelFileUrl, storageKey: input.storageKey, uploadedAt: now },
+      publishedTo: { modelFileUrl: input.modelFileUrl, cloudflareUrl: input.modelFileUrl, storageKey: input.storageKey, uploadedAt: now },
       moderation: {
         status: 'approved',
         flagged: false,
@@ -208,17 +270,10 @@ export class LoraModelRepository {
   async findBySlug(slug: string): Promise<LoraModelDoc | null> {
     return this.models.findOne({ slug });
   }
-
-  private async freeSlug(name: string, seed: string): Promise<string> {
-    const base = slugify(name);
-    for (let i = 0; i < 20; i++) {
-      const hex = createHash('sha256').update(`${seed}:${i}`).digest('hex').slice(0, 6);
-      const slug = `${base}-${hex}`;
-      if (!(await this.models.findOne({ slug }, { projection: { _id: 1 } }))) return slug;
-    }
-    throw new Error(`Could not find a free slug for "${name}" after 20 tries; the loraModels slug space looks corrupted.`);
-  }
 }
+
+/** Slug candidates tried per model before giving up (each is a 6-hex suffix: 16.7 M values). */
+const SLUG_CANDIDATES = 20;
 
 function stripUndefined(obj: Record<string, unknown>): void {
   for (const k of Object.keys(obj)) if (obj[k] === undefined) delete obj[k];

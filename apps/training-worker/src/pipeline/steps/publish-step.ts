@@ -3,17 +3,25 @@
  * up to four samples, the engine log and the job spec; then register the
  * model in the platform's loraModels collection. Both record their result in
  * the pipeline state, so a resumed attempt never uploads or registers twice.
+ *
+ * The LoRA's key is `loras/<slug>.safetensors` in the models bucket: the
+ * platform's resolver turns the trigger word into `<lora:<slug>:w>` and its
+ * ComfyUI tree loads that file (stationthis-platform.md section 5). So the
+ * slug is reserved for this job before the upload (unique among trained
+ * models) and an object another job stored under it is never overwritten.
  */
-import { randomBytes } from 'node:crypto';
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { injectable } from 'tsyringe';
-import { LoraModelRepository, slugify } from '@stationthis/db';
-import { ModelUploader, jobArtifactKey, loraKey } from '@stationthis/storage';
+import { LoraModelRepository } from '@stationthis/db';
+import { ModelUploader, ObjectStorage, jobArtifactKey, loraKey } from '@stationthis/storage';
 import { WorkerMetrics } from '../../observability/metrics';
 import { JobFailure } from '../failures';
 import type { UploadState } from '../pipeline-state';
 import type { Attempt, Prepared } from './attempt';
+
+/** S3 user metadata naming the training job whose model an object is (lower-case: S3 and MinIO lower-case metadata keys). */
+export const TRAINING_JOB_METADATA = 'training-job-id';
 
 export interface PublishFiles {
   loraPath: string;
@@ -27,20 +35,29 @@ export interface PublishFiles {
 export class PublishStep {
   constructor(
     private readonly uploader: ModelUploader,
+    private readonly storage: ObjectStorage,
     private readonly models: LoraModelRepository,
     private readonly metrics: WorkerMetrics,
   ) {}
 
   async upload(a: Attempt, p: Prepared, files: PublishFiles): Promise<UploadState> {
     const { ctx, state, writer } = a;
-    if (!state.slug) {
+    const slug = await this.slugFor(ctx.jobId, p.outputName, state.slug);
+    if (slug !== state.slug) {
       // Chosen before the upload because it is the file's key; registration reuses it.
-      state.slug = `${slugify(p.outputName)}-${randomBytes(3).toString('hex')}`;
-      await writer.setState({ slug: state.slug });
+      state.slug = slug;
+      await writer.setState({ slug });
     }
-    const key = loraKey(state.slug);
+    const key = loraKey(slug);
     try {
-      const lora = await this.uploader.upload({ filePath: files.loraPath, bucketAlias: 'models', key, contentType: 'application/octet-stream', cacheControl: 'public, max-age=31536000, immutable' });
+      const lora = await this.uploader.upload({
+        filePath: files.loraPath,
+        bucketAlias: 'models',
+        key,
+        contentType: 'application/octet-stream',
+        cacheControl: 'public, max-age=31536000, immutable',
+        metadata: { [TRAINING_JOB_METADATA]: ctx.jobId },
+      });
       this.metrics.bytesMoved.inc({ direction: 'up', kind: 'lora' }, lora.bytes);
       const sampleUrls: string[] = [];
       if (files.samplesDir) {
@@ -64,13 +81,35 @@ export class PublishStep {
     }
   }
 
+  /** The recorded slug while no other job's object sits under its key, else a newly reserved free one. */
+  private async slugFor(jobId: string, outputName: string, recorded: string | undefined): Promise<string> {
+    const otherJobsObject = (slug: string) => this.storedByAnotherJob(loraKey(slug), jobId);
+    try {
+      if (recorded && !(await otherJobsObject(recorded))) return recorded;
+      return await this.models.reserveSlug(outputName, jobId, otherJobsObject);
+    } catch (e) {
+      throw new JobFailure('infrastructure', `Choosing a free name for the trained model failed: ${(e as Error).message}.`, { cause: e });
+    }
+  }
+
+  /**
+   * True when `key` holds an object that is not this job's model: one another
+   * job uploaded (its metadata names that job) or one we did not upload at
+   * all (no job metadata). Such an object is never overwritten.
+   */
+  private async storedByAnotherJob(key: string, jobId: string): Promise<boolean> {
+    const head = await this.storage.headObject('models', key);
+    return head !== null && head.metadata[TRAINING_JOB_METADATA] !== jobId;
+  }
+
   async register(a: Attempt, p: Prepared): Promise<void> {
     const { state, writer, request } = a;
     if (state.loraModelId) return;
     const upload = state.upload!;
     const { model } = await this.models.registerTrainedModel({
       trainingJobId: request.jobId,
-      masterAccountId: request.ownerAccountId,
+      // The account userCore binds the job to (prepare), which also owns the dataset check.
+      masterAccountId: p.payer.masterAccountId,
       datasetId: String(request.datasetId),
       modelName: p.outputName,
       slug: state.slug!,
