@@ -76,10 +76,11 @@ export function parseGpuDevicesEnv(value: string | undefined): GpuDevice[] | nul
   });
 }
 
-function parseCpuSlots(value: string | undefined, hasGpus: boolean): number {
-  if (value === undefined || value.trim() === '') return hasGpus ? 0 : 1;
+/** Parses `CPU_SLOTS`; undefined when unset (the default then depends on whether the host has GPUs). */
+export function parseCpuSlotsEnv(value: string | undefined): number | undefined {
+  if (value === undefined || value.trim() === '') return undefined;
   const n = Number(value);
-  if (!Number.isInteger(n) || n < 0) throw new GpuConfigError(`CPU_SLOTS="${value}" must be a non-negative integer`);
+  if (!/^\s*\d+\s*$/.test(value) || !Number.isSafeInteger(n)) throw new GpuConfigError(`CPU_SLOTS="${value}" must be a non-negative integer`);
   return n;
 }
 
@@ -91,13 +92,22 @@ export const runNvidiaSmi: NvidiaSmiRunner = () =>
     execFile('nvidia-smi', NVIDIA_SMI_ARGS, { timeout: 15_000 }, (err, stdout) => resolve(err ? null : stdout));
   });
 
+/** The GPU settings of the environment, parsed (see `parseDockerEnv`). */
+export interface GpuEnvConfig {
+  /** From `GPU_DEVICES`: null when unset, [] for `none`. */
+  GPU_DEVICES: GpuDevice[] | null;
+  /** From `CPU_SLOTS`: undefined when unset. */
+  CPU_SLOTS: number | undefined;
+}
+
 /**
  * The worker's GPU inventory: from nvidia-smi when it answers, else from
  * `GPU_DEVICES`. With both, `GPU_DEVICES` names the indices this worker may
  * use (VRAM still comes from nvidia-smi), and `none` disables GPUs.
  */
-export async function readGpuInventory(env: GpuInventoryEnv = process.env, smi: NvidiaSmiRunner = runNvidiaSmi): Promise<GpuInventory> {
-  const configured = parseGpuDevicesEnv(env.GPU_DEVICES);
+export async function gpuInventoryFrom(config: GpuEnvConfig, smi: NvidiaSmiRunner = runNvidiaSmi): Promise<GpuInventory> {
+  const configured = config.GPU_DEVICES;
+  const cpuSlots = (hasGpus: boolean) => config.CPU_SLOTS ?? (hasGpus ? 0 : 1);
   const smiText = configured !== null && configured.length === 0 ? null : await smi();
   if (smiText !== null) {
     let gpus = parseNvidiaSmiCsv(smiText);
@@ -107,8 +117,13 @@ export async function readGpuInventory(env: GpuInventoryEnv = process.env, smi: 
       if (missing.length) throw new GpuConfigError(`GPU_DEVICES names GPU ${missing.join(', ')}, which nvidia-smi does not report`);
       gpus = gpus.filter((g) => wanted.has(g.index));
     }
-    return { gpus, cpuSlots: parseCpuSlots(env.CPU_SLOTS, gpus.length > 0), source: 'nvidia-smi' };
+    return { gpus, cpuSlots: cpuSlots(gpus.length > 0), source: 'nvidia-smi' };
   }
   const gpus = configured ?? [];
-  return { gpus, cpuSlots: parseCpuSlots(env.CPU_SLOTS, gpus.length > 0), source: 'config' };
+  return { gpus, cpuSlots: cpuSlots(gpus.length > 0), source: 'config' };
+}
+
+/** `gpuInventoryFrom` for raw `GPU_DEVICES` / `CPU_SLOTS` values. */
+export async function readGpuInventory(env: GpuInventoryEnv = process.env, smi: NvidiaSmiRunner = runNvidiaSmi): Promise<GpuInventory> {
+  return gpuInventoryFrom({ GPU_DEVICES: parseGpuDevicesEnv(env.GPU_DEVICES), CPU_SLOTS: parseCpuSlotsEnv(env.CPU_SLOTS) }, smi);
 }

@@ -38,17 +38,21 @@ export { LineSplitter, DockerStreamDemuxer, RingBuffer, DEFAULT_MAX_LINE_BYTES, 
 export {
   GPU_INVENTORY,
   readGpuInventory,
+  gpuInventoryFrom,
   parseNvidiaSmiCsv,
   parseGpuDevicesEnv,
+  parseCpuSlotsEnv,
   runNvidiaSmi,
   NVIDIA_SMI_ARGS,
   GpuConfigError,
   type GpuDevice,
   type GpuInventory,
   type GpuInventoryEnv,
+  type GpuEnvConfig,
   type NvidiaSmiRunner,
 } from './gpu-inventory';
 export { GpuAllocator, UnsatisfiableGpuRequestError, type GpuRequest, type Allocation } from './gpu-allocator';
 export { registerDocker } from './register';
+export { DOCKER_ENV_SCHEMA, parseDockerEnv, DockerEnvError, type DockerEnvConfig } from './docker-env';
 
 export const LIB_NAME = '@stationthis/docker';

@@ -1,12 +1,15 @@
+import Dockerode from 'dockerode';
 import { Lifecycle, type DependencyContainer, type InjectionToken } from 'tsyringe';
 import { CONTAINER_RUNTIME } from './container-runtime';
-import { createDockerClient, DOCKER, type DockerClientEnv } from './docker-client';
+import { DOCKER, type DockerClientEnv } from './docker-client';
+import { parseDockerEnv } from './docker-env';
 import { DOCKER_RUNTIME_OPTIONS, DockerContainerRuntime } from './docker-container-runtime';
 import { GpuAllocator } from './gpu-allocator';
-import { GPU_INVENTORY, readGpuInventory, type GpuInventoryEnv, type NvidiaSmiRunner } from './gpu-inventory';
+import { GPU_INVENTORY, gpuInventoryFrom, type GpuInventoryEnv, type NvidiaSmiRunner } from './gpu-inventory';
 
 /**
- * Binds this library into a composition root: DOCKER (from DOCKER_HOST),
+ * Binds this library into a composition root, after checking its environment
+ * once with `parseDockerEnv` (DockerEnvError names every bad variable): DOCKER (from DOCKER_HOST),
  * CONTAINER_RUNTIME and DockerContainerRuntime (one singleton; its
  * DOCKER_RUNTIME_OPTIONS default to `{}` unless bound before), GPU_INVENTORY
  * (nvidia-smi or GPU_DEVICES / CPU_SLOTS, read once now) and a singleton
@@ -22,8 +25,10 @@ export async function registerDocker(
       throw new Error(`registerDocker: ${String(token)} is already registered in this container; register the docker lib once per composition root.`);
     }
   }
-  container.register(DOCKER, { useValue: createDockerClient(env) });
-  container.register(GPU_INVENTORY, { useValue: await readGpuInventory(env, smi) });
+  // The environment is read and checked here, once: every bad variable is named together.
+  const config = parseDockerEnv(env);
+  container.register(DOCKER, { useValue: new Dockerode(config.DOCKER_HOST) });
+  container.register(GPU_INVENTORY, { useValue: await gpuInventoryFrom(config, smi) });
   // The defaults, unless the composition root bound its own options first.
   if (!container.isRegistered(DOCKER_RUNTIME_OPTIONS, true)) container.register(DOCKER_RUNTIME_OPTIONS, { useValue: {} });
   container.register(DockerContainerRuntime, { useClass: DockerContainerRuntime }, { lifecycle: Lifecycle.ContainerScoped });
