@@ -10,7 +10,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { extname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ObjectId } from 'mongodb';
-import { DatasetRepository, LoraModelRepository, TERMINAL_STATUSES, TrainingJobRepository } from '@stationthis/db';
+import { DatasetRepository, LoraModelRepository, TERMINAL_STATUSES, TrainingJobRepository, UserCoreAccounts } from '@stationthis/db';
 import { PointsLedger } from '@stationthis/points';
 import { ObjectStorage } from '@stationthis/storage';
 import { getRecipe, recipeForModelType } from '@stationthis/recipes';
@@ -27,7 +27,7 @@ const USAGE = `Usage: cli <command> [options]
   cancel   JOB_ID
   show     JOB_ID
   points   (--job JOB_ID | --account ACCOUNT_ID)
-  seed-account --owner ACCOUNT_ID --wallet ADDRESS --points N   (local/demo: a confirmed deposit)
+  seed-account --owner ACCOUNT_ID --wallet ADDRESS --points N   (local/demo: the account and a points grant, once)
   demo-images  --out DIR [--count N]`;
 
 const MEDIA_TYPES: Record<string, string> = {
@@ -93,16 +93,21 @@ async function main(argv: string[]): Promise<number> {
       }
       case 'seed-account': {
         if (!values.owner || !values.wallet || !values.points) throw new UsageError('seed-account needs --owner, --wallet and --points');
-        const db = app.mongo.db(config.mongoDbName);
-        const owner = new ObjectId(values.owner);
-        await db.collection('userCore').updateOne({ _id: owner }, { $setOnInsert: { _id: owner, wallets: [{ address: values.wallet.toLowerCase(), isPrimary: true }], status: 'active', userCreationTimestamp: new Date() } }, { upsert: true });
-        const tx = `demo-deposit-${values.owner}-${values.points}`;
-        await db.collection('credit_ledger').updateOne(
-          { deposit_tx_hash: tx },
-          { $setOnInsert: { deposit_tx_hash: tx, deposit_log_index: 0, master_account_id: owner, depositor_address: values.wallet.toLowerCase(), status: 'CONFIRMED', funding_rate_applied: 1, points_credited: Number(values.points), points_remaining: Number(values.points), createdAt: new Date(), updatedAt: new Date() } },
-          { upsert: true },
+        const points = Number(values.points);
+        if (!Number.isSafeInteger(points) || points <= 0) throw new UsageError(`seed-account needs --points as a positive whole number, got "${values.points}"`);
+        // Each library writes its own documents: db creates the account, points grants the entry (once per key).
+        const { user, created } = await app.container.resolve(UserCoreAccounts).ensureAccount({ masterAccountId: values.owner, walletAddress: values.wallet });
+        const grant = await ledger.grant({
+          idempotencyKey: `demo-deposit-${values.owner}-${points}`,
+          masterAccountId: user._id,
+          walletAddress: values.wallet,
+          points,
+          reason: 'local/demo account seeded by the operator CLI',
+        });
+        const balance = await ledger.balance({ masterAccountId: user._id, walletAddress: values.wallet });
+        console.log(
+          `account ${values.owner} ${created ? 'created' : 'exists'}; ${grant.replay ? `the grant of ${points} points was already made` : `granted ${points} points`} (balance now ${balance})`,
         );
-        console.log(`account ${values.owner} has a confirmed deposit of ${values.points} points (balance now ${await ledger.balance({ masterAccountId: values.owner, walletAddress: values.wallet })})`);
         return 0;
       }
       default:
