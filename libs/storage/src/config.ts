@@ -15,6 +15,7 @@
 import { inspect } from 'node:util';
 import * as path from 'node:path';
 import type { InjectionToken } from 'tsyringe';
+import { z } from 'zod';
 import { StorageError } from './errors';
 
 /** The bucket aliases the platform uses (`default` is the same bucket as `uploads`). */
@@ -36,11 +37,20 @@ export interface S3Credentials {
 }
 
 export interface RetryConfig {
-  /** Total attempts per request, first one included. */
+  /**
+   * Total attempts per request (and per resumed transfer), first one included. Env STORAGE_RETRY_MAX_ATTEMPTS.
+   * @default 5
+   */
   maxAttempts: number;
-  /** Base of the exponential backoff, in ms. */
+  /**
+   * Base of the exponential backoff, in ms. Env STORAGE_RETRY_BASE_DELAY_MS.
+   * @default 200
+   */
   baseDelayMs: number;
-  /** Cap of one backoff delay, in ms. */
+  /**
+   * Cap of one backoff delay, in ms. Env STORAGE_RETRY_MAX_DELAY_MS.
+   * @default 10000
+   */
   maxDelayMs: number;
 }
 
@@ -55,11 +65,20 @@ export interface R2Config {
   credentials: S3Credentials;
   buckets: Record<BucketAlias, BucketConfig>;
   retry: RetryConfig;
-  /** Host names (optionally host:port) that dataset images may be fetched from besides our own buckets. */
+  /**
+   * Host names (optionally host:port) that dataset images may be fetched from besides our own buckets. Env DATASET_ALLOWED_HOSTS (comma-separated).
+   * @default []
+   */
   datasetAllowedHosts: string[];
-  /** Host folder of the base-model weight cache. */
+  /**
+   * Host folder of the base-model weight cache. Env WEIGHT_CACHE_DIR.
+   * @default `${STATIONTHIS_STATE_DIR ?? '.state'}/weights`
+   */
   weightCacheDir: string;
-  /** Disk budget of the weight cache, in bytes. */
+  /**
+   * Disk budget of the weight cache, in bytes. Env WEIGHT_CACHE_MAX_BYTES.
+   * @default 214748364800 (200 GiB)
+   */
   weightCacheMaxBytes: number;
 }
 
@@ -100,14 +119,29 @@ function req(env: NodeJS.ProcessEnv, name: string, mode: string): string {
   return v;
 }
 
-function positiveInt(env: NodeJS.ProcessEnv, name: string, dflt: number): number {
-  const raw = env[name]?.trim();
-  if (!raw) return dflt;
-  const n = Number(raw);
-  if (!Number.isFinite(n) || n <= 0) {
-    throw new StorageError('config', `Storage config: ${name}='${raw}' is not a positive number.`);
+/** The numeric settings, read from the environment and validated once; each default is documented on R2Config/RetryConfig. */
+const numericEnvSchema = z.object({
+  STORAGE_RETRY_MAX_ATTEMPTS: z.number().positive().default(5),
+  STORAGE_RETRY_BASE_DELAY_MS: z.number().positive().default(200),
+  STORAGE_RETRY_MAX_DELAY_MS: z.number().positive().default(10_000),
+  WEIGHT_CACHE_MAX_BYTES: z.number().positive().default(200 * GiB),
+});
+type NumericEnv = z.infer<typeof numericEnvSchema>;
+
+function numericEnv(env: NodeJS.ProcessEnv): NumericEnv {
+  const raw: Record<string, number> = {};
+  for (const name of Object.keys(numericEnvSchema.shape)) {
+    const v = env[name]?.trim();
+    if (v) raw[name] = Number(v);
   }
-  return Math.floor(n);
+  const r = numericEnvSchema.safeParse(raw);
+  if (!r.success) {
+    const name = String(r.error.issues[0].path[0]);
+    throw new StorageError('config', `Storage config: ${name}='${env[name]?.trim()}' is not a positive number.`);
+  }
+  const out = { ...r.data };
+  for (const k of Object.keys(out) as (keyof NumericEnv)[]) out[k] = Math.floor(out[k]);
+  return out;
 }
 
 function checkUrl(name: string, value: string): string {
@@ -148,18 +182,19 @@ export function r2Endpoint(accountId: string, jurisdiction?: string): string {
 
 export function loadStorageConfig(env: NodeJS.ProcessEnv = process.env): R2Config {
   const stateDir = env.STATIONTHIS_STATE_DIR?.trim() || path.resolve('.state');
+  const n = numericEnv(env);
   const common = {
     retry: {
-      maxAttempts: positiveInt(env, 'STORAGE_RETRY_MAX_ATTEMPTS', 5),
-      baseDelayMs: positiveInt(env, 'STORAGE_RETRY_BASE_DELAY_MS', 200),
-      maxDelayMs: positiveInt(env, 'STORAGE_RETRY_MAX_DELAY_MS', 10_000),
+      maxAttempts: n.STORAGE_RETRY_MAX_ATTEMPTS,
+      baseDelayMs: n.STORAGE_RETRY_BASE_DELAY_MS,
+      maxDelayMs: n.STORAGE_RETRY_MAX_DELAY_MS,
     },
     datasetAllowedHosts: (env.DATASET_ALLOWED_HOSTS ?? '')
       .split(',')
       .map((h) => h.trim().toLowerCase())
       .filter(Boolean),
     weightCacheDir: path.resolve(env.WEIGHT_CACHE_DIR?.trim() || path.join(stateDir, 'weights')),
-    weightCacheMaxBytes: positiveInt(env, 'WEIGHT_CACHE_MAX_BYTES', 200 * GiB),
+    weightCacheMaxBytes: n.WEIGHT_CACHE_MAX_BYTES,
   };
   const bucketNames = {
     uploads: env.R2_BUCKET_NAME?.trim(),

@@ -1,10 +1,14 @@
 /**
  * Downloads a platform dataset into a job folder:
+ * - first the offline checks of `checkDatasetSourcesOffline` (the same
+ *   function the worker calls before the charge), so nothing is contacted for
+ *   a dataset that breaks a rule;
  * - images from our own buckets / CDN are read through S3 by key;
  * - other URLs only from allow-listed hosts, redirects only within the same
- *   origin (at most 3), never to another host;
+ *   origin (at most 3), each hop checked by the same URL rules;
  * - per-file and per-dataset byte limits, enforced while streaming;
- * - type by magic bytes (jpeg/png/webp; mp4/webm only with allowVideo);
+ * - type by magic bytes (jpeg/png/webp; mp4/webm only with allowVideo), and an
+ *   image's declared width and height from its header, before it is accepted;
  * - generated names img_0001.<ext> + img_0001.txt: no user-controlled paths;
  * - bounded concurrency; the first failure cancels the rest and removes
  *   everything this call wrote.
@@ -15,93 +19,47 @@ import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { inject, injectable } from 'tsyringe';
 import { selectCaptions, type PlatformDatasetDoc } from './captions';
+import type { R2Config } from './config';
+import type { DatasetFetchPort, FetchOptions, FetchedDataset, FetchedImage, SourceCheckOptions } from './dataset-fetch.port';
+import {
+  assertDatasetSourcesOffline,
+  checkDatasetSourcesOffline,
+  checkSourceUrl,
+  datasetSourcePolicy,
+  identifyMedia,
+  type DatasetSourcePolicy,
+  type DatasetSourceProblem,
+  type FetchLimits,
+} from './dataset-policy';
 import { StorageError, redactUrl } from './errors';
-import { SNIFF_BYTES, describeHead, sniffType, type SniffedType } from './magic';
+import { MAX_DIMENSION_HEADER_BYTES, type SniffedType } from './magic';
 import { ObjectStorage } from './object-storage';
 
-export interface FetchLimits {
-  /** Bytes per file. Default 50 MiB (the platform's upload limit). */
-  maxFileBytes: number;
-  /** Bytes for the whole dataset. Default 2 GiB. */
-  maxTotalBytes: number;
-  /** Number of images. Default 1000. */
-  maxImages: number;
-}
-
-export const DEFAULT_FETCH_LIMITS: FetchLimits = {
-  maxFileBytes: 50 * 1024 ** 2,
-  maxTotalBytes: 2 * 1024 ** 3,
-  maxImages: 1000,
-};
-
-export interface FetchProgress {
-  completedFiles: number;
-  totalFiles: number;
-  /** Bytes written so far, all files. */
-  bytes: number;
-  /** Set when a file has just completed. */
-  fileName?: string;
-}
-
-export interface FetchOptions {
-  onProgress?: (p: FetchProgress) => void;
-  limits?: Partial<FetchLimits>;
-  /** Hosts (or host:port) allowed besides our buckets; added to config.datasetAllowedHosts. */
-  allowedHosts?: string[];
-  captionSetId?: string;
-  /**
-   * The caption the engine trains on, from the platform's caption ('' when the
-   * item has none): the recipes' rule (libs/recipes `trainingCaption`, which
-   * adds the trigger word). When given, every item gets a caption file, because
-   * musubi-tuner drops uncaptioned images and sd-scripts trains them on its
-   * class tokens only; without it, only captioned items get one.
-   */
-  captionFor?: (caption: string, index: number) => string;
-  /** Accept mp4/webm clips (video recipes). */
-  allowVideo?: boolean;
-  /** Downloads in flight. Default 4. */
-  concurrency?: number;
-  /** Per-file timeout in ms. Default 120 s. */
-  fileTimeoutMs?: number;
-  signal?: AbortSignal;
-}
-
-export interface FetchedImage {
-  fileName: string;
-  /** '' when no caption file was written (no caption and no captionFor). */
-  captionFileName: string;
-  sourceUrl: string;
-  bytes: number;
-  mime: string;
-}
-
-export interface FetchedDataset {
-  images: FetchedImage[];
-  totalBytes: number;
-  /** Which caption set was used, e.g. 'embellishment:<id> (default+completed)', or 'none'. */
-  captionSource: string;
-  captionedCount: number;
-}
-
 const MAX_REDIRECTS = 3;
-
-function hostAllowed(u: URL, allowed: Set<string>): boolean {
-  return allowed.has(u.host.toLowerCase()) || allowed.has(u.hostname.toLowerCase());
-}
+/** @default for FetchOptions.concurrency */
+const DEFAULT_CONCURRENCY = 4;
+/** @default for FetchOptions.fileTimeoutMs */
+const DEFAULT_FILE_TIMEOUT_MS = 120_000;
 
 @injectable()
-export class DatasetFetcher {
+export class DatasetFetcher implements DatasetFetchPort {
   constructor(@inject(ObjectStorage) private readonly storage: ObjectStorage) {}
 
+  private get config(): R2Config {
+    return this.storage.config;
+  }
+
+  /** The offline checks, as the worker runs them before the charge. */
+  checkSources(dataset: Pick<PlatformDatasetDoc, 'images'> | readonly unknown[], opts: SourceCheckOptions = {}): DatasetSourceProblem[] {
+    return checkDatasetSourcesOffline(dataset, datasetSourcePolicy(this.config, opts));
+  }
+
   async fetch(dataset: PlatformDatasetDoc, destDir: string, opts: FetchOptions = {}): Promise<FetchedDataset> {
-    const limits: FetchLimits = { ...DEFAULT_FETCH_LIMITS, ...opts.limits };
-    const images = Array.isArray(dataset.images) ? dataset.images : [];
-    if (images.length > limits.maxImages) {
-      throw new StorageError('too-large', `Dataset has ${images.length} images; the limit is ${limits.maxImages}. Remove images or raise the recipe's limit.`);
-    }
-    const allowed = new Set([...this.storage.config.datasetAllowedHosts, ...(opts.allowedHosts ?? [])].map((h) => h.toLowerCase()));
-    const captions = selectCaptions(dataset, opts.captionSetId);
+    const policy = datasetSourcePolicy(this.config, opts);
     await fsp.mkdir(destDir, { recursive: true });
+    assertDatasetSourcesOffline(dataset, policy);
+    const images = dataset.images;
+    const captions = selectCaptions(dataset, opts.captionSetId);
 
     const width = Math.max(4, String(images.length).length);
     const written: string[] = [];
@@ -119,7 +77,7 @@ export class DatasetFetcher {
         if (i >= images.length) return;
         const base = `img_${String(i + 1).padStart(width, '0')}`;
         try {
-          const got = await this.fetchOne(images[i], i, base, destDir, limits, allowed, opts, shared, ctl.signal, written);
+          const got = await this.fetchOne(images[i], i, base, destDir, policy, opts, shared, ctl.signal, written);
           const caption = opts.captionFor ? opts.captionFor(captions.captions[i] ?? '', i) : captions.captions[i];
           let captionFileName = '';
           if (caption) {
@@ -128,7 +86,7 @@ export class DatasetFetcher {
             written.push(cp);
             await fsp.writeFile(cp, caption, 'utf8');
           }
-          results[i] = { fileName: got.fileName, captionFileName, sourceUrl: images[i], bytes: got.bytes, mime: got.type.mime };
+          results[i] = { fileName: got.fileName, captionFileName, sourceUrl: images[i], bytes: got.bytes, mime: got.type.mime, ...(got.dimensions ?? {}) };
           shared.completed++;
           opts.onProgress?.({ completedFiles: shared.completed, totalFiles: images.length, bytes: shared.totalBytes, fileName: got.fileName });
         } catch (err) {
@@ -138,7 +96,7 @@ export class DatasetFetcher {
         }
       }
     };
-    const n = Math.max(1, Math.min(opts.concurrency ?? 4, images.length || 1));
+    const n = Math.max(1, Math.min(opts.concurrency ?? DEFAULT_CONCURRENCY, images.length || 1));
     await Promise.all(Array.from({ length: n }, worker));
     opts.signal?.removeEventListener('abort', onOuterAbort);
 
@@ -163,30 +121,32 @@ export class DatasetFetcher {
     index: number,
     base: string,
     destDir: string,
-    limits: FetchLimits,
-    allowed: Set<string>,
+    policy: DatasetSourcePolicy,
     opts: FetchOptions,
     shared: { totalBytes: number },
     signal: AbortSignal,
     written: string[],
-  ): Promise<{ fileName: string; bytes: number; type: SniffedType }> {
+  ): Promise<{ fileName: string; bytes: number; type: SniffedType; dimensions?: { width: number; height: number } }> {
+    const limits = policy.limits;
     const label = `Image ${index + 1} (${redactUrl(String(url))})`;
-    const timeout = AbortSignal.timeout(opts.fileTimeoutMs ?? 120_000);
+    const timeoutMs = opts.fileTimeoutMs ?? DEFAULT_FILE_TIMEOUT_MS;
+    const timeout = AbortSignal.timeout(timeoutMs);
     const sig = AbortSignal.any([signal, timeout]);
-    const body = await this.openSource(String(url), label, limits, allowed, sig);
+    const body = await this.openSource(String(url), index, label, policy, sig);
 
     const tmp = path.join(destDir, `.${base}.part`);
     written.push(tmp);
     let bytes = 0;
     let head = Buffer.alloc(0);
     let type: SniffedType | null = null;
-    const check = () => {
-      type = sniffType(head);
-      if (!type) {
-        throw new StorageError('invalid-content', `${label} is not a JPEG, PNG or WebP${opts.allowVideo ? ', MP4 or WebM' : ''} file (starts with ${describeHead(head)}). Remove it from the dataset.`, { url });
-      }
-      if (type.kind === 'video' && !opts.allowVideo) {
-        throw new StorageError('invalid-content', `${label} is a ${type.mime} video, and this recipe accepts only images. Remove it from the dataset.`, { url });
+    let dimensions: { width: number; height: number } | undefined;
+    let identified = false;
+    const identify = (final: boolean) => {
+      const r = identifyMedia(head, final, index, String(url), { limits, allowVideo: opts.allowVideo });
+      if (r) {
+        type = r.type;
+        dimensions = r.dimensions;
+        identified = true;
       }
     };
     const guard = new Transform({
@@ -200,9 +160,9 @@ export class DatasetFetcher {
           if (shared.totalBytes > limits.maxTotalBytes) {
             throw new StorageError('too-large', `The dataset is larger than the limit of ${limits.maxTotalBytes} bytes (exceeded while fetching image ${index + 1}). Remove images or use smaller files.`, { url });
           }
-          if (!type) {
-            head = Buffer.concat([head, chunk.subarray(0, SNIFF_BYTES - head.length)]);
-            if (head.length >= SNIFF_BYTES) check();
+          if (!identified) {
+            head = Buffer.concat([head, chunk.subarray(0, MAX_DIMENSION_HEADER_BYTES - head.length)]);
+            identify(false);
           }
           cb(null, chunk);
         } catch (e) {
@@ -211,7 +171,7 @@ export class DatasetFetcher {
       },
       flush(cb) {
         try {
-          if (!type) check();
+          if (!identified) identify(true);
           cb();
         } catch (e) {
           cb(e as Error);
@@ -222,7 +182,7 @@ export class DatasetFetcher {
       await pipeline(body, guard, createWriteStream(tmp, { flags: 'w', mode: 0o644 }), { signal: sig });
     } catch (err) {
       if (err instanceof StorageError) throw err;
-      if (timeout.aborted) throw new StorageError('unavailable', `${label} did not download within ${opts.fileTimeoutMs ?? 120_000} ms.`, { url, cause: err });
+      if (timeout.aborted) throw new StorageError('unavailable', `${label} did not download within ${timeoutMs} ms.`, { url, cause: err });
       if (signal.aborted) throw err;
       throw new StorageError('unavailable', `${label} could not be downloaded: ${(err as Error).message}.`, { url, cause: err });
     }
@@ -232,18 +192,17 @@ export class DatasetFetcher {
     const final = path.join(destDir, fileName);
     written.push(final);
     await fsp.rename(tmp, final);
-    return { fileName, bytes, type: t };
+    return { fileName, bytes, type: t, dimensions };
   }
 
-  /** Opens the body of one image URL, applying the URL policy. */
-  private async openSource(url: string, label: string, limits: FetchLimits, allowed: Set<string>, signal: AbortSignal): Promise<Readable> {
-    const own = this.storage.matchOwnUrl(url);
-    if (own && own.key === null) {
-      throw new StorageError('invalid-name', `${label} points into our '${own.bucketAlias}' bucket with a key that is not allowed ('.'/'..' segments, control characters or similar).`, { url });
-    }
-    if (own && own.key !== null) {
-      const key = own.key;
-      const r = await this.storage.getObjectStream(own.bucketAlias, key, { signal }).catch((err: unknown) => {
+  /** Opens the body of one image URL; every URL and redirect hop passes `checkSourceUrl`. */
+  private async openSource(url: string, index: number, label: string, policy: DatasetSourcePolicy, signal: AbortSignal): Promise<Readable> {
+    const limits: FetchLimits = policy.limits;
+    const first = checkSourceUrl(url, index, policy);
+    if ('problem' in first) throw new StorageError(first.problem.kind, first.problem.message, { url });
+    if (first.own) {
+      const { bucketAlias, key } = first.own;
+      const r = await this.storage.getObjectStream(bucketAlias, key, { signal }).catch((err: unknown) => {
         if (err instanceof StorageError) {
           throw new StorageError(err.kind, `${label}: ${err.message}`, { bucket: err.bucket, key: err.key, status: err.status, cause: err });
         }
@@ -252,32 +211,14 @@ export class DatasetFetcher {
       if (r.totalBytes > limits.maxFileBytes) {
         r.body.destroy();
         throw new StorageError('too-large', `${label} is ${r.totalBytes} bytes, over the per-file limit of ${limits.maxFileBytes}. Use a smaller file.`, {
-          bucket: this.storage.bucket(own.bucketAlias).bucket,
+          bucket: this.storage.bucket(bucketAlias).bucket,
           key,
         });
       }
       return r.body;
     }
-    let u: URL;
-    try {
-      u = new URL(url);
-    } catch {
-      throw new StorageError('disallowed-url', `${label} is not an absolute URL.`, { url });
-    }
+    let u = new URL(url);
     for (let hop = 0; ; hop++) {
-      if (u.protocol !== 'https:' && u.protocol !== 'http:') {
-        throw new StorageError('disallowed-url', `${label}: scheme '${u.protocol}' is not allowed; only http(s) URLs are fetched.`, { url });
-      }
-      if (u.username || u.password) {
-        throw new StorageError('disallowed-url', `${label}: URLs with credentials are not allowed.`, { url });
-      }
-      if (!hostAllowed(u, allowed)) {
-        throw new StorageError(
-          'disallowed-url',
-          `${label}: host '${u.host}' is neither one of our buckets nor allow-listed (DATASET_ALLOWED_HOSTS). Upload the image to the dataset instead.`,
-          { url },
-        );
-      }
       let res: Response;
       try {
         res = await fetch(u, { redirect: 'manual', signal, headers: { accept: 'image/*,video/*;q=0.9,*/*;q=0.1' } });
@@ -296,6 +237,8 @@ export class DatasetFetcher {
           });
         }
         if (hop + 1 > MAX_REDIRECTS) throw new StorageError('disallowed-url', `${label}: more than ${MAX_REDIRECTS} redirects.`, { url });
+        const hopCheck = checkSourceUrl(nextUrl.href, index, policy);
+        if ('problem' in hopCheck) throw new StorageError(hopCheck.problem.kind, `${hopCheck.problem.message} (reached by a redirect)`, { url });
         u = nextUrl;
         continue;
       }

@@ -1,6 +1,7 @@
 /**
  * @stationthis/storage: the R2 adapter. Datasets in, models out, and the
  * base-model weight cache on the worker host. See README.md.
+ * In-memory fakes of the ports: '@stationthis/storage/testing'.
  */
 export const LIB_NAME = '@stationthis/storage';
 
@@ -18,17 +19,14 @@ export {
   type RetryConfig,
   type S3Credentials,
 } from './config';
-export { S3_CLIENT, BackoffRetryStrategy, ThreadPoolSha256, backoffDelayMs, createS3Client, type CreatedS3Client, type RetryListener } from './client';
+export { S3_CLIENT, ThreadPoolSha256, createS3Client, type S3ClientOptions } from './client';
+export { backoffDelayMs, createRetryStrategy, withRetries, type RetryListener } from './retry';
 export { StorageError, redactUrl, toStorageError, type StorageErrorKind } from './errors';
 export { MAX_KEY_BYTES, assertSafeKey, encodeKeyForUrl, jobArtifactKey, loraKey, unsafeKeyReason } from './keys';
-export {
-  MAX_PRESIGN_SECONDS,
-  ObjectStorage,
-  type DownloadOptions,
-  type ObjectInfo,
-  type PutOptions,
-  type UploadStreamOptions,
-} from './object-storage';
+export { ObjectStorage } from './object-storage';
+export type { PutOptions, UploadFileOptions, UploadStreamOptions } from './object-upload';
+export type { DownloadOptions, DownloadResult, ObjectInfo } from './object-download';
+export { MAX_PRESIGN_SECONDS, matchOwnUrl, publicUrlOf, type OwnBuckets, type OwnUrlMatch } from './public-urls';
 export {
   captionCandidates,
   selectCaptions,
@@ -38,17 +36,33 @@ export {
   type PlatformDatasetDoc,
   type PlatformEmbellishment,
 } from './captions';
-export { SNIFF_BYTES, sniffType, type SniffedType } from './magic';
+export { MAX_DIMENSION_HEADER_BYTES, SNIFF_BYTES, readImageDimensions, sniffType, type DimensionsRead, type ImageDimensions, type SniffedType } from './magic';
 export {
   DEFAULT_FETCH_LIMITS,
-  DatasetFetcher,
+  assertDatasetSourcesOffline,
+  checkDatasetSourcesOffline,
+  checkSourceUrl,
+  datasetSourcePolicy,
+  imageDimensionsProblem,
+  resolveFetchLimits,
+  specialAddressReason,
+  type DatasetSourcePolicy,
+  type DatasetSourceProblem,
   type FetchLimits,
+} from './dataset-policy';
+export {
+  DATASET_FETCH_PORT,
+  type DatasetFetchPort,
   type FetchOptions,
   type FetchProgress,
   type FetchedDataset,
   type FetchedImage,
-} from './dataset-fetcher';
-export { ModelUploader, autoV2, type UploadRequest, type UploadedObject } from './model-uploader';
-export { WeightCache, sha256File, type AcquireOptions, type CacheEntry, type WeightLease, type WeightSource, type WeightSpec } from './weight-cache';
+  type SourceCheckOptions,
+} from './dataset-fetch.port';
+export { DatasetFetcher } from './dataset-fetcher';
+export { MODEL_UPLOAD_PORT, autoV2, type ModelUploadPort, type UploadRequest, type UploadedObject } from './model-upload.port';
+export { ModelUploader } from './model-uploader';
+export { WEIGHT_CACHE_PORT, type AcquireOptions, type WeightCachePort, type WeightLease, type WeightSource, type WeightSpec } from './weight-cache.port';
+export { WEIGHT_CACHE_OPTIONS, WeightCache, resolveWeightCacheOptions, sha256File, validateWeightSpec, type CacheEntry, type WeightCacheOptions } from './weight-cache';
 export { createLease, liveLeases, lockFile, pidAlive, tryLockFile, type HeldLock, type Lease, type LockOptions } from './file-lock';
-export { registerStorage } from './register';
+export { STORAGE_BINDINGS, registerStorage, type RegisterStorageOptions } from './register';

@@ -10,41 +10,12 @@
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { inject, injectable } from 'tsyringe';
-import type { BucketAlias } from './config';
 import { StorageError } from './errors';
+import { autoV2, type ModelUploadPort, type UploadRequest, type UploadedObject } from './model-upload.port';
 import { ObjectStorage } from './object-storage';
 
-export interface UploadRequest {
-  filePath: string;
-  bucketAlias: BucketAlias;
-  key: string;
-  contentType: string;
-  cacheControl?: string;
-  metadata?: Record<string, string>;
-  onProgress?: (p: { uploadedBytes: number; hashedBytes: number; totalBytes: number }) => void;
-  signal?: AbortSignal;
-  /** Multipart part size (default 16 MiB) and parts in flight (default 4). */
-  partSize?: number;
-  queueSize?: number;
-}
-
-export interface UploadedObject {
-  bucketAlias: BucketAlias;
-  key: string;
-  bytes: number;
-  /** Lower-case hex SHA-256 of the whole file. */
-  sha256: string;
-  /** First 10 hex characters of sha256 (Civitai AutoV2 / A1111 shorthash). */
-  autov2: string;
-  publicUrl: string;
-}
-
-export function autoV2(sha256Hex: string): string {
-  return sha256Hex.slice(0, 10).toLowerCase();
-}
-
 @injectable()
-export class ModelUploader {
+export class ModelUploader implements ModelUploadPort {
   constructor(@inject(ObjectStorage) private readonly storage: ObjectStorage) {}
 
   async upload(req: UploadRequest): Promise<UploadedObject> {
@@ -72,7 +43,7 @@ export class ModelUploader {
       partSize: req.partSize,
       queueSize: req.queueSize,
       signal: req.signal,
-      // Parts are read strictly in order, so this is the sha256 of the whole file.
+      // The file is read strictly in order, so this is the sha256 of the whole file.
       onRead: (chunk) => {
         hash.update(chunk);
         hashedBytes += chunk.length;
@@ -83,7 +54,7 @@ export class ModelUploader {
       },
     });
     const sha256 = hash.digest('hex');
-    // The file must not have changed under us, and the server must hold all of it.
+    // The server must hold all of it (uploadFile already refused a file that changed size).
     const head = await this.storage.headObject(req.bucketAlias, req.key);
     if (hashedBytes !== totalBytes || !head || head.bytes !== hashedBytes) {
       await this.storage.deleteObject(req.bucketAlias, req.key).catch(() => undefined);
@@ -95,13 +66,6 @@ export class ModelUploader {
     }
     uploadedBytes = hashedBytes;
     report();
-    return {
-      bucketAlias: req.bucketAlias,
-      key: req.key,
-      bytes: hashedBytes,
-      sha256,
-      autov2: autoV2(sha256),
-      publicUrl: this.storage.publicUrl(req.bucketAlias, req.key),
-    };
+    return { bucketAlias: req.bucketAlias, key: req.key, bytes: hashedBytes, sha256, autov2: autoV2(sha256), publicUrl: this.storage.publicUrl(req.bucketAlias, req.key) };
   }
 }

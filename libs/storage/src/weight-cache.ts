@@ -19,51 +19,57 @@ import { createReadStream, createWriteStream, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { inject, injectable } from 'tsyringe';
-import { backoffDelayMs } from './client';
-import { STORAGE_CONFIG, type BucketAlias, type R2Config } from './config';
+import { inject, injectable, type InjectionToken } from 'tsyringe';
+import { z } from 'zod';
+import { STORAGE_CONFIG, type R2Config } from './config';
 import { StorageError, redactUrl } from './errors';
 import { createLease, liveLeases, lockFile, tryLockFile, type LockOptions } from './file-lock';
 import { unsafeKeyReason } from './keys';
 import { ObjectStorage } from './object-storage';
+import { withRetries } from './retry';
+import type { AcquireOptions, WeightCachePort, WeightLease, WeightSource, WeightSpec } from './weight-cache.port';
 
-/**
- * Where a weight file comes from. `local` is a file an operator provisioned on
- * this host (an air-gapped host, the engine demo's random-weight models): it is
- * hard-linked into the cache (copied when on another filesystem), so a 10 GB
- * base model costs no second copy of disk.
- */
-export type WeightSource =
-  | { kind: 'r2'; bucketAlias: BucketAlias; key: string }
-  | { kind: 'https'; url: string }
-  | { kind: 'local'; path: string };
-
-export interface WeightSpec {
-  /** Name of the file in the cache (and in the container's models folder). Letters, digits, '.', '_', '-'. */
-  fileName: string;
-  source: WeightSource;
-  /** Expected lower-case hex sha256. Required for https sources. */
-  sha256?: string;
+/** How the cache locks and downloads. Validated once, by `resolveWeightCacheOptions`. */
+export interface WeightCacheOptions {
   /**
-   * Approximate size in bytes, when known: used only to make room in the
-   * budget before downloading. Integrity is checked by sha256 (and, for R2,
-   * the server's object size), never by this number.
+   * A per-file lock whose holder's heartbeat is older than this is stale and taken over.
+   * @default 60000
    */
-  bytes?: number;
+  lockStaleMs: number;
+  /**
+   * How often a waiter polls a held lock, in ms.
+   * @default 100
+   */
+  lockPollMs: number;
+  /**
+   * Ranged GETs in flight for R2 sources.
+   * @default 4
+   */
+  downloadConcurrency: number;
+  /**
+   * Range size for R2 sources; each finished range is kept across restarts.
+   * @default 67108864 (64 MiB)
+   */
+  downloadChunkBytes: number;
 }
 
-export interface AcquireOptions {
-  onProgress?: (p: { fileName: string; bytes: number; totalBytes: number; phase: 'download' | 'verify' }) => void;
-  signal?: AbortSignal;
+const weightCacheOptionsSchema = z.object({
+  lockStaleMs: z.number().int().positive().default(60_000),
+  lockPollMs: z.number().int().positive().default(100),
+  downloadConcurrency: z.number().int().min(1).max(64).default(4),
+  downloadChunkBytes: z.number().int().min(64 * 1024).default(64 * 1024 * 1024),
+});
+
+/** Applies the defaults and validates; throws a 'config' StorageError naming the bad field. */
+export function resolveWeightCacheOptions(partial: Partial<WeightCacheOptions> = {}): Readonly<WeightCacheOptions> {
+  const r = weightCacheOptionsSchema.safeParse(partial);
+  if (!r.success) {
+    throw new StorageError('config', `Weight cache options are not valid: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}.`);
+  }
+  return Object.freeze(r.data);
 }
 
-export interface WeightLease {
-  /** Absolute path of the verified file. Read-only use: do not modify it. */
-  path: string;
-  /** Whether this call downloaded the file (false: it was already cached). */
-  downloaded: boolean;
-  release(): Promise<void>;
-}
+export const WEIGHT_CACHE_OPTIONS = Symbol('WeightCacheOptions') as InjectionToken<Readonly<WeightCacheOptions>>;
 
 interface Marker {
   fileName: string;
@@ -103,20 +109,50 @@ export async function sha256File(p: string, onBytes?: (n: number) => void): Prom
   return { sha256: h.digest('hex'), bytes };
 }
 
+/** Refuses a spec before anything is touched: unsafe file name or key, malformed sha256, a relative local path, an https URL without TLS or without a pinned sha256. */
+export function validateWeightSpec(spec: WeightSpec): void {
+  if (!NAME_RE.test(spec.fileName) || spec.fileName.includes('..') || spec.fileName.endsWith('.partial')) {
+    throw new StorageError('invalid-name', `Weight file name ${JSON.stringify(spec.fileName)} is not allowed: use letters, digits, '.', '_' and '-' (no '..').`);
+  }
+  if (spec.sha256 !== undefined && !/^[a-f0-9]{64}$/i.test(spec.sha256)) {
+    throw new StorageError('invalid-argument', `Weight ${spec.fileName}: sha256 must be 64 hex characters.`);
+  }
+  if (spec.source.kind === 'r2') {
+    const why = unsafeKeyReason(spec.source.key);
+    if (why) throw new StorageError('invalid-name', `Weight ${spec.fileName}: source key is not allowed: ${why}.`, { key: spec.source.key });
+  } else if (spec.source.kind === 'local') {
+    if (!path.isAbsolute(spec.source.path)) throw new StorageError('invalid-argument', `Weight ${spec.fileName}: a local source must be an absolute path, got ${JSON.stringify(spec.source.path)}.`);
+  } else {
+    let u: URL;
+    try {
+      u = new URL(spec.source.url);
+    } catch {
+      throw new StorageError('disallowed-url', `Weight ${spec.fileName}: source URL is not an absolute URL.`);
+    }
+    // Plain http only on loopback (local mirrors and tests); anything else must be TLS.
+    if (!(u.protocol === 'https:' || (u.protocol === 'http:' && isLoopback(u.hostname)))) {
+      throw new StorageError('disallowed-url', `Weight ${spec.fileName}: source must be an https URL, got ${u.protocol}//${u.host}.`, { url: spec.source.url });
+    }
+    if (!spec.sha256) {
+      throw new StorageError('invalid-argument', `Weight ${spec.fileName}: an https source needs a known sha256 to verify the download against.`, { url: spec.source.url });
+    }
+  }
+}
+
 @injectable()
-export class WeightCache {
+export class WeightCache implements WeightCachePort {
   readonly dir: string;
-  /** Lock timing; tests shorten it. */
-  lockOptions: LockOptions = { staleMs: 60_000, pollMs: 100 };
-  /** Ranged GETs in flight for R2 sources (64 MiB ranges, resumable per range). */
-  downloadConcurrency = 4;
-  downloadChunkBytes = 64 * 1024 * 1024;
+  private readonly options: Readonly<WeightCacheOptions>;
+  private readonly lockOptions: LockOptions;
 
   constructor(
     @inject(STORAGE_CONFIG) private readonly config: R2Config,
     @inject(ObjectStorage) private readonly storage: ObjectStorage,
+    @inject(WEIGHT_CACHE_OPTIONS) options: Partial<WeightCacheOptions> = {},
   ) {
     this.dir = config.weightCacheDir;
+    this.options = resolveWeightCacheOptions(options);
+    this.lockOptions = { staleMs: this.options.lockStaleMs, pollMs: this.options.lockPollMs };
   }
 
   private p(kind: 'files' | 'meta' | 'locks' | 'leases', name: string): string {
@@ -124,37 +160,8 @@ export class WeightCache {
     return path.join(this.dir, kind, `${name}${suffix}`);
   }
 
-  private validate(spec: WeightSpec): void {
-    if (!NAME_RE.test(spec.fileName) || spec.fileName.includes('..') || spec.fileName.endsWith('.partial')) {
-      throw new StorageError('invalid-name', `Weight file name ${JSON.stringify(spec.fileName)} is not allowed: use letters, digits, '.', '_' and '-' (no '..').`);
-    }
-    if (spec.sha256 !== undefined && !/^[a-f0-9]{64}$/i.test(spec.sha256)) {
-      throw new StorageError('invalid-argument', `Weight ${spec.fileName}: sha256 must be 64 hex characters.`);
-    }
-    if (spec.source.kind === 'r2') {
-      const why = unsafeKeyReason(spec.source.key);
-      if (why) throw new StorageError('invalid-name', `Weight ${spec.fileName}: source key is not allowed: ${why}.`, { key: spec.source.key });
-    } else if (spec.source.kind === 'local') {
-      if (!path.isAbsolute(spec.source.path)) throw new StorageError('invalid-argument', `Weight ${spec.fileName}: a local source must be an absolute path, got ${JSON.stringify(spec.source.path)}.`);
-    } else {
-      let u: URL;
-      try {
-        u = new URL(spec.source.url);
-      } catch {
-        throw new StorageError('disallowed-url', `Weight ${spec.fileName}: source URL is not an absolute URL.`);
-      }
-      // Plain http only on loopback (local mirrors and tests); anything else must be TLS.
-      if (!(u.protocol === 'https:' || (u.protocol === 'http:' && isLoopback(u.hostname)))) {
-        throw new StorageError('disallowed-url', `Weight ${spec.fileName}: source must be an https URL, got ${u.protocol}//${u.host}.`, { url: spec.source.url });
-      }
-      if (!spec.sha256) {
-        throw new StorageError('invalid-argument', `Weight ${spec.fileName}: an https source needs a known sha256 to verify the download against.`, { url: spec.source.url });
-      }
-    }
-  }
-
   async acquire(spec: WeightSpec, opts: AcquireOptions = {}): Promise<WeightLease> {
-    this.validate(spec);
+    validateWeightSpec(spec);
     await Promise.all(['files', 'meta', 'locks', 'leases'].map((d) => fsp.mkdir(path.join(this.dir, d), { recursive: true })));
     const lock = await lockFile(this.p('locks', spec.fileName), { ...this.lockOptions, signal: opts.signal });
     let downloaded = false;
@@ -231,15 +238,15 @@ export class WeightCache {
           ifMatch: info?.source === src ? info.etag : undefined,
           onProgress: progress,
           signal: opts.signal,
-          concurrency: this.downloadConcurrency,
-          chunkBytes: this.downloadChunkBytes,
+          concurrency: this.options.downloadConcurrency,
+          chunkBytes: this.options.downloadChunkBytes,
         });
         await fsp.writeFile(partialInfo, JSON.stringify({ source: src, etag: r.etag }));
       } catch (err) {
         // The object changed since the partial was written: start over once.
         if (err instanceof StorageError && err.status === 412) {
           await fsp.rm(partial, { force: true });
-          await this.storage.downloadToFile(s.bucketAlias, s.key, partial, { resume: false, onProgress: progress, signal: opts.signal, concurrency: this.downloadConcurrency, chunkBytes: this.downloadChunkBytes });
+          await this.storage.downloadToFile(s.bucketAlias, s.key, partial, { resume: false, onProgress: progress, signal: opts.signal, concurrency: this.options.downloadConcurrency, chunkBytes: this.options.downloadChunkBytes });
         } else {
           throw err;
         }
@@ -288,56 +295,54 @@ export class WeightCache {
     }
   }
 
-  /** HTTPS download with range-request resume and retries with backoff. */
+  /** HTTPS download, resumed with a range request after a cut (the library's one resume loop, withRetries). */
   private async downloadHttp(url: string, partial: string, spec: WeightSpec, progress: (b: number, t: number) => void, signal?: AbortSignal): Promise<void> {
-    const max = this.config.retry.maxAttempts;
-    let lastErr: unknown;
-    for (let attempt = 1; attempt <= max; attempt++) {
-      let have = await fsp.stat(partial).then((s) => s.size, () => 0);
-      try {
-        const res = await fetch(url, {
-          redirect: 'follow',
-          signal,
-          headers: have > 0 ? { range: `bytes=${have}-` } : {},
-        });
-        if (res.status === 416 && have > 0) {
-          // We already have everything (size unknown in advance); verification decides.
-          await res.body?.cancel().catch(() => undefined);
-          return;
-        }
-        if (!res.ok || !res.body) {
-          await res.body?.cancel().catch(() => undefined);
-          const e = new StorageError(res.status >= 500 || res.status === 429 ? 'unavailable' : res.status === 404 ? 'not-found' : 'rejected', `Weight ${spec.fileName}: ${redactUrl(url)} answered HTTP ${res.status}.`, { url, status: res.status });
-          if (e.kind !== 'unavailable') throw e;
-          throw e;
-        }
-        if (have > 0 && res.status !== 206) have = 0; // server ignored the range: start over
-        const len = Number(res.headers.get('content-length') ?? NaN);
-        const total = Number.isFinite(len) ? have + len : -1;
-        let written = have;
-        const counter = new Transform({
-          transform(chunk: Buffer, _e, cb) {
-            written += chunk.length;
-            progress(written, total);
-            cb(null, chunk);
-          },
-        });
-        await pipeline(Readable.fromWeb(res.body as import('node:stream/web').ReadableStream), counter, createWriteStream(partial, { flags: have > 0 ? 'a' : 'w' }), { signal });
-        if (total >= 0 && written !== total) throw new Error(`stream ended at ${written} of ${total} bytes`);
-        return;
-      } catch (err) {
-        lastErr = err;
-        if (signal?.aborted) throw new StorageError('aborted', `Download of weight ${spec.fileName} was cancelled; ${have} bytes kept for resume.`, { url, cause: err });
-        if (err instanceof StorageError && err.kind !== 'unavailable') throw err;
-        if (attempt < max) await new Promise((r) => setTimeout(r, backoffDelayMs(attempt, this.config.retry)));
-      }
+    let attempts = 0;
+    try {
+      await withRetries(
+        this.config.retry,
+        async (attempt) => {
+          attempts = attempt;
+          let have = await fsp.stat(partial).then((s) => s.size, () => 0);
+          const res = await fetch(url, { redirect: 'follow', signal, headers: have > 0 ? { range: `bytes=${have}-` } : {} }).catch((err: unknown) => {
+            throw new StorageError('unavailable', `Weight ${spec.fileName}: ${redactUrl(url)} could not be reached (${(err as Error).message}).`, { url, cause: err });
+          });
+          if (res.status === 416 && have > 0) {
+            // We already have everything (size unknown in advance); verification decides.
+            await res.body?.cancel().catch(() => undefined);
+            return;
+          }
+          if (!res.ok || !res.body) {
+            await res.body?.cancel().catch(() => undefined);
+            const kind = res.status >= 500 || res.status === 429 ? 'unavailable' : res.status === 404 ? 'not-found' : 'rejected';
+            throw new StorageError(kind, `Weight ${spec.fileName}: ${redactUrl(url)} answered HTTP ${res.status}.`, { url, status: res.status });
+          }
+          if (have > 0 && res.status !== 206) have = 0; // the server ignored the range: start over
+          const len = Number(res.headers.get('content-length') ?? NaN);
+          const total = Number.isFinite(len) ? have + len : -1;
+          let written = have;
+          const counter = new Transform({
+            transform(chunk: Buffer, _e, cb) {
+              written += chunk.length;
+              progress(written, total);
+              cb(null, chunk);
+            },
+          });
+          await pipeline(Readable.fromWeb(res.body as import('node:stream/web').ReadableStream), counter, createWriteStream(partial, { flags: have > 0 ? 'a' : 'w' }), { signal });
+          if (total >= 0 && written !== total) throw new Error(`stream ended at ${written} of ${total} bytes`);
+        },
+        { signal },
+      );
+    } catch (err) {
+      const kept = await fsp.stat(partial).then((s) => s.size, () => 0);
+      if (signal?.aborted) throw new StorageError('aborted', `Download of weight ${spec.fileName} was cancelled; ${kept} bytes kept for resume.`, { url, cause: err });
+      if (err instanceof StorageError && err.kind !== 'unavailable') throw err;
+      throw new StorageError(
+        'unavailable',
+        `Weight ${spec.fileName}: download from ${redactUrl(url)} failed after ${attempts} attempts (${(err as Error)?.message ?? err}). ${kept} bytes are kept and the next acquire resumes from there.`,
+        { url, cause: err, attempts },
+      );
     }
-    const kept = await fsp.stat(partial).then((s) => s.size, () => 0);
-    throw new StorageError('unavailable', `Weight ${spec.fileName}: download from ${redactUrl(url)} failed after ${max} attempts (${(lastErr as Error)?.message ?? lastErr}). ${kept} bytes are kept and the next acquire resumes from there.`, {
-      url,
-      cause: lastErr,
-      attempts: max,
-    });
   }
 
   /** Every cached file (complete or partial), with size, last use and whether a job holds it. */

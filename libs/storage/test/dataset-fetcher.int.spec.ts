@@ -5,6 +5,7 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { DatasetFetcher, StorageError, type FetchProgress, type PlatformDatasetDoc } from '../src';
+import { pngOf } from '../src/testing';
 import { HTML, JPEG, MP4, PNG, WEBP, makeStorage, sha256, startHttp, tmpDir, uniquePrefix } from './helpers';
 
 const prefix = uniquePrefix('storage-datasets');
@@ -30,6 +31,17 @@ beforeAll(async () => {
     const u = req.url ?? '';
     if (u === '/a.webp') return void res.end(WEBP);
     if (u === '/clip.mp4') return void res.end(MP4);
+    if (u === '/bomb.png') {
+      // A 20000×20000 header, then a slow trickle: the fetcher must stop at the header.
+      res.write(pngOf(20000, 20000, 1000));
+      const t = setInterval(() => res.write(Buffer.alloc(64 * 1024)), 50);
+      res.on('close', () => clearInterval(t));
+      return;
+    }
+    if (u === '/redirect-to-metadata') {
+      res.writeHead(302, { location: 'http://169.254.169.254/latest/meta-data/' });
+      return void res.end();
+    }
     if (u === '/big.jpg') return void res.end(Buffer.concat([JPEG, Buffer.alloc(300_000)]));
     if (u === '/big-chunked.jpg') {
       res.write(JPEG);
@@ -185,5 +197,30 @@ describe('DatasetFetcher', () => {
     const { r } = await fetchInto('missing', { images: [own('web-upload-user/nope.png')] });
     expect((r as StorageError).kind).toBe('not-found');
     expect((r as StorageError).message).toContain(`in bucket 'datasets'`);
+  });
+
+  it('rejects an image declaring 20000×20000 from its header, without downloading the rest', async () => {
+    const started = Date.now();
+    const { dest, r } = await fetchInto('bomb', { images: [own('web-upload-user/u1-cat.png'), `${web.url}/bomb.png`] }, { concurrency: 1 });
+    expect(r).toBeInstanceOf(StorageError);
+    expect((r as StorageError).kind).toBe('invalid-content');
+    expect((r as StorageError).message).toMatch(/^Image 2 \(http:\/\/127\.0\.0\.1:\d+\/bomb\.png\) declares 20000×20000 pixels; each side may be at most 16384/);
+    expect(Date.now() - started).toBeLessThan(5_000);
+    expect(await fsp.readdir(dest)).toEqual([]);
+  });
+
+  it('rejects a redirect to the metadata address', async () => {
+    const { r } = await fetchInto('redirect-metadata', { images: [`${web.url}/redirect-to-metadata`] });
+    expect((r as StorageError).kind).toBe('disallowed-url');
+  });
+
+  it('checkSources finds the same problems with no request made', async () => {
+    const before = hits.length;
+    const problems = fetcher.checkSources({ images: [own('web-upload-user/u1-cat.png'), `${other.url}/x.jpg`, 'http://169.254.169.254/'] }, { allowedHosts: [allowed] });
+    expect(problems.map((p) => [p.index, p.kind])).toEqual([
+      [1, 'disallowed-url'],
+      [2, 'disallowed-url'],
+    ]);
+    expect(hits.length).toBe(before);
   });
 });

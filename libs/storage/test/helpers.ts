@@ -13,7 +13,8 @@ import { once } from 'node:events';
 import { serviceEnv, uniquePrefix } from '../../../tools/testing/support';
 
 export { uniquePrefix };
-import { createS3Client, loadStorageConfig, ObjectStorage, type R2Config } from '../src';
+import { createS3Client, loadStorageConfig, ObjectStorage, type R2Config, type S3ClientOptions } from '../src';
+import { jpegOf, pngOf, webpOf } from '../src/testing';
 
 export function localConfig(over: Partial<R2Config> = {}, env: NodeJS.ProcessEnv = {}): R2Config {
   const s = serviceEnv();
@@ -29,8 +30,8 @@ export function localConfig(over: Partial<R2Config> = {}, env: NodeJS.ProcessEnv
   return { ...base, ...over };
 }
 
-export function makeStorage(config: R2Config = localConfig()) {
-  const s3 = createS3Client(config);
+export function makeStorage(config: R2Config = localConfig(), clientOptions: S3ClientOptions = {}) {
+  const s3 = createS3Client(config, clientOptions);
   return { config, s3, storage: new ObjectStorage(config, s3) };
 }
 
@@ -170,9 +171,9 @@ export function minioTarget(): { host: string; port: number } {
   return { host: u.hostname, port: Number(u.port || 80) };
 }
 
-/** Tiny valid-looking image headers (only magic bytes matter to the fetcher). */
-export const JPEG = Buffer.concat([Buffer.from([0xff, 0xd8, 0xff, 0xe0]), randomBytes(200)]);
-export const PNG = Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), randomBytes(200)]);
-export const WEBP = Buffer.concat([Buffer.from('RIFF'), Buffer.from([0, 0, 0, 0]), Buffer.from('WEBPVP8 '), randomBytes(200)]);
+/** Small files with real image headers, 64×64 (magic bytes and the declared size are what the fetcher checks). */
+export const JPEG = jpegOf(64, 64);
+export const PNG = pngOf(64, 64);
+export const WEBP = webpOf(64, 64);
 export const MP4 = Buffer.concat([Buffer.from([0, 0, 0, 0x18]), Buffer.from('ftypisom'), randomBytes(200)]);
 export const HTML = Buffer.from('<!doctype html><html><body>not an image</body></html>'.padEnd(300, ' '));

@@ -204,9 +204,8 @@ describe('server stopped mid-transfer (TCP proxy in front of MinIO)', () => {
   it('upload: retries, then a clear failure, nothing visible; the dangling upload is swept once the server is back', async () => {
     const proxy = await new CuttableProxy(minioTarget()).start();
     const cfg = localConfig({ endpoint: proxy.endpoint });
-    const viaProxy = makeStorage(cfg);
     let retries = 0;
-    viaProxy.s3.retryStrategy.onRetry(() => retries++);
+    const viaProxy = makeStorage(cfg, { onRetry: () => retries++ });
     const { file } = await bigFile();
     const key = `${prefix}cut/model.safetensors`;
     proxy.cutRule = { up: 40 * MiB, mode: 'stop' };

@@ -7,7 +7,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { StorageError, WeightCache, liveLeases, lockFile, type R2Config } from '../src';
+import { StorageError, WeightCache, liveLeases, lockFile, type R2Config, type WeightCacheOptions } from '../src';
 import { localConfig, makeStorage, sha256, startHttp, tmpDir, uniquePrefix } from './helpers';
 
 const prefix = uniquePrefix('storage-weights');
@@ -59,11 +59,10 @@ afterAll(async () => {
   await fsp.rm(root, { recursive: true, force: true });
 });
 
-async function cacheIn(name: string, over: Partial<R2Config> = {}) {
+async function cacheIn(name: string, over: Partial<R2Config> = {}, options: Partial<WeightCacheOptions> = {}) {
   const dir = path.join(root, name);
   const { storage, s3, config } = makeStorage(localConfig({ weightCacheDir: dir, ...over }));
-  const cache = new WeightCache(config, storage);
-  cache.lockOptions = { staleMs: 2_000, pollMs: 20 };
+  const cache = new WeightCache(config, storage, { lockStaleMs: 2_000, lockPollMs: 20, ...options });
   return { cache, s3, storage, dir };
 }
 
@@ -209,10 +208,10 @@ describe('WeightCache', () => {
   });
 
   it('fetches from an R2 key, records the marker, and re-fetches when the source changes', async () => {
-    const { cache, storage, s3, dir } = await cacheIn('r2');
+    // 64 KiB ranges: exercise the concurrent ranged path (8 ranges).
+    const { cache, storage, s3, dir } = await cacheIn('r2', {}, { downloadChunkBytes: 64 * KiB });
     const key = `${prefix}base/model.bin`;
     await storage.putObject('models', key, A);
-    cache.downloadChunkBytes = 64 * KiB; // exercise the concurrent ranged path (8 ranges)
     try {
       const l = await cache.acquire({ fileName: 'model.bin', source: { kind: 'r2', bucketAlias: 'models', key }, bytes: A.length });
       expect(l.downloaded).toBe(true);
@@ -283,8 +282,7 @@ describe('across OS processes (compiled dist)', () => {
     const script = `
       const lib = require(${JSON.stringify(distIndex)});
       const cfg = lib.loadStorageConfig({ WEIGHT_CACHE_DIR: ${JSON.stringify(dir)} });
-      const cache = new lib.WeightCache(cfg, new lib.ObjectStorage(cfg, lib.createS3Client(cfg)));
-      cache.lockOptions = { staleMs: 5000, pollMs: 10 };
+      const cache = new lib.WeightCache(cfg, new lib.ObjectStorage(cfg, lib.createS3Client(cfg)), { lockStaleMs: 5000, lockPollMs: 10 });
       cache.acquire(${JSON.stringify(s)}).then(async (l) => {
         process.stdout.write(JSON.stringify({ downloaded: l.downloaded, path: l.path }));
         await l.release();
