@@ -6,7 +6,7 @@
  * the steps read typed fields only.
  */
 import type { TrainingJobDoc } from '@stationthis/db';
-import { jobParametersFromPlatformDoc, sanitizeTriggerWord } from '@stationthis/recipes';
+import { PLATFORM_FEE, jobParametersFromPlatformDoc, sanitizeTriggerWord, type Quote } from '@stationthis/recipes';
 
 export interface TrainingRequest {
   jobId: string;
@@ -95,4 +95,30 @@ function describeValue(v: unknown): string {
   if (typeof v === 'string') return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}…` : v);
   if (Array.isArray(v)) return 'an array';
   return v === null ? 'null' : typeof v;
+}
+
+/**
+ * The `trainingJobs` fields the platform's training UI reads about a charged
+ * job, as we must write them (the other direction of this mapper):
+ * `estimatedCostPoints` (what was taken up front, right after the charge) and
+ * the live cost row, which TrainingStudio.js `_renderTrainingCard` draws for
+ * an active job with a `gpuType`: the GPU's name and "cost so far" =
+ * `gpuHourlyRate` × hours since `startedAt`. The rate is the one the user is
+ * billed per hour (the quote's GPU rate plus the platform fee, as
+ * `usedPoints` settles), so the row matches the final charge.
+ *
+ * `device` is the GPU the attempt got (its nvidia-smi name), `'cpu'` for a
+ * CPU recipe or a CPU test run, or undefined before allocation (the quote's
+ * VRAM class is named then).
+ */
+export interface PlatformCostFields {
+  estimatedCostPoints: number;
+  gpuType: string;
+  gpuHourlyRate: number;
+}
+
+export function platformCostFields(quote: Pick<Quote, 'points' | 'gpuUsdPerHour'> & { platformFee?: number }, recipe: { gpu: { count: number; recommendedVramGb: number } }, device?: { name: string } | 'cpu'): PlatformCostFields {
+  const gpuType = device === 'cpu' || recipe.gpu.count === 0 ? 'CPU' : (device?.name ?? `${recipe.gpu.recommendedVramGb} GB GPU`);
+  const gpuHourlyRate = Math.round(quote.gpuUsdPerHour * (1 + (quote.platformFee ?? PLATFORM_FEE)) * 10_000) / 10_000;
+  return { estimatedCostPoints: quote.points, gpuType, gpuHourlyRate };
 }

@@ -35,6 +35,8 @@ export class InputsStep {
   }
 
   async fetchDataset(ctx: JobContext, p: Prepared, captionSetId: string | undefined): Promise<FetchedDataset> {
+    // What prepare found worth saying but not worth refusing (e.g. fewer images than recommended).
+    for (const warning of p.warnings) ctx.log.warn({ jobId: ctx.jobId }, warning);
     const datasetDir = this.datasetDir(ctx.jobId);
     const reused = await this.readPrefetched(datasetDir, p);
     if (reused) {

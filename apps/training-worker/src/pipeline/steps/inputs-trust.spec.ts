@@ -9,7 +9,7 @@ import { ObjectId } from 'mongodb';
 import { UserCoreReader, type DatasetRepository, type TrainingJobDoc } from '@stationthis/db';
 import { datasetSizeCheck, getRecipe } from '@stationthis/recipes';
 import { JobFailure } from '../failures';
-import { trainingRequestFromJob } from '../training-request';
+import { platformCostFields, trainingRequestFromJob } from '../training-request';
 import { PrepareStep } from './prepare-step';
 
 const ALICE = '64b0000000000000000000a1'; // attacker: 0 points, no dataset of her own
@@ -141,5 +141,18 @@ describe("dataset size: refused only when the engine cannot train on it", () => 
     const r = datasetSizeCheck(getRecipe('sdxl-lora'), { imageCount: 1001 });
     expect(r.error).toMatch(/downloads at most 1000/);
     expect(datasetSizeCheck(getRecipe('wan-lora'), { imageCount: 1, videoCount: 1 }).warnings[0]).toMatch(/has 2 images and videos/);
+  });
+});
+
+describe('what the platform reads about a charged job', () => {
+  it("estimatedCostPoints is the quote; the live cost row's rate is the billed one (GPU rate plus fee), the GPU named", async () => {
+    const p = await prepare(gpuJob('FLUX'), { ...bobDataset, images: images(20) });
+    const fields = platformCostFields(p.quote, p.recipe, { name: 'NVIDIA H100 80GB HBM3' });
+    expect(fields).toEqual({ estimatedCostPoints: p.quote.points, gpuType: 'NVIDIA H100 80GB HBM3', gpuHourlyRate: p.quote.gpuUsdPerHour * (1 + p.quote.platformFee) });
+    // An hour of training costs, in the UI's "cost so far", what settlement charges for an hour.
+    expect(Math.round(fields.gpuHourlyRate / 0.000337)).toBe(Math.round((p.quote.gpuUsdPerHour * 1.2) / 0.000337));
+    expect(platformCostFields(p.quote, p.recipe).gpuType).toBe('24 GB GPU');
+    expect(platformCostFields(p.quote, p.recipe, 'cpu').gpuType).toBe('CPU');
+    expect(platformCostFields((await prepare(platformJob())).quote, getRecipe('smoke-cpu')).gpuType).toBe('CPU');
   });
 });
