@@ -55,7 +55,10 @@ export type LogStreamName = 'stdout' | 'stderr';
 export interface ContainerRunObserver {
   /** One complete line (split on \n, \r\n and \r; empty lines skipped; capped length). Must not throw. */
   onLine?(line: string, stream: LogStreamName): void;
-  /** Called once the container has started. */
+  /**
+   * Called once the container has started. Output lines may already have
+   * come (the output is attached before the start, so none is lost).
+   */
   onStarted?(containerId: string): void;
 }
 

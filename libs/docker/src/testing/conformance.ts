@@ -148,18 +148,21 @@ export function describeContainerRuntimeConformance(
       const ac = new AbortController();
       let labels: Record<string, string> | null = null;
       let startedId = '';
-      const spec = t.spec({ lines: [{ text: 'started' }], end: { hang: true, onSigterm: 'ignore' } }, {});
+      const spec = t.spec({ lines: [{ text: 'started' }], end: { hang: true, onSigterm: 'ignore' } }, { deadlineMs: 30_000 });
       const specWithStep: ContainerRunSpec = { ...spec, labels: { ...spec.labels, step: 'train' } };
       const r = await t.runtime.run(
         specWithStep,
         {
-          onStarted: (id) => (startedId = id),
-          onLine: (l) => {
-            if (l !== 'started') return;
-            void t.labelsOf(startedId).then((found) => {
-              labels = found;
-              ac.abort();
-            });
+          // Lines may come before onStarted (output is attached before start); the id comes with onStarted.
+          onStarted: (id) => {
+            startedId = id;
+            void t.labelsOf(id).then(
+              (found) => {
+                labels = found;
+                ac.abort();
+              },
+              () => ac.abort(),
+            );
           },
         },
         ac.signal,
