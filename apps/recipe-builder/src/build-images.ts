@@ -22,29 +22,38 @@ export interface BaseImageOverrides {
   runtime?: string;
 }
 
+/**
+ * What `buildImages` does. Checked once, at the start of `buildImages`
+ * (registry, namespace, pinned base references; build inputs when not a dry run).
+ */
 export interface BuildImagesOptions {
   recipes: BuildableRecipe[];
   /** Folder that receives build/<recipe-id>/ contexts. */
   outDir: string;
+  /** Recipe ids to build. @default every recipe */
   only?: string[];
   registry: string;
   namespace: string;
   push: boolean;
   dryRun: boolean;
+  /** Replaces the builder and/or runtime base image. @default the recipe's own bases */
   baseImages?: BaseImageOverrides;
-  /** Engine archives, tokenizers and CA bundle (see build-inputs.ts); unset fields fall back to the environment. */
+  /** Engine archives, tokenizers and CA bundle (see build-inputs.ts); unset fields fall back to the environment. @default {} */
   inputs?: BuildInputs;
-  /** Rewrites Ubuntu's versioned python3.X packages to Debian's python3 names (for a Debian base override). */
+  /** Rewrites Ubuntu's versioned python3.X packages to Debian's python3 names (for a Debian base override). @default false */
   debianCompat?: boolean;
-  /** Extra non-secret build args, applied last. */
+  /** Extra non-secret build args, applied last. @default {} */
   buildArgs?: Record<string, string>;
+  /** Build without the layer cache. @default false */
   nocache?: boolean;
   gitSha: string;
   manifestPath: string;
   /** Per build; pushes get the same limit. */
   timeoutMs: number;
   docker: Docker;
+  /** Where registry credentials and build inputs are read from. @default process.env */
   env?: NodeJS.ProcessEnv;
+  /** Docker CLI config with registry credentials. @default $DOCKER_CONFIG/config.json, else ~/.docker/config.json */
   dockerConfigPath?: string;
   log: (line: string) => void;
 }

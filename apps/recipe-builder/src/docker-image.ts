@@ -171,8 +171,10 @@ async function withTimeout<T>(what: string, timeoutMs: number, work: (signal: Ab
 export interface BuildImageOptions {
   /** Full references to tag the result with, e.g. '127.0.0.1:5000/stationthis/sdxl-kohya:1.0.0'. */
   tags: string[];
+  /** @default {} */
   buildArgs?: Record<string, string>;
   timeoutMs: number;
+  /** Build without the layer cache. @default false */
   nocache?: boolean;
   /** Credentials for pulling private base images (X-Registry-Config). */
   registryConfig?: Record<string, { username?: string; password?: string; identitytoken?: string }>;
