@@ -9,29 +9,31 @@ import { chmod, mkdir, mkdtemp, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { extract, type Headers } from 'tar-stream';
+import * as tar from 'tar-fs';
 import { DOCKERIGNORE } from './build-context';
 import { packBuildContext } from './docker-image';
 
 /** Every entry of the packed context but its root, in archive order; folders end with '/'. */
-function entriesOf(pack: Readable): Promise<Headers[]> {
+function entriesOf(pack: Readable, into: string): Promise<tar.Headers[]> {
   return new Promise((resolve, reject) => {
-    const headers: Headers[] = [];
-    const ex = extract();
-    ex.on('entry', (header, stream, next) => {
-      // The context root itself is packed as '.'; it is not a path the rules judge.
-      if (header.name !== '.' && header.name !== './') headers.push({ ...header, name: header.type === 'directory' ? `${header.name.replace(/\/$/, '')}/` : header.name });
-      stream.on('end', next);
-      stream.resume();
+    const headers: tar.Headers[] = [];
+    const extract = tar.extract(into, {
+      map: (header) => {
+        // The context root itself is packed as '.'; it is not a path the rules judge.
+        if (header.name !== '.' && header.name !== './') {
+          headers.push({ ...header, name: header.type === 'directory' ? `${header.name.replace(/\/$/, '')}/` : header.name });
+        }
+        return header;
+      },
     });
-    ex.on('finish', () => resolve(headers));
-    ex.on('error', reject);
+    extract.on('finish', () => resolve(headers));
+    extract.on('error', reject);
     pack.on('error', reject);
-    pack.pipe(ex);
+    pack.pipe(extract);
   });
 }
 
-const names = async (dir: string): Promise<string[]> => (await entriesOf(packBuildContext(dir))).map((h) => h.name);
+const names = async (dir: string): Promise<string[]> => (await entriesOf(packBuildContext(dir), `${dir}.unpacked`)).map((h) => h.name);
 
 describe('packBuildContext applies .dockerignore like docker build', () => {
   let root: string;
@@ -118,7 +120,7 @@ describe('packBuildContext applies .dockerignore like docker build', () => {
     const dir = await context({ Dockerfile: 'FROM scratch\n', 'b.txt': 'b', 'a.txt': 'a' }, null);
     await utimes(join(dir, 'a.txt'), new Date('2020-01-01'), new Date('2020-01-01'));
     await chmod(join(dir, 'b.txt'), 0o600);
-    const headers = await entriesOf(packBuildContext(dir));
+    const headers = await entriesOf(packBuildContext(dir), `${dir}.unpacked`);
     expect(headers.map((h) => h.name)).toEqual(['Dockerfile', 'a.txt', 'b.txt']);
     for (const h of headers) expect(h).toMatchObject({ uid: 0, gid: 0, uname: '', gname: '', mtime: new Date(0) });
   });
