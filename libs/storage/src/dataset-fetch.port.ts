@@ -5,7 +5,7 @@
  */
 import type { InjectionToken } from 'tsyringe';
 import type { PlatformDatasetDoc } from './captions';
-import type { DatasetSourceProblem, FetchLimits } from './dataset-policy';
+import type { DatasetSourceProblem, DatasetSources, FetchLimits } from './dataset-policy';
 
 export interface FetchProgress {
   completedFiles: number;
@@ -82,7 +82,7 @@ export interface FetchedDataset {
 
 export interface DatasetFetchPort {
   /** Every problem found without the network (URLs, counts, declared sizes); [] when the fetch may start. */
-  checkSources(dataset: Pick<PlatformDatasetDoc, 'images'> | readonly unknown[], opts?: SourceCheckOptions): DatasetSourceProblem[];
+  checkSources(dataset: DatasetSources, opts?: SourceCheckOptions): DatasetSourceProblem[];
   /**
    * Downloads every image (and caption) into `destDir` as img_0001.<ext>.
    * Rejects with a StorageError whose kind says whose problem it is: the

@@ -29,6 +29,7 @@ import {
   identifyMedia,
   type DatasetSourcePolicy,
   type DatasetSourceProblem,
+  type DatasetSources,
   type FetchLimits,
 } from './dataset-policy';
 import { StorageError, redactUrl } from './errors';
@@ -50,7 +51,7 @@ export class DatasetFetcher implements DatasetFetchPort {
   }
 
   /** The offline checks, as the worker runs them before the charge. */
-  checkSources(dataset: Pick<PlatformDatasetDoc, 'images'> | readonly unknown[], opts: SourceCheckOptions = {}): DatasetSourceProblem[] {
+  checkSources(dataset: DatasetSources, opts: SourceCheckOptions = {}): DatasetSourceProblem[] {
     return checkDatasetSourcesOffline(dataset, datasetSourcePolicy(this.config, opts));
   }
 

@@ -7,7 +7,6 @@
  */
 import { BlockList, isIP } from 'node:net';
 import { z } from 'zod';
-import type { PlatformDatasetDoc } from './captions';
 import type { R2Config } from './config';
 import { StorageError, redactUrl, type StorageErrorKind } from './errors';
 import { MAX_DIMENSION_HEADER_BYTES, SNIFF_BYTES, describeHead, readImageDimensions, sniffType, type ImageDimensions, type SniffedType } from './magic';
@@ -102,6 +101,13 @@ export function datasetSourcePolicy(
     limits: resolveFetchLimits(opts.limits),
   };
 }
+
+/**
+ * A dataset as the checks read it: the platform's document (only `images`
+ * and the optional declared `sizeBytes` are read; any type is accepted, the
+ * shape is checked) or just its list of image URLs.
+ */
+export type DatasetSources = { images?: unknown; sizeBytes?: unknown } | readonly unknown[];
 
 /** One thing wrong with a dataset. `index` is the 0-based image index, null for the dataset as a whole. */
 export interface DatasetSourceProblem {
@@ -226,7 +232,7 @@ export function checkSourceUrl(url: unknown, index: number, policy: DatasetSourc
  * internal addresses, own-bucket keys). An empty list means the fetch may
  * start; the fetcher still checks each file's bytes, type and pixel size.
  */
-export function checkDatasetSourcesOffline(dataset: Pick<PlatformDatasetDoc, 'images'> & { sizeBytes?: unknown } | readonly unknown[], policy: DatasetSourcePolicy): DatasetSourceProblem[] {
+export function checkDatasetSourcesOffline(dataset: DatasetSources, policy: DatasetSourcePolicy): DatasetSourceProblem[] {
   const images: unknown = Array.isArray(dataset) ? dataset : (dataset as { images?: unknown }).images;
   const problems: DatasetSourceProblem[] = [];
   if (!Array.isArray(images)) {

@@ -13,11 +13,20 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 
 export interface LockOptions {
-  /** A lock whose heartbeat is older than this is stale. Default 60 s. */
+  /**
+   * A lock whose heartbeat is older than this (ms) is stale.
+   * @default 60000
+   */
   staleMs?: number;
-  /** Poll interval while waiting. Default 100 ms. */
+  /**
+   * Poll interval while waiting, in ms.
+   * @default 100
+   */
   pollMs?: number;
-  /** Give up after this long. Default: wait forever. */
+  /**
+   * Give up after this long, in ms.
+   * @default undefined (wait forever)
+   */
   timeoutMs?: number;
   signal?: AbortSignal;
 }

@@ -48,6 +48,7 @@ export {
   specialAddressReason,
   type DatasetSourcePolicy,
   type DatasetSourceProblem,
+  type DatasetSources,
   type FetchLimits,
 } from './dataset-policy';
 export {

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { selectCaptions, type PlatformDatasetDoc } from '../captions';
 import type { R2Config } from '../config';
 import type { DatasetFetchPort, FetchOptions, FetchedDataset, FetchedImage, SourceCheckOptions } from '../dataset-fetch.port';
-import { assertDatasetSourcesOffline, checkDatasetSourcesOffline, checkSourceUrl, datasetSourcePolicy, identifyMedia, type DatasetSourceProblem } from '../dataset-policy';
+import { assertDatasetSourcesOffline, checkDatasetSourcesOffline, checkSourceUrl, datasetSourcePolicy, identifyMedia, type DatasetSourceProblem, type DatasetSources } from '../dataset-policy';
 import { StorageError, redactUrl } from '../errors';
 import { InMemoryObjects } from './in-memory-objects';
 
@@ -24,7 +24,7 @@ export class InMemoryDatasetFetch implements DatasetFetchPort {
     readonly objects: InMemoryObjects = new InMemoryObjects(),
   ) {}
 
-  checkSources(dataset: Pick<PlatformDatasetDoc, 'images'> | readonly unknown[], opts: SourceCheckOptions = {}): DatasetSourceProblem[] {
+  checkSources(dataset: DatasetSources, opts: SourceCheckOptions = {}): DatasetSourceProblem[] {
     return checkDatasetSourcesOffline(dataset, datasetSourcePolicy(this.config, opts));
   }
 
