@@ -65,4 +65,30 @@ describe('training worker: hostile job documents are refused before any charge',
     await h.runWorker();
     await expectRefused(jobId, 'user-input', /Invalid training parameters: .*"steps=30"/, [a]);
   });
+
+  it('hostile datasets (metadata IP, loopback ports, file://, gopher://, credentials, key traversal) are refused before the charge', async () => {
+    const a = { ...(await h.seedAccount(1000)), points: 1000 };
+    const ownBucket = new URL((await h.db.collection('datasets').findOne({ _id: new ObjectId(await h.seedDataset(a.owner)) }))!['images'][0]).origin;
+    const hostile: Array<[string, unknown, RegExp]> = [
+      ['metadata', 'http://169.254.169.254/latest/meta-data/iam/security-credentials/', /cloud metadata address/],
+      ['mongo port', 'http://127.0.0.1:27017/x.png', /loopback address/],
+      ['registry port', 'http://localhost:5000/v2/_catalog', /this machine/],
+      ['file', 'file:///etc/passwd', /scheme 'file:'/],
+      ['gopher', 'gopher://127.0.0.1:6379/_INFO', /scheme 'gopher:'/],
+      ['credentials', 'https://admin:hunter2@cdn.example/x.png', /carries credentials/],
+      ['key traversal', `${ownBucket}/datasets/..%2Fmodels%2Floras%2Fx.safetensors`, /not allowed|neither one of our buckets/],
+    ];
+    const jobs: Array<[string, RegExp]> = [];
+    for (const [name, url, reason] of hostile) {
+      const datasetId = await h.seedDataset(a.owner, { count: 2 });
+      await h.db.collection('datasets').updateOne({ _id: new ObjectId(datasetId) }, { $push: { images: url } } as never);
+      jobs.push([await h.enqueue({ ownerAccountId: a.owner, walletAddress: a.wallet, datasetId, name } as never), reason]);
+    }
+    await h.runWorker();
+    for (const [jobId, reason] of jobs) {
+      await expectRefused(jobId, 'dataset', reason, [a]);
+      expect((await h.job(jobId)).failureReason).toMatch(/^The dataset cannot be used: Image 3 .*Nothing was charged\.$/);
+      expect((await h.job(jobId)).failureReason).not.toMatch(/hunter2/);
+    }
+  });
 });

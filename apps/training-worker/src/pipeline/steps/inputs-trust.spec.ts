@@ -8,6 +8,8 @@
 import { ObjectId } from 'mongodb';
 import { UserCoreReader, type DatasetRepository, type TrainingJobDoc } from '@stationthis/db';
 import { datasetSizeCheck, getRecipe } from '@stationthis/recipes';
+import { loadStorageConfig } from '@stationthis/storage';
+import { InMemoryDatasetFetch } from '@stationthis/storage/testing';
 import { JobFailure } from '../failures';
 import { platformCostFields, trainingRequestFromJob } from '../training-request';
 import { PrepareStep } from './prepare-step';
@@ -40,7 +42,10 @@ function platformJob(over: Record<string, unknown> = {}): TrainingJobDoc {
 }
 const gpuJob = (modelType: string, over: Record<string, unknown> = {}) => platformJob({ ...PLATFORM_DEFAULTS, modelType, baseModel: modelType, parameters: undefined, ...over });
 
-const prepare = (job: TrainingJobDoc, dataset?: Record<string, unknown>) => new PrepareStep(datasets(dataset), accounts).run(trainingRequestFromJob(job));
+/** The storage port's real offline rules (local config: our buckets on 127.0.0.1:9000), cdn.example allow-listed. */
+const storageConfig = loadStorageConfig({ DATASET_ALLOWED_HOSTS: 'cdn.example' });
+const sources = new InMemoryDatasetFetch(storageConfig);
+const prepare = (job: TrainingJobDoc, dataset?: Record<string, unknown>) => new PrepareStep(datasets(dataset), accounts, sources).run(trainingRequestFromJob(job));
 async function refusal(job: TrainingJobDoc, dataset?: Record<string, unknown>): Promise<JobFailure> {
   const err = await prepare(job, dataset).then(
     () => new Error('prepare accepted the job'),
@@ -154,5 +159,41 @@ describe('what the platform reads about a charged job', () => {
     expect(platformCostFields(p.quote, p.recipe).gpuType).toBe('24 GB GPU');
     expect(platformCostFields(p.quote, p.recipe, 'cpu').gpuType).toBe('CPU');
     expect(platformCostFields((await prepare(platformJob())).quote, getRecipe('smoke-cpu')).gpuType).toBe('CPU');
+  });
+});
+
+describe('hostile datasets are refused by the offline checks, before the charge', () => {
+  const own = `${storageConfig.endpoint}/${storageConfig.buckets.datasets.bucket}`;
+  it.each([
+    ['the cloud metadata address', 'http://169.254.169.254/latest/meta-data/iam/security-credentials/', /169\.254\.169\.254.*cloud metadata address/],
+    ['a loopback port (the database)', 'http://127.0.0.1:27017/x.png', /loopback address/],
+    ['localhost', 'http://localhost:5000/v2/_catalog', /this machine/],
+    ['a loopback written as a number', 'http://2130706433/x.png', /loopback address/],
+    ['IPv6 loopback', 'http://[::1]:9000/x.png', /loopback address/],
+    ['a private address', 'http://10.0.0.5/x.png', /private address/],
+    ['file://', 'file:///etc/passwd', /scheme 'file:'/],
+    ['gopher://', 'gopher://127.0.0.1:6379/_INFO', /scheme 'gopher:'/],
+    ['credentials in the URL', 'https://admin:hunter2@cdn.example/x.png', /carries credentials/],
+    ['an allow-listed host on another port', 'https://cdn.example:8443/x.png', /port 8443/],
+    ['a host nobody allowed', 'https://evil.example/x.png', /neither one of our buckets nor allow-listed/],
+    ['a key traversal in our bucket', `${own}/..%2Fmodels%2Floras%2Fx.safetensors`, /key that is not allowed/],
+    ['an entry that is not a URL', { url: 'https://cdn.example/x.png' }, /not a URL string/],
+  ])('%s', async (_what, url, reason) => {
+    const e = await refusal(platformJob(), { ...bobDataset, images: [...images(3), url] });
+    expect(e.failureClass).toBe('dataset');
+    expect(e.userMessage).toMatch(/^The dataset cannot be used: Image 4 /);
+    expect(e.userMessage).toMatch(reason);
+    expect(e.userMessage).toMatch(/Nothing was charged\.$/);
+    expect(e.userMessage).not.toMatch(/hunter2/);
+  });
+
+  it('declared sizes and image lists of the wrong shape', async () => {
+    expect((await refusal(platformJob(), { ...bobDataset, sizeBytes: 10 * 1024 ** 4 })).userMessage).toMatch(/declares 10995116277760 bytes; the limit is/);
+    expect((await refusal(platformJob(), { ...bobDataset, images: 'https://cdn.example/x.png' })).userMessage).toMatch(/has 0 images/);
+  });
+
+  it('counts every problem it found', async () => {
+    const e = await refusal(platformJob(), { ...bobDataset, images: ['file:///a', 'file:///b', 'https://cdn.example/ok.png'] });
+    expect(e.userMessage).toMatch(/Image 1 .*\(1 more problem after this one\)/);
   });
 });

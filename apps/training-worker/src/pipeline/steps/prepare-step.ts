@@ -6,8 +6,9 @@
  * problem found here costs the user nothing. Everything that can be checked
  * without the network is checked here, before the charge.
  */
-import { injectable } from 'tsyringe';
+import { inject, injectable } from 'tsyringe';
 import { DatasetRepository, UserCoreReader } from '@stationthis/db';
+import { DATASET_FETCH_PORT, type DatasetFetchPort } from '@stationthis/storage';
 import { datasetSizeCheck, recipeForModelType, sanitizeOutputName, sanitizeTriggerWord, summarizeDataset, type Recipe } from '@stationthis/recipes';
 import { JobFailure } from '../failures';
 import type { TrainingRequest } from '../training-request';
@@ -20,6 +21,7 @@ export class PrepareStep {
   constructor(
     private readonly datasets: DatasetRepository,
     private readonly users: UserCoreReader,
+    @inject(DATASET_FETCH_PORT) private readonly sources: Pick<DatasetFetchPort, 'checkSources'>,
   ) {}
 
   async run(request: TrainingRequest): Promise<Prepared> {
@@ -65,6 +67,12 @@ export class PrepareStep {
     const summary = summarizeDataset(images.map((url) => ({ url: String(url) })));
     const size = datasetSizeCheck(recipe, summary);
     if (size.error) throw new JobFailure('dataset', size.error);
+    // Every URL, key and declared size, with no network: the same rules the fetch applies later, before anything is charged.
+    const problems = this.sources.checkSources(dataset);
+    if (problems.length > 0) {
+      const more = problems.length > 1 ? ` (${problems.length - 1} more problem${problems.length > 2 ? 's' : ''} after this one)` : '';
+      throw new JobFailure('dataset', `The dataset cannot be used: ${problems[0].message}${more} ${NOTHING_CHARGED}`);
+    }
     const quote = recipe.quote(validated.value as never, summary);
     return { recipe, parameters: validated.value as Record<string, unknown>, triggerWord, outputName, dataset, quote, payer, warnings: size.warnings };
   }

@@ -6,7 +6,8 @@
 import { ObjectId } from 'mongodb';
 import { UserCoreReader, type DatasetRepository, type Lease, type ProgressUpdate, type TrainingJobDoc, type TrainingJobRepository } from '@stationthis/db';
 import { InsufficientPointsError, type PointsLedger } from '@stationthis/points';
-import type { ModelUploader } from '@stationthis/storage';
+import { loadStorageConfig, type ModelUploader } from '@stationthis/storage';
+import { InMemoryDatasetFetch } from '@stationthis/storage/testing';
 import { usedPoints } from '@stationthis/recipes';
 import { loadWorkerConfig } from '../../config/worker-config';
 import { createLogger } from '../../observability/logger';
@@ -82,6 +83,8 @@ function attempt(doc: TrainingJobDoc, jobs = new FakeJobs()): Attempt & { jobs: 
 }
 
 const datasets = (doc: Record<string, unknown> | null) => ({ findById: async () => doc }) as unknown as DatasetRepository;
+/** The storage port's offline checks (real rules, in memory); cdn.example is allow-listed. */
+const sources = new InMemoryDatasetFetch(loadStorageConfig({ DATASET_ALLOWED_HOSTS: 'cdn.example' }));
 /** The real reader over an in-memory userCore holding OWNER (wallet 0xowner). */
 const accounts = new UserCoreReader({ collection: () => ({ findOne: async (q: { _id: unknown }) => (String(q._id) === OWNER ? { _id: new ObjectId(OWNER), wallets: [{ address: '0xOWNER', isPrimary: true }] } : null) }) } as never);
 
@@ -100,7 +103,7 @@ describe('trainingRequestFromJob: the one mapper of platform documents', () => {
 
 describe('PrepareStep', () => {
   const ok = { _id: DATASET, ownerAccountId: new ObjectId(OWNER), images: images(6), visibility: 'private' };
-  const prepare = (doc: Record<string, unknown> | null, over: Partial<TrainingJobDoc> = {}) => new PrepareStep(datasets(doc), accounts).run(trainingRequestFromJob(job(over)));
+  const prepare = (doc: Record<string, unknown> | null, over: Partial<TrainingJobDoc> = {}) => new PrepareStep(datasets(doc), accounts, sources).run(trainingRequestFromJob(job(over)));
 
   it('validates and quotes a good job', async () => {
     const p = await prepare(ok, { parameters: { steps: 100 } } as never);
@@ -133,7 +136,7 @@ describe('PrepareStep', () => {
 });
 
 describe('ChargeStep', () => {
-  const prepared = async () => new PrepareStep(datasets({ ownerAccountId: OWNER, images: images(6) }), accounts).run(trainingRequestFromJob(job()));
+  const prepared = async () => new PrepareStep(datasets({ ownerAccountId: OWNER, images: images(6) }), accounts, sources).run(trainingRequestFromJob(job()));
 
   it('records the quote before charging it once, then the charged flag', async () => {
     const a = attempt(job());
