@@ -64,6 +64,7 @@ export { DatasetFetcher } from './dataset-fetcher';
 export { MODEL_UPLOAD_PORT, autoV2, type ModelUploadPort, type UploadRequest, type UploadedObject } from './model-upload.port';
 export { ModelUploader } from './model-uploader';
 export { WEIGHT_CACHE_PORT, type AcquireOptions, type WeightCachePort, type WeightLease, type WeightSource, type WeightSpec } from './weight-cache.port';
-export { WEIGHT_CACHE_OPTIONS, WeightCache, resolveWeightCacheOptions, sha256File, validateWeightSpec, type CacheEntry, type WeightCacheOptions } from './weight-cache';
+export { WeightCache, sha256File, type CacheEntry } from './weight-cache';
+export { WEIGHT_CACHE_OPTIONS, resolveWeightCacheOptions, validateWeightSpec, type WeightCacheOptions } from './weight-spec';
 export { createLease, liveLeases, lockFile, pidAlive, tryLockFile, type HeldLock, type Lease, type LockOptions } from './file-lock';
 export { STORAGE_BINDINGS, registerStorage, type RegisterStorageOptions } from './register';

@@ -6,7 +6,8 @@ import { DatasetFetcher } from './dataset-fetcher';
 import { MODEL_UPLOAD_PORT } from './model-upload.port';
 import { ModelUploader } from './model-uploader';
 import { ObjectStorage } from './object-storage';
-import { WEIGHT_CACHE_OPTIONS, WeightCache, resolveWeightCacheOptions, type WeightCacheOptions } from './weight-cache';
+import { WeightCache } from './weight-cache';
+import { WEIGHT_CACHE_OPTIONS, resolveWeightCacheOptions, type WeightCacheOptions } from './weight-spec';
 import { WEIGHT_CACHE_PORT } from './weight-cache.port';
 
 /** Options of `registerStorage`, beyond the config. */

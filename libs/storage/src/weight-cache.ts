@@ -19,57 +19,14 @@ import { createReadStream, createWriteStream, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { inject, injectable, type InjectionToken } from 'tsyringe';
-import { z } from 'zod';
+import { inject, injectable } from 'tsyringe';
 import { STORAGE_CONFIG, type R2Config } from './config';
 import { StorageError, redactUrl } from './errors';
 import { createLease, liveLeases, lockFile, tryLockFile, type LockOptions } from './file-lock';
-import { unsafeKeyReason } from './keys';
 import { ObjectStorage } from './object-storage';
 import { withRetries } from './retry';
 import type { AcquireOptions, WeightCachePort, WeightLease, WeightSource, WeightSpec } from './weight-cache.port';
-
-/** How the cache locks and downloads. Validated once, by `resolveWeightCacheOptions`. */
-export interface WeightCacheOptions {
-  /**
-   * A per-file lock whose holder's heartbeat is older than this is stale and taken over.
-   * @default 60000
-   */
-  lockStaleMs: number;
-  /**
-   * How often a waiter polls a held lock, in ms.
-   * @default 100
-   */
-  lockPollMs: number;
-  /**
-   * Ranged GETs in flight for R2 sources.
-   * @default 4
-   */
-  downloadConcurrency: number;
-  /**
-   * Range size for R2 sources; each finished range is kept across restarts.
-   * @default 67108864 (64 MiB)
-   */
-  downloadChunkBytes: number;
-}
-
-const weightCacheOptionsSchema = z.object({
-  lockStaleMs: z.number().int().positive().default(60_000),
-  lockPollMs: z.number().int().positive().default(100),
-  downloadConcurrency: z.number().int().min(1).max(64).default(4),
-  downloadChunkBytes: z.number().int().min(64 * 1024).default(64 * 1024 * 1024),
-});
-
-/** Applies the defaults and validates; throws a 'config' StorageError naming the bad field. */
-export function resolveWeightCacheOptions(partial: Partial<WeightCacheOptions> = {}): Readonly<WeightCacheOptions> {
-  const r = weightCacheOptionsSchema.safeParse(partial);
-  if (!r.success) {
-    throw new StorageError('config', `Weight cache options are not valid: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}.`);
-  }
-  return Object.freeze(r.data);
-}
-
-export const WEIGHT_CACHE_OPTIONS = Symbol('WeightCacheOptions') as InjectionToken<Readonly<WeightCacheOptions>>;
+import { WEIGHT_CACHE_OPTIONS, resolveWeightCacheOptions, validateWeightSpec, type WeightCacheOptions } from './weight-spec';
 
 interface Marker {
   fileName: string;
@@ -87,15 +44,9 @@ export interface CacheEntry {
   complete: boolean;
 }
 
-const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$/;
-
 function sourceId(s: WeightSource): string {
   if (s.kind === 'r2') return `r2:${s.bucketAlias}/${s.key}`;
   return s.kind === 'local' ? `local:${s.path}` : `https:${redactUrl(s.url)}`;
-}
-
-function isLoopback(host: string): boolean {
-  return host === '127.0.0.1' || host === 'localhost' || host === '[::1]';
 }
 
 export async function sha256File(p: string, onBytes?: (n: number) => void): Promise<{ sha256: string; bytes: number }> {
@@ -107,36 +58,6 @@ export async function sha256File(p: string, onBytes?: (n: number) => void): Prom
     onBytes?.(bytes);
   }
   return { sha256: h.digest('hex'), bytes };
-}
-
-/** Refuses a spec before anything is touched: unsafe file name or key, malformed sha256, a relative local path, an https URL without TLS or without a pinned sha256. */
-export function validateWeightSpec(spec: WeightSpec): void {
-  if (!NAME_RE.test(spec.fileName) || spec.fileName.includes('..') || spec.fileName.endsWith('.partial')) {
-    throw new StorageError('invalid-name', `Weight file name ${JSON.stringify(spec.fileName)} is not allowed: use letters, digits, '.', '_' and '-' (no '..').`);
-  }
-  if (spec.sha256 !== undefined && !/^[a-f0-9]{64}$/i.test(spec.sha256)) {
-    throw new StorageError('invalid-argument', `Weight ${spec.fileName}: sha256 must be 64 hex characters.`);
-  }
-  if (spec.source.kind === 'r2') {
-    const why = unsafeKeyReason(spec.source.key);
-    if (why) throw new StorageError('invalid-name', `Weight ${spec.fileName}: source key is not allowed: ${why}.`, { key: spec.source.key });
-  } else if (spec.source.kind === 'local') {
-    if (!path.isAbsolute(spec.source.path)) throw new StorageError('invalid-argument', `Weight ${spec.fileName}: a local source must be an absolute path, got ${JSON.stringify(spec.source.path)}.`);
-  } else {
-    let u: URL;
-    try {
-      u = new URL(spec.source.url);
-    } catch {
-      throw new StorageError('disallowed-url', `Weight ${spec.fileName}: source URL is not an absolute URL.`);
-    }
-    // Plain http only on loopback (local mirrors and tests); anything else must be TLS.
-    if (!(u.protocol === 'https:' || (u.protocol === 'http:' && isLoopback(u.hostname)))) {
-      throw new StorageError('disallowed-url', `Weight ${spec.fileName}: source must be an https URL, got ${u.protocol}//${u.host}.`, { url: spec.source.url });
-    }
-    if (!spec.sha256) {
-      throw new StorageError('invalid-argument', `Weight ${spec.fileName}: an https source needs a known sha256 to verify the download against.`, { url: spec.source.url });
-    }
-  }
 }
 
 @injectable()

@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { StorageError } from '../errors';
-import { validateWeightSpec } from '../weight-cache';
+import { validateWeightSpec } from '../weight-spec';
 import type { AcquireOptions, WeightCachePort, WeightLease, WeightSpec } from '../weight-cache.port';
 import { InMemoryObjects } from './in-memory-objects';
 
