@@ -106,6 +106,8 @@ export async function uploadStream(s3: S3Client, t: ObjectTarget, body: Readable
     return { etag: (out as { ETag?: string }).ETag, bytes: loaded };
   } catch (err) {
     abortController.abort();
+    // An upload refused before it read the body leaves it open (for a file: its descriptor).
+    if (!body.destroyed) body.destroy();
     await abortMultipart(s3, t, (upload as unknown as { uploadId?: string }).uploadId);
     if (sourceError) {
       const why = (sourceError as Error).message ?? String(sourceError);
