@@ -6,7 +6,7 @@
 import 'reflect-metadata';
 import { container as rootContainer, DependencyContainer, instanceCachingFactory } from 'tsyringe';
 import { MongoClient } from 'mongodb';
-import { connectMongo, DatasetRepository, LoraModelRepository, MONGO_DB, TrainingJobRepository, UserCoreReader } from '@stationthis/db';
+import { connectMongo, DatasetRepository, LoraModelRepository, MONGO_DB, TrainingAttemptRepository, TrainingJobRepository, UserCoreReader } from '@stationthis/db';
 import { PointsLedger, POINTS_DB } from '@stationthis/points';
 import { DatasetFetcher, loadStorageConfig, ModelUploader, ObjectStorage, registerStorage, WeightCache } from '@stationthis/storage';
 import { CONTAINER_RUNTIME, GpuAllocator, registerDocker } from '@stationthis/docker';
@@ -44,9 +44,13 @@ export async function compose(config: WorkerConfig, env: NodeJS.ProcessEnv = pro
   // Docker client, hardened runtime, GPU inventory (nvidia-smi or GPU_DEVICES/CPU_SLOTS) and allocator.
   await registerDocker(container, env);
 
-  for (const singleton of [TrainingJobRepository, DatasetRepository, LoraModelRepository, UserCoreReader, PointsLedger]) {
+  for (const singleton of [TrainingAttemptRepository, DatasetRepository, LoraModelRepository, UserCoreReader, PointsLedger]) {
     container.registerSingleton(singleton as never);
   }
+  // WORKER_MAX_ATTEMPTS reaches the job lifecycle here and nowhere else (a job document's maxAttempts is never read).
+  container.register(TrainingJobRepository, {
+    useFactory: instanceCachingFactory((c) => new TrainingJobRepository(c.resolve(MONGO_DB)).configure({ maxAttempts: config.maxAttempts })),
+  });
 
   assertBindings(container);
   return {
@@ -62,6 +66,7 @@ export async function compose(config: WorkerConfig, env: NodeJS.ProcessEnv = pro
 
 export async function ensureIndexes(c: DependencyContainer): Promise<void> {
   await c.resolve(TrainingJobRepository).ensureIndexes();
+  await c.resolve(TrainingAttemptRepository).ensureIndexes();
   await c.resolve(LoraModelRepository).ensureIndexes();
   await c.resolve(PointsLedger).ensureIndexes();
 }
@@ -69,6 +74,7 @@ export async function ensureIndexes(c: DependencyContainer): Promise<void> {
 /** Every port the worker resolves, with the library call that binds it (named in the start-up error). */
 const REQUIRED_BINDINGS: Array<[token: unknown, providedBy: string]> = [
   [TrainingJobRepository, 'libs/db (connectMongo, registered by compose)'],
+  [TrainingAttemptRepository, 'libs/db'],
   [DatasetRepository, 'libs/db'],
   [LoraModelRepository, 'libs/db'],
   [UserCoreReader, 'libs/db'],

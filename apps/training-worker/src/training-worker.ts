@@ -5,8 +5,9 @@
  * orphan containers, expired leases and unsettled points.
  */
 import { inject, injectable } from 'tsyringe';
-import { LEASED_STATUSES, TERMINAL_STATUSES, TrainingJobRepository } from '@stationthis/db';
+import { LEASED_STATUSES, TERMINAL_STATUSES, TrainingJobRepository, type ClaimableModelTypes } from '@stationthis/db';
 import { PointsLedger } from '@stationthis/points';
+import { listRecipes, recipeForModelType, type Recipe } from '@stationthis/recipes';
 import { ObjectStorage } from '@stationthis/storage';
 import { CONTAINER_RUNTIME, ContainerRuntime, GpuAllocator, LABELS } from '@stationthis/docker';
 import { ROOT_LOGGER, WORKER_CONFIG } from './tokens';
@@ -14,8 +15,8 @@ import type { WorkerConfig } from './config/worker-config';
 import type { Logger } from './observability/logger';
 import { WorkerMetrics } from './observability/metrics';
 import { JobContext } from './pipeline/job-context';
-import { pipelineStateOf } from './pipeline/pipeline-state';
 import { JobPipeline } from './pipeline/job-pipeline';
+import { SettlementSweep } from './pipeline/settlement-sweep';
 import { containerScope } from './pipeline/steps/train-step';
 import { LeaseLost, ShutdownRequested } from './pipeline/failures';
 
@@ -29,6 +30,7 @@ export class TrainingWorker {
   private prefetching: Promise<void> | null = null;
   private prefetchingJobId: string | null = null;
   private readonly prefetched = new Set<string>();
+  private modelTypes: ClaimableModelTypes | undefined;
 
   constructor(
     @inject(WORKER_CONFIG) private readonly config: WorkerConfig,
@@ -40,6 +42,7 @@ export class TrainingWorker {
     private readonly pipeline: JobPipeline,
     private readonly metrics: WorkerMetrics,
     private readonly storage: ObjectStorage,
+    private readonly sweep: SettlementSweep,
   ) {}
 
   get isStopping(): boolean {
@@ -55,7 +58,8 @@ export class TrainingWorker {
     // One job per GPU plus one per CPU slot; a job needing more GPUs waits in the allocator.
     const slots = Math.max(1, this.allocator.capacity() + this.allocator.cpuSlotCapacity());
     this.metrics.slotsTotal.set(slots);
-    this.log.info({ workerId: this.config.workerId, environment: this.config.environment, slots }, 'worker started');
+    this.modelTypes = this.claimableModelTypes();
+    this.log.info({ workerId: this.config.workerId, environment: this.config.environment, slots, claims: this.modelTypes.runnable }, 'worker started');
     await this.maintenance();
     while (!this.stopping) {
       if (Date.now() - this.lastMaintenance > this.config.maintenanceMs) await this.maintenance().catch((err) => this.log.error({ err }, 'maintenance failed'));
@@ -94,7 +98,8 @@ export class TrainingWorker {
   }
 
   private async claim(): Promise<boolean> {
-    const claimed = await this.jobs.claimNext({ workerId: this.config.workerId, environment: this.config.environment, leaseMs: this.config.leaseMs });
+    this.modelTypes ??= this.claimableModelTypes();
+    const claimed = await this.jobs.claimNext({ workerId: this.config.workerId, environment: this.config.environment, leaseMs: this.config.leaseMs, modelTypes: this.modelTypes });
     if (!claimed) return false;
     const { job, lease } = claimed;
     const ctx = new JobContext(job, lease, this.log.child({ jobId: lease.jobId, attemptId: lease.attemptId }));
@@ -113,27 +118,35 @@ export class TrainingWorker {
   }
 
   private async runAttempt(ctx: JobContext): Promise<void> {
+    // A cancel (ours, or the platform's plain CANCELLED that leaves our lease) stops the attempt to settle it;
+    // a lost lease stops it with no further writes. After our own terminal write the lease is expected to go.
+    const onLeaseCheck = (state: 'held' | 'cancelled' | 'lost') => {
+      if (ctx.terminalWritten || state === 'held') return;
+      if (state === 'cancelled') {
+        if (!ctx.stopReason) ctx.log.info('cancel requested (by the user or the platform)');
+        ctx.stop('cancel');
+      } else {
+        if (!ctx.stopReason) ctx.log.warn('lease lost: another worker owns this job now, or another writer ended it; stopping without further writes');
+        ctx.stop('lease-lost');
+      }
+    };
+    let renewedAt = Date.now();
     const heartbeat = setInterval(() => {
       this.jobs.heartbeat(ctx.lease, this.config.leaseMs).then(
-        (ok) => {
-          if (!ok) {
-            ctx.log.warn('lease lost: another worker owns this job now; stopping without further writes');
-            ctx.stop('lease-lost');
-          }
+        async (ok) => {
+          if (ok) renewedAt = Date.now();
+          else onLeaseCheck(await this.jobs.leaseState(ctx.lease));
         },
-        (err) => ctx.log.warn({ err }, 'heartbeat failed'),
-      );
+        (err) => {
+          // Cannot reach the database (a one-sided partition): once the lease has surely expired, another
+          // worker may own the job. Stop the container and write nothing more.
+          ctx.log.warn({ err }, 'heartbeat failed');
+          if (Date.now() - renewedAt > this.config.leaseMs * 0.8) onLeaseCheck('lost');
+        },
+      ).catch(() => undefined);
     }, Math.max(500, Math.floor(this.config.leaseMs / 3)));
     const cancelWatch = setInterval(() => {
-      this.jobs.isCancelRequested(ctx.lease).then(
-        (yes) => {
-          if (yes) {
-            ctx.log.info('cancel requested by user');
-            ctx.stop('cancel');
-          }
-        },
-        () => undefined,
-      );
+      this.jobs.leaseState(ctx.lease).then(onLeaseCheck, () => undefined);
     }, this.config.cancelPollMs);
     try {
       await this.pipeline.run(ctx);
@@ -171,7 +184,7 @@ export class TrainingWorker {
       return Boolean(lease && lease.attemptId === attemptId && lease.expiresAt && new Date(lease.expiresAt).getTime() > Date.now());
     });
     if (removed.length) this.log.warn({ containers: removed }, 'removed orphan containers');
-    await this.settleTerminalJobs();
+    await this.sweep.run().catch((err) => this.log.error({ err }, 'settlement sweep failed; the next pass retries'));
     // Points movements whose caller died mid-way are finished (or undone) from their journal.
     await this.ledger.replayPending(5 * 60_000).catch((err) => this.log.warn({ err }, 'could not replay pending points movements'));
     // Multipart uploads left by crashed attempts (never visible under a final key) are aborted after an hour.
@@ -179,21 +192,32 @@ export class TrainingWorker {
   }
 
   /**
-   * Jobs the system ended on a worker's behalf (expired lease with no attempts
-   * left, cancel of an orphaned job) are flagged refundDue: settle their points
-   * per the recorded intent (none recorded: full refund), then clear the flag.
-   * Settlement is idempotent in the ledger, so a crash between the two is safe.
+   * The model types this worker claims: recipes its hardware can run (GPU
+   * count and VRAM; CPU recipes on CPU slots; GPU recipes on CPU slots only
+   * with WORKER_CPU_TEST_RUNS and a test-run profile). Types no recipe knows
+   * are claimed by anyone, to fail them with the list of supported types.
    */
-  private async settleTerminalJobs(): Promise<void> {
-    for (const job of await this.jobs.findRefundsDue()) {
-      const jobId = String(job._id);
-      const intent = pipelineStateOf(job).settleIntent;
-      const usedPoints = job.status === 'FAILED' ? 0 : (intent?.usedPoints ?? 0);
-      // Settle even without pipeline.charged: a crash can land between the ledger's charge and that flag.
-      await this.ledger.settle({ jobId, usedPoints, reason: intent?.reason ?? `settled by recovery after ${job.status}` });
-      await this.jobs.clearRefundDue(jobId);
-      this.log.warn({ jobId, status: job.status, usedPoints }, 'settled points for a job ended by recovery');
+  private claimableModelTypes(): ClaimableModelTypes {
+    const runnable: string[] = [];
+    const known: string[] = [];
+    const skipped: string[] = [];
+    for (const recipe of listRecipes({ includeInternal: true })) {
+      const type = modelTypeOf(recipe);
+      if (!type) continue;
+      known.push(type);
+      const why = this.whyCannotRun(recipe);
+      if (why) skipped.push(`${type} (${why})`);
+      else runnable.push(type);
     }
+    if (skipped.length) this.log.info({ skipped }, `this worker does not claim: ${skipped.join('; ')}`);
+    return { runnable, known };
+  }
+
+  private whyCannotRun(recipe: Recipe): string | null {
+    if (recipe.gpu.count === 0) return this.allocator.cpuSlotCapacity() > 0 ? null : 'no CPU slot (CPU_SLOTS=0)';
+    if (this.allocator.canEverSatisfy({ count: recipe.gpu.count, minVramGb: recipe.gpu.minVramGb })) return null;
+    if (this.config.cpuTestRuns && recipe.testRun && this.allocator.cpuSlotCapacity() > 0) return null;
+    return `needs ${recipe.gpu.count} GPU(s) with ${recipe.gpu.minVramGb} GB VRAM; this worker has ${this.allocator.capacity()} GPU(s)${recipe.testRun ? ', and WORKER_CPU_TEST_RUNS is off' : ''}`;
   }
 
   /**
@@ -235,5 +259,14 @@ export class TrainingWorker {
         resolve();
       };
     });
+  }
+}
+
+/** The platform model type that maps to `recipe` (its family, when the registry maps it back to this recipe). */
+function modelTypeOf(recipe: Recipe): string | null {
+  try {
+    return recipeForModelType(recipe.family).id === recipe.id ? recipe.family.toUpperCase() : null;
+  } catch {
+    return null;
   }
 }

@@ -21,6 +21,7 @@ export {
   CLAIM_TOKENS_COLLECTION,
   LOG_TAIL_LINES,
   environmentFilter,
+  modelTypeFilter,
   type FailInput,
   type ClaimStrategy,
   type TrainingJobRepositoryOptions,
@@ -45,3 +46,5 @@ export {
 } from './lora-model-repository';
 export { UserCoreReader, UserCoreAccounts, USER_CORE_COLLECTION, type EnsureAccountInput, type UserCoreDoc, type UserWallet } from './user-core-reader';
 export { registerDb, type RegisterDbOptions } from './register';
+export * from './training-attempt';
+export { TrainingAttemptRepository } from './training-attempt-repository';

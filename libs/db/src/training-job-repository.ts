@@ -8,13 +8,23 @@ import {
   InvalidTransitionError,
   isJobStatus,
   LEASED_STATUSES,
+  TERMINAL_STATUSES,
   type JobStatus,
 } from './job-status';
 import { MONGO_DB } from './mongo';
 import {
+  attemptKey,
+  platformAttemptOf,
+  TRAINING_ATTEMPTS_COLLECTION,
+  TRAINING_SETTLEMENTS_COLLECTION,
+  type TrainingAttemptDoc,
+} from './training-attempt';
+import { TrainingAttemptRepository } from './training-attempt-repository';
+import {
   TRAINING_JOBS_COLLECTION,
   type CancelRequestResult,
   type ClaimOptions,
+  type ClaimableModelTypes,
   type EnqueueTrainingJobInput,
   type FailureClass,
   type Lease,
@@ -43,6 +53,14 @@ export type ClaimStrategy = 'sorted-find-and-modify' | 'candidate-batch';
 export interface TrainingJobRepositoryOptions {
   /** 'auto' (default) detects FerretDB via buildInfo. */
   claimStrategy?: ClaimStrategy | 'auto';
+  /**
+   * Worker attempts per platform attempt (the worker's WORKER_MAX_ATTEMPTS,
+   * passed in by its composition: the one place it is read). A job document's
+   * own `maxAttempts` is never read: any client can write it.
+   */
+  maxAttempts?: number;
+  /** A claim or recovery token older than this whose decision never landed may be taken over (default 30 s). */
+  tokenStaleMs?: number;
   /** Candidate ids fetched per scan in the candidate-batch strategy (default 128). */
   claimBatch?: number;
   /** Max age of the candidate list before a rescan (default 5000 ms). */
@@ -67,19 +85,27 @@ export class TrainingJobRepository {
   private readonly options: Required<Omit<TrainingJobRepositoryOptions, 'claimStrategy'>> = {
     claimBatch: 128,
     candidateTtlMs: 5000,
+    maxAttempts: DEFAULT_MAX_ATTEMPTS,
+    tokenStaleMs: 30_000,
   };
   private strategy: ClaimStrategy | undefined;
-  private readonly candidates = new Map<
-    TrainingEnvironment,
-    { ids: ObjectId[]; fetchedAt: number; lastScanCount: number; loading?: Promise<void> }
-  >();
+  private readonly candidates = new Map<string, CandidatePool>();
 
   /** One tiny document per claim or recovery decision: the unique `_id` makes the decision single-winner. */
-  private readonly tokens: Collection<{ _id: string; [k: string]: unknown }>;
+  private readonly tokens: Collection<{ _id: string; at?: Date; [k: string]: unknown }>;
+  /** Read only here: the worker's attempt records and decisions decide how recovery ends a job. */
+  private readonly attemptRecords: Collection<TrainingAttemptDoc>;
+  private readonly decisions: Collection<{ _id: string }>;
 
   constructor(@inject(MONGO_DB) private readonly db: Db) {
     this.jobs = db.collection<TrainingJobDoc>(TRAINING_JOBS_COLLECTION);
     this.tokens = db.collection(CLAIM_TOKENS_COLLECTION);
+    this.attemptRecords = db.collection<TrainingAttemptDoc>(TRAINING_ATTEMPTS_COLLECTION);
+    this.decisions = db.collection(TRAINING_SETTLEMENTS_COLLECTION);
+  }
+
+  get maxAttempts(): number {
+    return this.options.maxAttempts;
   }
 
   /** Idempotent; only plain and compound indexes (FerretDB v1 has no partial, sparse or TTL). */
@@ -122,7 +148,8 @@ export class TrainingJobRepository {
       progress: 0,
       priority: input.priority ?? 0,
       attempts: 0,
-      maxAttempts: input.maxAttempts ?? DEFAULT_MAX_ATTEMPTS,
+      // Informational only (the platform's shape); the limit is the worker's configuration.
+      maxAttempts: input.maxAttempts,
       createdAt: now,
       updatedAt: now,
     };
@@ -178,7 +205,7 @@ export class TrainingJobRepository {
   /** MongoDB: one atomic sorted findOneAndUpdate served by the st_claim index. */
   private claimSorted(opts: ClaimOptions, attemptId: string): Promise<TrainingJobDoc | null> {
     return this.jobs.findOneAndUpdate(
-      { status: 'QUEUED', ...environmentFilter(opts.environment) } as Filter<TrainingJobDoc>,
+      { status: 'QUEUED', ...environmentFilter(opts.environment), ...modelTypeFilter(opts.modelTypes) } as Filter<TrainingJobDoc>,
       this.claimUpdate(opts, attemptId),
       { sort: CLAIM_SORT, returnDocument: 'after' },
     );
@@ -199,10 +226,16 @@ export class TrainingJobRepository {
    * long a newly queued higher-priority job can wait behind it.
    */
   private async claimFromCandidates(opts: ClaimOptions, attemptId: string): Promise<TrainingJobDoc | null> {
+    const filter = { status: 'QUEUED', ...environmentFilter(opts.environment), ...modelTypeFilter(opts.modelTypes) };
+    const pool = this.candidatePool(`${opts.environment}|${JSON.stringify(opts.modelTypes ?? null)}`);
+    // One scan per call at most: when every candidate of a fresh scan is taken or blocked, report "nothing"
+    // instead of rescanning forever (the caller polls again later).
+    let scanned = false;
     for (;;) {
-      const pool = this.candidatePool(opts.environment);
-      if (pool.ids.length === 0 || Date.now() - pool.fetchedAt > this.options.candidateTtlMs) {
-        await this.refreshCandidates(opts.environment);
+      if (pool.ids.length === 0 || (!scanned && Date.now() - pool.fetchedAt > this.options.candidateTtlMs)) {
+        if (scanned) return null;
+        await this.refreshCandidates(pool, filter);
+        scanned = true;
         if (pool.lastScanCount === 0) return null; // nothing QUEUED at all
         continue;
       }
@@ -211,14 +244,33 @@ export class TrainingJobRepository {
       const current = await this.jobs.findOne({ _id: id } as Filter<TrainingJobDoc>, { projection: { status: 1, claimSeq: 1 } });
       if (current?.status !== 'QUEUED') continue;
       const seq = typeof current['claimSeq'] === 'number' ? (current['claimSeq'] as number) : 0;
-      if (!(await this.insertToken(`claim:${id.toHexString()}:${seq + 1}`, { workerId: opts.workerId, at: new Date() }))) continue;
+      const token = `claim:${id.toHexString()}:${seq + 1}`;
+      if (!(await this.takeToken(token, { workerId: opts.workerId }))) continue;
       const job = await this.jobs.findOneAndUpdate(
-        { _id: id, status: 'QUEUED', ...environmentFilter(opts.environment) } as Filter<TrainingJobDoc>,
+        { _id: id, ...filter } as Filter<TrainingJobDoc>,
         this.claimUpdate(opts, attemptId, seq + 1),
         { returnDocument: 'after' },
       );
       if (job) return job;
+      // The job changed between our read and our write (cancelled, or someone's write raced it): give the
+      // generation back, so the token never blocks a job that is still QUEUED.
+      await this.tokens.deleteOne({ _id: token }).catch(() => undefined);
     }
+  }
+
+  /**
+   * Insert a single-winner token. A token whose holder never finished (it died
+   * between the token and its write, or its write missed) is taken over once it
+   * is older than `tokenStaleMs`: a one-time token must never wedge a job.
+   */
+  private async takeToken(id: string, fields: Record<string, unknown>): Promise<boolean> {
+    if (await this.insertToken(id, { ...fields, at: new Date() })) return true;
+    const held = await this.tokens.findOne({ _id: id });
+    if (!held) return this.insertToken(id, { ...fields, at: new Date() });
+    const at = held.at instanceof Date ? held.at.getTime() : 0;
+    if (Date.now() - at < this.options.tokenStaleMs) return false;
+    await this.tokens.deleteOne({ _id: id, at: held.at } as Filter<{ _id: string }>);
+    return this.insertToken(id, { ...fields, at: new Date(), tookOverFrom: held.at ?? null });
   }
 
   /** True if we inserted the token (we won the decision), false if it already existed. */
@@ -232,20 +284,19 @@ export class TrainingJobRepository {
     }
   }
 
-  private candidatePool(environment: TrainingEnvironment): { ids: ObjectId[]; fetchedAt: number; lastScanCount: number; loading?: Promise<void> } {
-    let pool = this.candidates.get(environment);
-    if (!pool) this.candidates.set(environment, (pool = { ids: [], fetchedAt: 0, lastScanCount: -1 }));
+  private candidatePool(key: string): CandidatePool {
+    let pool = this.candidates.get(key);
+    if (!pool) this.candidates.set(key, (pool = { ids: [], fetchedAt: 0, lastScanCount: -1 }));
     return pool;
   }
 
-  /** One scan at a time per environment; concurrent claimers wait for it. */
-  private async refreshCandidates(environment: TrainingEnvironment): Promise<void> {
-    const pool = this.candidatePool(environment);
+  /** One scan at a time per pool; concurrent claimers wait for it. */
+  private async refreshCandidates(pool: CandidatePool, filter: Record<string, unknown>): Promise<void> {
     if (!pool.loading) {
       pool.loading = (async () => {
         try {
           const docs = await this.jobs
-            .find({ status: 'QUEUED', ...environmentFilter(environment) } as Filter<TrainingJobDoc>, { projection: { _id: 1 } })
+            .find(filter as Filter<TrainingJobDoc>, { projection: { _id: 1 } })
             .sort(CLAIM_SORT)
             .limit(this.options.claimBatch)
             .toArray();
@@ -277,7 +328,9 @@ export class TrainingJobRepository {
    */
   async heartbeat(lease: Lease, leaseMs: number): Promise<boolean> {
     const now = new Date();
-    const r = await this.jobs.updateOne(this.fenced(lease), {
+    // Also while the platform's CANCELLED (which leaves our lease in place) is being settled by the owner:
+    // a live lease tells the settlement sweep to leave the attempt to its owner.
+    const r = await this.jobs.updateOne(this.fenced(lease, [...LEASED_STATUSES, 'CANCELLED']), {
       $set: { 'lease.expiresAt': new Date(now.getTime() + leaseMs), heartbeatAt: now, updatedAt: now },
     });
     return r.matchedCount === 1;
@@ -298,7 +351,8 @@ export class TrainingJobRepository {
     if (from.length === 0) throw new InvalidTransitionError('(leased)', `${to} (only a claim enters it)`);
     const now = new Date();
     const set: Record<string, unknown> = { ...ownedFields(fields), status: to, updatedAt: now };
-    if (to === 'COMPLETED' || to === 'FAILED' || to === 'CANCELLED') set['finishedAt'] = now;
+    // The platform's history list sorts by completedAt: every terminal status carries it.
+    if (to === 'COMPLETED' || to === 'FAILED' || to === 'CANCELLED') Object.assign(set, { finishedAt: now, completedAt: set['completedAt'] ?? now });
     const r = await this.jobs.updateOne(this.fenced(lease, from), { $set: set } as UpdateFilter<TrainingJobDoc>);
     return r.matchedCount === 1;
   }
@@ -338,9 +392,17 @@ export class TrainingJobRepository {
     return r.matchedCount === 1;
   }
 
-  /** FINALIZING → COMPLETED; sets the platform's `completedAt` and progress 100. */
-  complete(lease: Lease, fields: Record<string, unknown> = {}): Promise<boolean> {
-    return this.transition(lease, 'COMPLETED', { progress: 100, ...fields, completedAt: new Date() });
+  /**
+   * FINALIZING → COMPLETED, only while the job is still ours (our lease, a
+   * leased status): a platform CANCELLED is never replaced. `refundDue: true`
+   * says the points are not settled yet; whoever settles them clears it
+   * (`recordSettled`).
+   */
+  async complete(lease: Lease, fields: Record<string, unknown> = {}): Promise<boolean> {
+    const now = new Date();
+    const set = { progress: 100, ...ownedFields(fields), status: 'COMPLETED', completedAt: now, finishedAt: now, updatedAt: now, refundDue: true };
+    const r = await this.jobs.updateOne(this.fenced(lease, allowedFrom('COMPLETED').filter((s) => LEASED_STATUSES.includes(s))), { $set: set } as UpdateFilter<TrainingJobDoc>);
+    return r.matchedCount === 1;
   }
 
   /** Any leased state → FAILED, with the reason the UI shows and our failure class. */
@@ -348,9 +410,63 @@ export class TrainingJobRepository {
     return this.transition(lease, 'FAILED', { ...input });
   }
 
-  /** The owner observed a cancel request and stopped its work: → CANCELLED. */
-  cancelComplete(lease: Lease, fields: Record<string, unknown> = {}): Promise<boolean> {
-    return this.transition(lease, 'CANCELLED', { ...fields, cancelledAt: new Date() });
+  /**
+   * The owner stopped its work after a cancel (ours, or the platform's plain
+   * `status: CANCELLED`): → CANCELLED with the settlement fields. Matches a job
+   * already CANCELLED by the platform, as long as the lease is still ours.
+   */
+  async cancelComplete(lease: Lease, fields: Record<string, unknown> = {}): Promise<boolean> {
+    const now = new Date();
+    const set = { cancelledAt: now, ...ownedFields(fields), status: 'CANCELLED', completedAt: now, finishedAt: now, updatedAt: now };
+    const r = await this.jobs.updateOne(this.fenced(lease, [...LEASED_STATUSES, 'CANCELLED']), { $set: set } as UpdateFilter<TrainingJobDoc>);
+    return r.matchedCount === 1;
+  }
+
+  /**
+   * Where the job stands for the holder of `lease`: `held` (ours, go on),
+   * `cancelled` (still our lease, but a cancel was asked or the platform set
+   * CANCELLED: stop and settle), or `lost` (another claim, or another writer
+   * ended or re-queued it: stop and write nothing).
+   */
+  async leaseState(lease: Lease): Promise<'held' | 'cancelled' | 'lost'> {
+    const job = await this.jobs.findOne({ _id: toObjectIdOrString(lease.jobId) } as Filter<TrainingJobDoc>, {
+      projection: { status: 1, lease: 1, cancelRequestedAt: 1 },
+    });
+    if (!job || job.lease?.attemptId !== lease.attemptId) return 'lost';
+    if (job.status === 'CANCELLED' || (LEASED_STATUSES.includes(job.status) && job.cancelRequestedAt != null)) return 'cancelled';
+    return LEASED_STATUSES.includes(job.status) ? 'held' : 'lost';
+  }
+
+  /**
+   * A CANCELLED that landed over our COMPLETED (a read-then-write cancel, or
+   * FerretDB losing one of two concurrent updates): the job had already been
+   * completed and settled, the model is public. COMPLETED is restored and the
+   * late cancel is recorded (ADR 0002, scenario table).
+   */
+  async restoreCompleted(jobId: string, leaseAttemptId: string, fields: Record<string, unknown> = {}): Promise<boolean> {
+    const now = new Date();
+    const r = await this.jobs.updateOne(
+      { _id: toObjectIdOrString(jobId), status: 'CANCELLED', 'lease.attemptId': leaseAttemptId } as Filter<TrainingJobDoc>,
+      { $set: { ...ownedFields(fields), status: 'COMPLETED', lateCancelAt: now, updatedAt: now } } as UpdateFilter<TrainingJobDoc>,
+    );
+    return r.matchedCount === 1;
+  }
+
+  /**
+   * The points of the job's platform attempt are settled: clear `refundDue`,
+   * mark the cost reconciled and fill the fields the platform reads on a
+   * terminal job (`completedAt`), only while the job is still terminal on that
+   * platform attempt (a Retry in between makes this a no-op).
+   */
+  async recordSettled(jobId: string, platformAttempt: number, fields: { actualCostPoints?: number } = {}): Promise<boolean> {
+    const now = new Date();
+    const job = await this.jobs.findOne({ _id: toObjectIdOrString(jobId) } as Filter<TrainingJobDoc>, { projection: { status: 1, retryCount: 1, completedAt: 1 } });
+    if (!job || !TERMINAL_STATUSES.includes(job.status) || platformAttemptOf(job) !== platformAttempt) return false;
+    const set: Record<string, unknown> = { refundDue: false, refundSettledAt: now, costReconciled: true, updatedAt: now };
+    if (!job.completedAt) set['completedAt'] = now;
+    if (fields.actualCostPoints !== undefined) set['actualCostPoints'] = fields.actualCostPoints;
+    const r = await this.jobs.updateOne({ _id: job._id, status: job.status } as Filter<TrainingJobDoc>, { $set: set });
+    return r.matchedCount === 1;
   }
 
   /**
@@ -389,7 +505,7 @@ export class TrainingJobRepository {
     const now = new Date();
     const _id = toObjectIdOrString(jobId);
     const direct = await this.jobs.updateOne({ _id, status: 'QUEUED' } as Filter<TrainingJobDoc>, {
-      $set: { status: 'CANCELLED', cancelRequestedAt: now, cancelRequestedBy: by, cancelledAt: now, finishedAt: now, updatedAt: now },
+      $set: { status: 'CANCELLED', cancelRequestedAt: now, cancelRequestedBy: by, cancelledAt: now, finishedAt: now, completedAt: now, updatedAt: now },
     });
     if (direct.matchedCount === 1) return 'cancelled';
     const requested = await this.jobs.updateOne(
@@ -417,27 +533,33 @@ export class TrainingJobRepository {
 
   /**
    * Reclaim jobs whose lease expired (the owner died or hung). Re-queue while
-   * attempts remain and `pipeline.retryUnsafe` is not set; else FAILED
+   * worker attempts of the platform attempt remain, or when the attempt is past
+   * its point of no return (model registered, outcome decided); else FAILED
    * (infrastructure) with `refundDue: true`. A job with a pending cancel
    * request becomes CANCELLED with `refundDue: true`. Safe to run from every
    * worker at once: each write is conditional on the same expired attemptId.
    * Also adopts legacy QUEUED jobs without `priority` (they would sort last).
    */
-  async recoverExpiredLeases(now: Date = new Date(), batch = 200): Promise<RecoveryResult> {
+  async recoverExpiredLeases(now: Date = new Date()): Promise<RecoveryResult> {
     const result: RecoveryResult = { requeued: [], failed: [], cancelled: [] };
     await this.jobs.updateMany({ status: 'QUEUED', priority: { $exists: false } } as Filter<TrainingJobDoc>, {
       $set: { priority: 0 },
     });
-    const expired = await this.jobs
+    // Oldest expiry first, every one: the cursor pages through them, so jobs whose token another recoverer
+    // holds never hide the rest.
+    const expired = this.jobs
       .find({ status: { $in: [...LEASED_STATUSES] }, 'lease.expiresAt': { $lt: now } } as Filter<TrainingJobDoc>)
-      .limit(batch)
-      .toArray();
-    for (const job of expired) {
+      .sort({ 'lease.expiresAt': 1, _id: 1 })
+      .batchSize(200);
+    for await (const job of expired) {
       // One recoverer per expired lease (a heartbeat changes expiresAt, hence the token), even where
-      // conditional updates are not atomic (FerretDB v1).
+      // conditional updates are not atomic (FerretDB v1). A holder that died is taken over after tokenStaleMs.
       const token = `recover:${job.lease?.attemptId ?? job._id.toHexString()}:${job.lease?.expiresAt?.getTime() ?? 0}`;
-      if (!(await this.insertToken(token, { at: now }))) continue; // another recoverer took it
+      if (!(await this.takeToken(token, {}))) continue; // another recoverer holds it
       const outcome = await this.giveUp(job, 'expired', 'the worker stopped renewing its lease', now);
+      // The write missed (a cancel or a late heartbeat changed the job since the read): hand the token back
+      // so the next pass decides again from a fresh read.
+      if (outcome === null) await this.tokens.deleteOne({ _id: token }).catch(() => undefined);
       if (outcome === 'QUEUED') result.requeued.push(job._id.toHexString());
       else if (outcome === 'FAILED') result.failed.push(job._id.toHexString());
       else if (outcome === 'CANCELLED') result.cancelled.push(job._id.toHexString());
@@ -507,16 +629,21 @@ export class TrainingJobRepository {
   ): Promise<JobStatus | null> {
     const attemptId = job.lease?.attemptId;
     if (!attemptId) return null;
-    const attempts = (job.attempts ?? 1) - (mode === 'release' ? 1 : 0);
-    const maxAttempts = job.maxAttempts ?? DEFAULT_MAX_ATTEMPTS;
-    const unsafe = job.pipeline?.retryUnsafe === true;
+    // Worker attempts are counted per platform attempt, from the worker's own record (a Retry starts at 0).
+    const key = attemptKey(job._id.toHexString(), platformAttemptOf(job));
+    const record = await this.attemptRecords.findOne({ _id: key });
+    const attempts = TrainingAttemptRepository.attemptsUsed(job, record) - (mode === 'release' ? 1 : 0);
+    const maxAttempts = this.options.maxAttempts;
+    // Past the point of no return (a registered model, a recorded decision): the next claim only finishes
+    // the job (no training, no new charge), so it is re-queued whatever the attempts; failing it would
+    // refund a job whose model is public.
+    const finishing = Boolean(record?.state?.loraModelId) || Boolean(await this.decisions.findOne({ _id: key }, { projection: { _id: 1 } }));
     const cancelRequested = job.cancelRequestedAt != null;
     const filter: Record<string, unknown> = {
       _id: job._id,
       status: job.status,
       'lease.attemptId': attemptId,
       cancelRequestedAt: cancelRequested ? job.cancelRequestedAt : null,
-      'pipeline.retryUnsafe': unsafe ? true : { $ne: true },
     };
     if (mode === 'expired') filter['lease.expiresAt'] = { $lt: now };
 
@@ -525,25 +652,25 @@ export class TrainingJobRepository {
     let outcome: JobStatus;
     if (cancelRequested) {
       outcome = 'CANCELLED';
-      set = { status: outcome, refundDue: true, cancelledAt: now, finishedAt: now, failureReason: `Cancelled; ${why}.` };
-    } else if (unsafe || attempts >= maxAttempts) {
+      set = { status: outcome, refundDue: true, cancelledAt: now, finishedAt: now, completedAt: now, failureReason: `Cancelled; ${why}.` };
+    } else if (!finishing && attempts >= maxAttempts) {
       outcome = 'FAILED';
-      const detail = unsafe
-        ? 'it stopped at a step that cannot be re-run safely'
-        : `it has used ${attempts} of ${maxAttempts} attempts`;
+      const detail = `it has used ${attempts} of ${maxAttempts} attempts`;
       set = {
         status: outcome,
         refundDue: true,
         finishedAt: now,
+        completedAt: now,
         failureClass: 'infrastructure' satisfies FailureClass,
         failureReason: `Training stopped because ${why} and ${detail}. Your points are refunded.`,
       };
     } else {
       outcome = 'QUEUED';
-      set = { status: outcome, lease: null, progress: 0, etaSeconds: null };
+      // The platform's UI reads progress and currentStep: a re-queued job starts over.
+      set = { status: outcome, lease: null, progress: 0, currentStep: 0, etaSeconds: null };
       const names = { release: ['lastReleasedAt', 'lastReleaseReason'], expired: ['lastLeaseExpiredAt', 'lastRecoveryReason'], retry: ['lastRetryAt', 'lastRetryReason'] }[mode];
       set[names[0]] = now;
-      set[names[1]] = why;
+      set[names[1]] = finishing ? `${why}; re-queued to finish (the model is registered or the outcome decided)` : why;
       inc = mode === 'release' ? { attempts: -1, releases: 1 } : mode === 'expired' ? { leaseExpiries: 1 } : { retries: 1 };
     }
     set['updatedAt'] = now;
@@ -552,6 +679,36 @@ export class TrainingJobRepository {
     const r = await this.jobs.updateOne(filter as Filter<TrainingJobDoc>, update);
     return r.matchedCount === 1 ? outcome : null;
   }
+}
+
+interface CandidatePool {
+  ids: ObjectId[];
+  fetchedAt: number;
+  lastScanCount: number;
+  loading?: Promise<void>;
+}
+
+/**
+ * The claim's hardware scope: a worker takes only jobs whose model type it can
+ * run, plus jobs of types no recipe knows (any worker fails those at once with
+ * the list of supported types). `modelType` is read first, `baseModel` when it
+ * is missing, as the worker's request mapper does; each type matches in upper,
+ * lower and capitalised case (the platform writes upper case).
+ */
+export function modelTypeFilter(types: ClaimableModelTypes | undefined): Record<string, unknown> {
+  if (!types) return {};
+  const forms = (list: string[]) => [...new Set(list.flatMap((t) => [t.toUpperCase(), t.toLowerCase(), t.charAt(0).toUpperCase() + t.slice(1).toLowerCase()]))];
+  const runnable = forms(types.runnable);
+  const known = forms(types.known);
+  const none = [null, ''];
+  return {
+    $or: [
+      { modelType: { $in: runnable } },
+      { modelType: { $exists: true, $nin: [...known, ...none] } },
+      { modelType: { $in: none }, baseModel: { $in: runnable } },
+      { modelType: { $in: none }, baseModel: { $nin: known } },
+    ],
+  };
 }
 
 /** The platform's environment scope (trainingDb.fetchQueued): production also matches missing/null. */

@@ -25,12 +25,13 @@ export type TrainingEnvironment = 'production' | 'development';
  * insufficient points: nothing charged), `dataset` (unusable or inaccessible
  * dataset), `engine` (trainer crashed, NaN loss, invalid output), `oom`,
  * `timeout` (deadline or stall), `infrastructure` (our side: retried, then a
- * full refund). `user` and `insufficient-points` are kept for older documents.
+ * full refund), `operator` (the deployment lacks something, e.g. base weights:
+ * not retried, full refund, the message names what to provide). `user` and `insufficient-points` are kept for older documents.
  */
 export type FailureClass = JobFailureClass | 'user' | 'insufficient-points';
 
 /** The classes a worker writes today: the one vocabulary of job failures (worker, repository, UI). */
-export const JOB_FAILURE_CLASSES = ['user-input', 'dataset', 'engine', 'oom', 'timeout', 'infrastructure'] as const;
+export const JOB_FAILURE_CLASSES = ['user-input', 'dataset', 'engine', 'oom', 'timeout', 'infrastructure', 'operator'] as const;
 export type JobFailureClass = (typeof JOB_FAILURE_CLASSES)[number];
 
 export interface FailurePolicy {
@@ -46,6 +47,9 @@ export const FAILURE_POLICY: Readonly<Record<JobFailureClass, FailurePolicy>> = 
   oom: { retry: false },
   timeout: { retry: false },
   infrastructure: { retry: true },
+  // A host set up wrongly (e.g. base weights never uploaded): no other attempt on this setup can succeed, so
+  // fail at once with a full refund and a message naming what the operator must provide.
+  operator: { retry: false },
 };
 
 /**
@@ -90,6 +94,8 @@ export interface TrainingJobDoc {
   updatedAt: Date;
   startedAt?: Date;
   completedAt?: Date;
+  /** Set by the platform's Retry (FAILED → QUEUED): the platform attempt the job is on. */
+  retryCount?: number;
   // --- ours ---
   lease?: JobLease | null;
   /** Claims ever made (never decremented): the generation number of the claim token. */
@@ -104,9 +110,13 @@ export interface TrainingJobDoc {
   failureClass?: FailureClass;
   etaSeconds?: number | null;
   logTail?: string[];
-  /** Per-step resume state owned by the worker's pipeline (e.g. `pipeline.charged`, `pipeline.uploadKey`). */
+  /**
+   * Legacy: the worker once kept its resume state here. It is never read for
+   * anything that moves points or registers a model (any client can write it):
+   * the worker's state is in `trainingJobAttempts` (training-attempt.ts).
+   */
   pipeline?: PipelineState;
-  /** Set when the system (not the owning worker) ended the job: the worker must settle points, then clear it. */
+  /** The points of the job's current platform attempt are not settled yet (cleared by whoever settles them). */
   refundDue?: boolean;
   heartbeatAt?: Date;
   finishedAt?: Date;
@@ -155,6 +165,14 @@ export interface ClaimOptions {
   workerId: string;
   environment: TrainingEnvironment;
   leaseMs: number;
+  /** Claim only jobs of these model types (the worker's hardware); absent: any job. */
+  modelTypes?: ClaimableModelTypes;
+}
+
+/** Model types a worker can run, and every model type some recipe knows (unknown types are claimed to be failed). */
+export interface ClaimableModelTypes {
+  runnable: string[];
+  known: string[];
 }
 
 export interface RecoveryResult {

@@ -111,23 +111,24 @@ describe('TrainingJobRepository lifecycle (real server)', () => {
     }
   });
 
-  it('fails with refundDue when attempts are used up or the pipeline says re-running is unsafe', async () => {
-    const exhausted = await enqueue({ maxAttempts: 1 });
-    const unsafe = await enqueue();
+  it('fails with refundDue when the worker\'s attempts are used up (a job document\'s maxAttempts is never read)', async () => {
+    repo.configure({ maxAttempts: 1 });
+    const exhausted = await enqueue({ maxAttempts: 50 });
+    const other = await enqueue();
     const a = (await claim('A', 30))!;
-    const b = (await claim('B', 30))!;
-    expect(await repo.setPipelineState(b.lease, { retryUnsafe: true, stage: 'upload' })).toBe(true);
+    await claim('B', 30);
     await sleep(80);
     const rec = await repo.recoverExpiredLeases();
-    expect(rec.failed.sort()).toEqual([exhausted, unsafe].sort());
+    expect(rec.failed.sort()).toEqual([exhausted, other].sort());
     expect(a.lease.jobId).toBe(exhausted);
     const doc = await repo.findById(exhausted);
     expect(doc).toMatchObject({ status: 'FAILED', failureClass: 'infrastructure', refundDue: true });
+    expect(doc!.completedAt).toBeInstanceOf(Date);
     expect(doc!.failureReason).toMatch(/1 of 1 attempts/);
-    expect((await repo.findRefundsDue()).map((j) => j._id.toHexString()).sort()).toEqual([exhausted, unsafe].sort());
+    expect((await repo.findRefundsDue()).map((j) => j._id.toHexString()).sort()).toEqual([exhausted, other].sort());
     expect(await repo.clearRefundDue(exhausted)).toBe(true);
     expect(await repo.clearRefundDue(exhausted)).toBe(false);
-    expect((await repo.findRefundsDue()).map((j) => j._id.toHexString())).toEqual([unsafe]);
+    expect((await repo.findRefundsDue()).map((j) => j._id.toHexString())).toEqual([other]);
   });
 
   it('cancel: QUEUED becomes CANCELLED at once; a leased job is flagged and its owner finishes it', async () => {
@@ -152,7 +153,13 @@ describe('TrainingJobRepository lifecycle (real server)', () => {
     const got = (await claim('A'))!;
     await jobs().updateOne({ _id: new ObjectId(id) }, { $set: { status: 'CANCELLED' } });
     expect(await repo.isCancelRequested(got.lease)).toBe(true);
-    expect(await repo.heartbeat(got.lease, 1000)).toBe(false);
+    expect(await repo.leaseState(got.lease)).toBe('cancelled');
+    // The owner keeps its lease alive while it settles the cancel, but can move the job nowhere but CANCELLED.
+    expect(await repo.heartbeat(got.lease, 1000)).toBe(true);
+    expect(await repo.transition(got.lease, 'RUNNING')).toBe(false);
+    expect(await repo.complete(got.lease)).toBe(false);
+    expect(await repo.cancelComplete(got.lease, { actualCostPoints: 0 })).toBe(true);
+    expect(await repo.findById(id)).toMatchObject({ status: 'CANCELLED', actualCostPoints: 0 });
   });
 
   it('an expired job with a pending cancel becomes CANCELLED with refundDue', async () => {

@@ -1,11 +1,21 @@
 /**
- * Every write one attempt makes to its job document, fenced by the lease:
- * pipeline state, forward status transitions, the terminal write, step
- * markers and throttled progress. A write the fence refuses means another
- * worker owns the job now: the attempt is stopped (LeaseLost) and writes
- * nothing more.
+ * Every write one attempt makes, fenced: its state in the attempt record
+ * (fenced by the record's owner, the lease attemptId), and on the job
+ * document (fenced by the lease) forward status transitions, the terminal
+ * write, step markers and throttled progress. A write the fence refuses means
+ * another claim owns the job now: the attempt is stopped (LeaseLost) and
+ * writes nothing more. The terminal writes tell a lost lease from a cancel
+ * (the platform's Cancel sets CANCELLED and leaves our lease in place).
  */
-import { ACTIVE_STATUSES, ProgressThrottle, type ProgressUpdate, type TrainingJobDoc, type TrainingJobRepository } from '@stationthis/db';
+import {
+  ACTIVE_STATUSES,
+  ProgressThrottle,
+  type AttemptRef,
+  type ProgressUpdate,
+  type TrainingAttemptRepository,
+  type TrainingJobDoc,
+  type TrainingJobRepository,
+} from '@stationthis/db';
 import type { ProgressEvent } from '@stationthis/recipes';
 import type { JobContext } from './job-context';
 import type { PipelineState } from './pipeline-state';
@@ -15,17 +25,19 @@ const PROGRESS_LOG_TAIL = 20;
 const MAX_LINE_CHARS = 500;
 
 export type ForwardStatus = 'RUNNING' | 'FINALIZING';
-export type TerminalStatus = 'COMPLETED' | 'FAILED' | 'CANCELLED';
 
 export class AttemptWriter {
   constructor(
     private readonly jobs: TrainingJobRepository,
+    private readonly attempts: Pick<TrainingAttemptRepository, 'setState'>,
     private readonly ctx: JobContext,
+    private readonly ref: AttemptRef,
     private readonly progressThrottleMs: number,
   ) {}
 
-  async setState(patch: Partial<PipelineState>): Promise<void> {
-    this.fenced(await this.jobs.setPipelineState(this.ctx.lease, patch as Record<string, unknown>));
+  /** State into the attempt record (`open` marks it for settlement before a charge). */
+  async setState(patch: Partial<PipelineState>, opts: { open?: boolean } = {}): Promise<void> {
+    this.fenced(await this.attempts.setState(this.ref, patch, opts));
   }
 
   /** Moves the job forward only (a resumed attempt replays transitions it already made: no-ops). */
@@ -36,9 +48,39 @@ export class AttemptWriter {
     this.ctx.job.status = to as TrainingJobDoc['status'];
   }
 
-  /** The final status write. Losing it means another worker owns the job now. */
-  async terminal(to: TerminalStatus, fields: Record<string, unknown>): Promise<void> {
-    this.fenced(await this.jobs.transition(this.ctx.lease, to, fields));
+  /**
+   * COMPLETED, only while the job is still ours and not cancelled. Returns
+   * 'cancelled' when a cancel landed first (our lease, status CANCELLED or a
+   * cancel request): the caller ends the job cancelled instead.
+   */
+  async complete(fields: Record<string, unknown>): Promise<'completed' | 'cancelled'> {
+    if (await this.jobs.complete(this.ctx.lease, fields)) {
+      this.ctx.terminalWritten = true;
+      return 'completed';
+    }
+    return this.refusedBecauseCancelled();
+  }
+
+  /** FAILED; a job the platform cancelled meanwhile stays CANCELLED (with the same settlement fields). */
+  async failed(fields: Record<string, unknown>): Promise<void> {
+    if (await this.jobs.transition(this.ctx.lease, 'FAILED', fields)) {
+      this.ctx.terminalWritten = true;
+      return;
+    }
+    if ((await this.refusedBecauseCancelled()) === 'cancelled') await this.cancelled(fields);
+  }
+
+  /** CANCELLED (also over the platform's own CANCELLED, as long as the lease is ours). */
+  async cancelled(fields: Record<string, unknown>): Promise<void> {
+    const { failureClass: _ignored, ...rest } = fields;
+    this.fenced(await this.jobs.cancelComplete(this.ctx.lease, rest));
+    this.ctx.terminalWritten = true;
+  }
+
+  private async refusedBecauseCancelled(): Promise<'cancelled'> {
+    if ((await this.jobs.leaseState(this.ctx.lease)) === 'cancelled') return 'cancelled';
+    this.fenced(false);
+    throw new Error('unreachable');
   }
 
   /** A marker line in the job's log tail; best effort (the step runs either way). */

@@ -11,6 +11,8 @@ export type StopReason = 'cancel' | 'lease-lost' | 'shutdown';
 export class JobContext {
   private readonly controller = new AbortController();
   private reason: StopReason | null = null;
+  /** Set once this attempt wrote the job's terminal status: from then on its lease is expected to fail. */
+  terminalWritten = false;
 
   constructor(
     readonly job: TrainingJobDoc,

@@ -4,26 +4,26 @@
  *   prepare → charge → inputs → train → publish → settle
  *
  * Every step is idempotent. Progress that must survive a crash (the quote,
- * the charge, the slug, the uploads, the model id, the settlement intent) is
- * recorded in `job.pipeline` through the attempt's fenced writer, so a
- * re-claimed attempt resumes where the last one stopped and never moves
- * points twice (the ledger's own idempotency keys are the second line of
- * defence). Each step lives in `steps/` with the ports it needs.
+ * the charge, the slug, the uploads, the model id, the training time) is
+ * recorded in the attempt record of the job's platform attempt (libs/db
+ * `trainingJobAttempts`, fenced by the lease's attemptId), never in the job
+ * document, which the platform and its clients write. A re-claim of the same
+ * platform attempt resumes where the last one stopped and never moves points
+ * twice; a platform Retry (`retryCount + 1`) starts a fresh record. Each step
+ * lives in `steps/` with the ports it needs.
  */
 import { join } from 'node:path';
 import { inject, injectable } from 'tsyringe';
-import { TrainingJobDoc, TrainingJobRepository } from '@stationthis/db';
-import { usedPoints } from '@stationthis/recipes';
+import { TrainingAttemptRepository, TrainingJobDoc, TrainingJobRepository } from '@stationthis/db';
 import { WORKER_CONFIG } from '../tokens';
 import type { WorkerConfig } from '../config/worker-config';
 import { WorkerMetrics } from '../observability/metrics';
 import { AttemptWriter } from './attempt-writer';
 import { CancelRequested, FAILURE_POLICY, JobFailure, LeaseLost } from './failures';
 import { JobContext } from './job-context';
-import { pipelineStateOf } from './pipeline-state';
 import { trainingRequestFromJob } from './training-request';
 import type { Attempt } from './steps/attempt';
-import { ChargeStep } from './steps/charge-step';
+import { AttemptAlreadySettled, ChargeStep } from './steps/charge-step';
 import { InputsStep } from './steps/inputs-step';
 import { PrepareStep } from './steps/prepare-step';
 import { PublishStep } from './steps/publish-step';
@@ -35,6 +35,7 @@ export class JobPipeline {
   constructor(
     @inject(WORKER_CONFIG) private readonly config: WorkerConfig,
     private readonly jobs: TrainingJobRepository,
+    private readonly attempts: TrainingAttemptRepository,
     private readonly metrics: WorkerMetrics,
     private readonly prepare: PrepareStep,
     private readonly charge: ChargeStep,
@@ -46,11 +47,17 @@ export class JobPipeline {
 
   /** Runs the attempt to a terminal state, or throws LeaseLost / ShutdownRequested. */
   async run(ctx: JobContext): Promise<void> {
-    const a: Attempt = { ctx, writer: new AttemptWriter(this.jobs, ctx, this.config.progressThrottleMs), request: trainingRequestFromJob(ctx.job), state: pipelineStateOf(ctx.job) };
-    const { state, writer } = a;
-    // A previous attempt already decided the outcome and may have moved points: finish it.
-    if (state.settleIntent) {
-      await this.settle.finish(a, state.settleIntent.outcome, state.settleIntent.reason);
+    const record = await this.attempts.open(ctx.lease, ctx.job);
+    if (!record) throw new LeaseLost('a newer claim owns this platform attempt');
+    const ref = { jobId: ctx.jobId, platformAttempt: record.platformAttempt, owner: ctx.lease.attemptId };
+    const writer = new AttemptWriter(this.jobs, this.attempts, ctx, ref, this.config.progressThrottleMs);
+    const a: Attempt = { ctx, ref, writer, request: trainingRequestFromJob(ctx.job), state: record.state ?? {} };
+    const { state } = a;
+    if (record.platformAttempt > 0) ctx.log.info({ platformAttempt: record.platformAttempt }, 'platform retry: a new attempt with its own quote and charge');
+    // An earlier claim of this platform attempt already decided the outcome (and may have moved points): finish it.
+    const decided = await this.attempts.findDecision(ref.jobId, ref.platformAttempt);
+    if (decided) {
+      await this.settle.finishDecided(a, decided);
       return;
     }
     let trainStartedAt: number | undefined;
@@ -63,18 +70,21 @@ export class JobPipeline {
       if (!state.upload) {
         const folders = this.training.folders(ctx.jobId, ctx.lease.attemptId);
         const fetched = await this.step(a, 'fetch-dataset', recipeId, () => this.inputs.fetchDataset(ctx, p, a.request.captionSetId));
-        const weights = await this.step(a, 'fetch-weights', recipeId, () => this.inputs.fetchWeights(p));
+        const weights = await this.step(a, 'fetch-weights', recipeId, () => this.inputs.fetchWeights(p).catch((e) => {
+          throw operatorFailureIfWeightsMissing(e);
+        }));
         try {
           ctx.throwIfStopped();
           const rendered = await this.step(a, 'render', recipeId, () => this.training.render(a, p, folders, fetched, weights));
           trainStartedAt = Date.now();
           await this.step(a, 'train', recipeId, () => this.training.train(a, p, folders, rendered.steps, weights));
           state.trainSeconds = Math.round((Date.now() - trainStartedAt) / 1000);
-          await writer.setState({ trainSeconds: state.trainSeconds });
+          trainStartedAt = undefined;
+          await a.writer.setState({ trainSeconds: state.trainSeconds });
           const loraPath = join(folders.outputDir, rendered.outputs.lora);
           await this.step(a, 'check-output', recipeId, () => this.training.checkOutput(a, p, loraPath));
           ctx.throwIfStopped();
-          await writer.transition('FINALIZING');
+          await a.writer.transition('FINALIZING');
           state.upload = await this.step(a, 'upload', recipeId, () =>
             this.publish.upload(a, p, { loraPath, outputDir: folders.outputDir, logFile: folders.logFile, jobDir: folders.jobDir, samplesDir: rendered.outputs.samplesDir }),
           );
@@ -83,15 +93,14 @@ export class JobPipeline {
         }
       } else {
         ctx.log.info({ loraUrl: state.upload.loraUrl }, 'resuming after upload: outputs already stored');
-        await writer.transition('RUNNING');
-        await writer.transition('FINALIZING');
+        await a.writer.transition('RUNNING');
+        await a.writer.transition('FINALIZING');
       }
 
       ctx.throwIfStopped();
       await this.step(a, 'register', recipeId, () => this.publish.register(a, p));
-      state.settleIntent = { outcome: 'completed', usedPoints: usedPoints(state.quote!, state.trainSeconds ?? 0), reason: 'training completed' };
-      await writer.setState({ settleIntent: state.settleIntent });
-      await this.settle.finish(a, 'completed', 'training completed', p);
+      ctx.throwIfStopped();
+      await this.settle.complete(a);
     } catch (err) {
       await this.onError(a, err, trainStartedAt);
     }
@@ -108,35 +117,50 @@ export class JobPipeline {
     log.info({ jobId: request.jobId }, 'prefetched the next queued job\'s dataset and weights');
   }
 
-  /** Cancel settles the time used; a retryable failure re-queues with the charge kept; anything else fails with a refund. */
+  /**
+   * Cancel settles the time trained; a retryable failure re-queues with the
+   * charge kept (the next claim of this platform attempt reuses it); anything
+   * else fails with a full refund. A lost lease writes nothing.
+   */
   private async onError(a: Attempt, err: unknown, trainStartedAt: number | undefined): Promise<void> {
-    const { ctx, state, writer } = a;
+    const { ctx } = a;
     if (err instanceof CancelRequested || ctx.stopReason === 'cancel') {
-      const seconds = trainStartedAt ? (Date.now() - trainStartedAt) / 1000 : 0;
-      const used = state.quote ? usedPoints(state.quote, seconds) : 0;
-      state.settleIntent = { outcome: 'cancelled', usedPoints: used, reason: `cancelled by user after ${Math.round(seconds)} s of training` };
-      await writer.setState({ settleIntent: state.settleIntent });
-      await this.settle.finish(a, 'cancelled', state.settleIntent.reason);
+      await this.cancelled(a, trainStartedAt);
       return;
     }
-    if (ctx.stopReason === 'lease-lost' || ctx.stopReason === 'shutdown') throw err;
+    if (err instanceof LeaseLost || ctx.stopReason === 'lease-lost' || ctx.stopReason === 'shutdown') throw err;
+    if (err instanceof AttemptAlreadySettled) {
+      // The points of this platform attempt were settled by someone else (the sweep saw the job end): follow
+      // that decision rather than train for free.
+      ctx.log.warn({ err }, 'this platform attempt was already settled: ending it per the recorded decision');
+      await this.settle.fail(a, 'This training attempt had already been settled; nothing more was charged.', 'infrastructure');
+      return;
+    }
     const failure = err instanceof JobFailure ? err : new JobFailure('infrastructure', `The worker hit an internal error (${(err as Error).message}). The job will be retried if attempts remain; otherwise points are refunded.`, { cause: err });
     ctx.log.error({ err, failureClass: failure.failureClass }, 'attempt failed');
     this.metrics.failures.inc({ class: failure.failureClass });
-    if (FAILURE_POLICY[failure.failureClass].retry && a.request.attempts < (a.request.maxAttempts ?? this.config.maxAttempts)) {
-      // Another attempt may succeed: re-queue, keeping the charge (the next attempt reuses it).
+    if (FAILURE_POLICY[failure.failureClass].retry) {
+      // The repository counts worker attempts of this platform attempt against WORKER_MAX_ATTEMPTS.
       const outcome = await this.jobs.retryLater(ctx.lease, failure.userMessage);
       if (outcome === 'QUEUED') {
         ctx.log.warn({ attempt: a.request.attempts }, 'infrastructure failure: job re-queued for another attempt');
         return;
       }
-      if (outcome === null) throw new LeaseLost('lease lost while re-queueing');
-      await this.settle.refundEnded(a, failure.userMessage);
-      return;
+      if (outcome === null) {
+        // A cancel raced the re-queue: settle it as a cancel; otherwise the job is someone else's now.
+        if ((await this.jobs.leaseState(ctx.lease)) === 'cancelled') return this.cancelled(a, undefined);
+        throw new LeaseLost('lease lost while re-queueing');
+      }
+      // Attempts used up (the repository wrote FAILED): settle the full refund now.
     }
-    state.settleIntent = { outcome: 'failed', usedPoints: 0, reason: failure.userMessage };
-    if (state.quote) await writer.setState({ settleIntent: state.settleIntent });
-    await this.settle.finish(a, 'failed', failure.userMessage, undefined, failure.failureClass);
+    await this.settle.fail(a, failure.userMessage, failure.failureClass);
+  }
+
+  /** Time trained in this attempt (still running: until now; finished earlier: the recorded seconds). */
+  private async cancelled(a: Attempt, trainStartedAt: number | undefined): Promise<void> {
+    const seconds = trainStartedAt ? (Date.now() - trainStartedAt) / 1000 : (a.state.trainSeconds ?? 0);
+    const used = a.state.charged ? SettleStep.usedFor(a.state, seconds) : 0;
+    await this.settle.cancel(a, `cancelled by user after ${Math.round(seconds)} s of training`, used);
   }
 
   private async step<T>(a: Attempt, name: string, recipe: string, fn: () => Promise<T>): Promise<T> {
@@ -146,3 +170,22 @@ export class JobPipeline {
   }
 }
 
+
+/**
+ * Base weights that are not in the bucket are a deployment problem, not the
+ * job's: no other attempt on this setup can succeed. The message names the
+ * object the operator must upload.
+ */
+function operatorFailureIfWeightsMissing(e: unknown): unknown {
+  if (!(e instanceof JobFailure)) return e;
+  type Cause = { kind?: string; key?: string; bucket?: string; message?: string; cause?: unknown };
+  let cause = (e as { cause?: Cause }).cause;
+  for (let depth = 0; cause && cause.kind !== 'not-found' && depth < 5; depth++) cause = cause.cause as Cause | undefined;
+  if (cause?.kind !== 'not-found') return e;
+  const where = cause.key ? `${cause.bucket ? `${cause.bucket}/` : ''}${cause.key}` : (cause.message ?? 'a base-model file');
+  return new JobFailure(
+    'operator',
+    `This worker cannot train the job: the base-model file ${where} is missing from the models bucket. An operator must upload it (or set WEIGHTS_LOCAL_DIR); the job was not retried and your points are refunded.`,
+    { cause: e },
+  );
+}

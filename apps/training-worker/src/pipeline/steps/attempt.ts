@@ -1,9 +1,10 @@
 /**
  * What every step of one attempt works on: the context (lease, signal, log),
- * the fenced writer, the typed request, the recorded pipeline state, and,
+ * the attempt record it owns, the fenced writer, the typed request, the
+ * recorded state (from the attempt record, never from the job document), and,
  * after the prepare step, the validated job.
  */
-import type { DatasetRepository } from '@stationthis/db';
+import type { AttemptRef, DatasetRepository } from '@stationthis/db';
 import type { Quote, Recipe } from '@stationthis/recipes';
 import type { AttemptWriter } from '../attempt-writer';
 import type { JobContext } from '../job-context';
@@ -12,9 +13,11 @@ import type { TrainingRequest } from '../training-request';
 
 export interface Attempt {
   ctx: JobContext;
+  /** The attempt record this claim owns: the job and its platform attempt (the job's retryCount). */
+  ref: AttemptRef;
   writer: AttemptWriter;
   request: TrainingRequest;
-  /** Mutated as steps record progress (each change also written through `writer`). */
+  /** The attempt record's state, mutated as steps record progress (each change also written through `writer`). */
   state: PipelineState;
 }
 

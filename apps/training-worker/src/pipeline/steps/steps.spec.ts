@@ -15,12 +15,10 @@ import { WorkerMetrics } from '../../observability/metrics';
 import { AttemptWriter } from '../attempt-writer';
 import { JobFailure, LeaseLost } from '../failures';
 import { JobContext } from '../job-context';
-import { pipelineStateOf } from '../pipeline-state';
 import { trainingRequestFromJob } from '../training-request';
 import type { Attempt } from './attempt';
 import { ChargeStep } from './charge-step';
 import { PrepareStep } from './prepare-step';
-import { SettleStep } from './settle-step';
 
 const OWNER = '64b000000000000000000001';
 const OTHER = '64b000000000000000000002';
@@ -43,6 +41,10 @@ class FakeJobs {
   async setPipelineState(_l: Lease, patch: Record<string, unknown>) {
     if (this.fence) Object.assign(this.state, patch);
     return this.fence;
+  }
+  /** The attempt record's fenced state write (same fence in this fake). */
+  async setState(_r: unknown, patch: Record<string, unknown>) {
+    return this.setPipelineState(null as never, patch);
   }
   async transition(_l: Lease, to: string, fields: Record<string, unknown> = {}) {
     if (this.fence) this.transitions.push({ to, fields });
@@ -79,7 +81,8 @@ class FakeLedger {
 
 function attempt(doc: TrainingJobDoc, jobs = new FakeJobs()): Attempt & { jobs: FakeJobs } {
   const ctx = new JobContext(doc, { jobId: String(doc._id), attemptId: 'a1', workerId: 'w1' }, log);
-  return { ctx, jobs, writer: new AttemptWriter(jobs as unknown as TrainingJobRepository, ctx, 1000), request: trainingRequestFromJob(doc), state: pipelineStateOf(doc) };
+  const ref = { jobId: String(doc._id), platformAttempt: 0, owner: 'a1' };
+  return { ctx, ref, jobs, writer: new AttemptWriter(jobs as unknown as TrainingJobRepository, jobs, ctx, ref, 1000), request: trainingRequestFromJob(doc), state: {} };
 }
 
 const datasets = (doc: Record<string, unknown> | null) => ({ findById: async () => doc }) as unknown as DatasetRepository;
@@ -148,7 +151,7 @@ describe('ChargeStep', () => {
     const charge = ledger.charge.bind(ledger);
     ledger.charge = async (input) => (order.push('ledger.charge'), charge(input));
     await new ChargeStep(ledger as unknown as PointsLedger).run(a, p);
-    expect(order).toEqual(['quote,recipeId,recipeVersion', 'ledger.charge', 'charged']);
+    expect(order).toEqual(['quote,accounts,recipeId,recipeVersion', 'ledger.charge', 'charged']);
     expect(a.jobs.state).toMatchObject({ quote: { points: p.quote.points, platformFee: p.quote.platformFee }, charged: true });
     expect(ledger.calls[0].input).toMatchObject({ jobId: a.request.jobId, masterAccountId: OWNER, points: p.quote.points });
     // A later attempt with the flag set charges nothing.
@@ -194,32 +197,4 @@ describe('AttemptWriter', () => {
   });
 });
 
-describe('SettleStep', () => {
-  const config = loadWorkerConfig({ WORKER_STATE_DIR: '/tmp/stationthis-steps-spec' });
-  const users = { findById: async () => null, primaryWallet: () => undefined } as unknown as UserCoreReader;
-  const uploader = { upload: async () => ({}) } as unknown as ModelUploader;
-  const step = (jobs: FakeJobs, ledger: FakeLedger, dataset: Record<string, unknown>) =>
-    new SettleStep(config, jobs as unknown as TrainingJobRepository, datasets(dataset), users, ledger as unknown as PointsLedger, uploader, metrics);
-
-  it('completed: settles the used points, credits the dataset creator and the trainer, then COMPLETED', async () => {
-    const a = attempt(job({ status: 'FINALIZING' } as never));
-    const quote = { points: 500, estimatedSeconds: 600, gpuUsdPerHour: 0.35, platformFee: 0.2 };
-    const used = usedPoints(quote, 3600);
-    Object.assign(a.state, { quote, upload: { loraUrl: 'https://m/x.safetensors', sampleUrls: [] }, loraModelId: String(new ObjectId()), settleIntent: { outcome: 'completed', usedPoints: used, reason: 'training completed' } });
-    const ledger = new FakeLedger();
-    await step(a.jobs, ledger, { ownerAccountId: OTHER }).finish(a, 'completed', 'training completed');
-    expect(ledger.calls.map((c) => c.op)).toEqual(['settle', 'credit', 'credit']);
-    expect(ledger.calls[0].input).toMatchObject({ usedPoints: used, outcome: 'completed' });
-    expect(ledger.calls[1].input).toMatchObject({ recipientAccountId: OTHER, kind: 'dataset-creator', points: Math.floor(used * 0.05) });
-    expect(a.jobs.transitions.at(-1)).toMatchObject({ to: 'COMPLETED', fields: { actualCostPoints: used, costReconciled: true, triggerWords: ['sks_dog'] } });
-  });
-
-  it('failed before any quote: no points move, FAILED with the class and not reconciled', async () => {
-    const a = attempt(job());
-    a.state.settleIntent = { outcome: 'failed', usedPoints: 0, reason: 'bad input' };
-    const ledger = new FakeLedger();
-    await step(a.jobs, ledger, {}).finish(a, 'failed', 'bad input', undefined, 'user-input');
-    expect(ledger.calls).toEqual([]);
-    expect(a.jobs.transitions).toEqual([{ to: 'FAILED', fields: { failureReason: 'bad input', failureClass: 'user-input', actualCostPoints: 0, costReconciled: false } }]);
-  });
-});
+// SettleStep: see settlement.spec.ts (decision records, completion order, cancel and late-cancel paths).

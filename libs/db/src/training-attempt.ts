@@ -1,0 +1,125 @@
+/**
+ * The worker's own record of one platform attempt of one training job, kept
+ * where the platform never writes (ADR 0002, "Attempt records").
+ *
+ * The `trainingJobs` document is the platform's: its Cancel `$set`s the status
+ * only, its Retry re-queues with `retryCount + 1` and leaves every other field,
+ * and a client may insert any field it likes. So nothing that moves points or
+ * registers a model is read from it. One `trainingJobAttempts` document per
+ * (job, platform attempt) holds the quote, the charge, the upload, the model
+ * and the training time; one `trainingJobSettlements` document (inserted once,
+ * unique `_id`) holds the settle decision. A Retry is a new platform attempt:
+ * a new record, a new quote, a new charge key, worker attempts counted from 0.
+ */
+import type { TrainingJobDoc } from './training-job';
+
+export const TRAINING_ATTEMPTS_COLLECTION = 'trainingJobAttempts';
+export const TRAINING_SETTLEMENTS_COLLECTION = 'trainingJobSettlements';
+
+/** The platform attempt a job document is on: its `retryCount` (0 before any Retry). Anything else reads as 0. */
+export function platformAttemptOf(job: Pick<TrainingJobDoc, 'retryCount'> | Record<string, unknown>): number {
+  const n = (job as { retryCount?: unknown }).retryCount;
+  return typeof n === 'number' && Number.isSafeInteger(n) && n >= 0 ? n : 0;
+}
+
+/** `_id` of the attempt record and of its settle decision. */
+export function attemptKey(jobId: string, platformAttempt: number): string {
+  return `${jobId}:${platformAttempt}`;
+}
+
+/** Which record a worker writes and with which fencing token (its lease's attemptId). */
+export interface AttemptRef {
+  jobId: string;
+  platformAttempt: number;
+  /** The lease attemptId that owns the record; every worker write filters on it. */
+  owner: string;
+}
+
+export type SettleOutcome = 'completed' | 'failed' | 'cancelled';
+
+/** Who paid and who may be credited: recorded at the charge, so settlement never re-reads the job. */
+export interface AttemptAccounts {
+  ownerAccountId: string;
+  walletAddress?: string;
+  datasetId?: string;
+  datasetCreatorId?: string;
+}
+
+export interface RecordedQuote {
+  points: number;
+  estimatedSeconds: number;
+  gpuUsdPerHour: number;
+  /** Absent on quotes recorded before recipes 0.3.0 (the fee was 0.2 then too). */
+  platformFee?: number;
+}
+
+export interface UploadState {
+  loraUrl: string;
+  loraKey: string;
+  sha256: string;
+  autov2: string;
+  bytes: number;
+  sampleUrls: string[];
+  logUrl?: string;
+  configUrl?: string;
+}
+
+export interface ContainerRun {
+  step: string;
+  startedAt: Date;
+  endedAt: Date;
+}
+
+/** What the worker's pipeline records, step by step, through fenced writes. */
+export interface AttemptState {
+  recipeId?: string;
+  recipeVersion?: string;
+  quote?: RecordedQuote;
+  accounts?: AttemptAccounts;
+  /** The ledger charge finished (the record is `open` from before the charge starts). */
+  charged?: boolean;
+  slug?: string;
+  trainSeconds?: number;
+  containerRuns?: ContainerRun[];
+  upload?: UploadState;
+  loraModelId?: string;
+  /** The job's COMPLETED write landed (before the points are settled). */
+  completedWrittenAt?: Date;
+  /** The registered model was hidden because the job ended cancelled after registration. */
+  modelWithdrawnAt?: Date;
+}
+
+export interface TrainingAttemptDoc {
+  _id: string;
+  jobId: string;
+  platformAttempt: number;
+  owner: string | null;
+  ownerWorkerId?: string;
+  /** The job's claimSeq of the owner: an older claim can never take the record back. */
+  ownerClaimSeq: number;
+  /** `job.attempts` before this platform attempt's first claim: worker attempts used = job.attempts − this. */
+  baseAttempts: number;
+  /** True from just before the charge until the points are settled: what the settlement sweep looks for. */
+  open: boolean;
+  state: AttemptState;
+  settledAt?: Date;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+export interface SettleDecision {
+  outcome: SettleOutcome;
+  usedPoints: number;
+  reason: string;
+  /** For a failed outcome: the job failure class to write (a resumed attempt writes the same FAILED). */
+  failureClass?: string;
+}
+
+export interface SettlementDecisionDoc extends SettleDecision {
+  _id: string;
+  jobId: string;
+  platformAttempt: number;
+  /** `worker:<lease attemptId>` or `sweep:<workerId>`. */
+  decidedBy: string;
+  decidedAt: Date;
+}
