@@ -19,9 +19,8 @@ export type InMemoryLedgerCall =
 export class InMemoryPointsLedger implements PointsLedgerPort {
   readonly calls: InMemoryLedgerCall[] = [];
   private readonly balances = new Map<string, number>();
-  private readonly charges = new Map<string, ChargeResult>();
-  /** The paying account of each charge key (refunds go back to it). */
-  private readonly accountOf = new Map<string, string>();
+  /** Each charge with its paying account (refunds go back to it). */
+  private readonly charges = new Map<string, { result: ChargeResult; payer: string }>();
   private readonly refunds = new Map<string, SettleResult>();
   private readonly credits = new Map<string, CreditResult>();
 
@@ -42,7 +41,7 @@ export class InMemoryPointsLedger implements PointsLedgerPort {
     const platformAttempt = input.platformAttempt ?? 0;
     const key = chargeKey(input.jobId, platformAttempt);
     const settled = this.refunds.has(refundKey(input.jobId, platformAttempt));
-    const existing = this.charges.get(key);
+    const existing = this.charges.get(key)?.result;
     if (existing) {
       if (existing.points !== input.points) {
         throw new MovementConflictError(
@@ -66,8 +65,7 @@ export class InMemoryPointsLedger implements PointsLedgerPort {
       replay: false,
       settled: false,
     };
-    this.charges.set(key, result);
-    this.accountOf.set(key, String(input.masterAccountId));
+    this.charges.set(key, { result, payer: String(input.masterAccountId) });
     return { ...result, spends: result.spends.map((s) => ({ ...s })) };
   }
 
@@ -77,11 +75,11 @@ export class InMemoryPointsLedger implements PointsLedgerPort {
     const key = refundKey(input.jobId, platformAttempt);
     const done = this.refunds.get(key);
     if (done) return { ...done, replay: true };
-    const charge = this.charges.get(chargeKey(input.jobId, platformAttempt));
-    if (!charge) return { key, jobId: input.jobId, platformAttempt, charged: 0, usedPoints: 0, refunded: 0, ledgerEntryId: null, replay: false };
+    const found = this.charges.get(chargeKey(input.jobId, platformAttempt));
+    if (!found) return { key, jobId: input.jobId, platformAttempt, charged: 0, usedPoints: 0, refunded: 0, ledgerEntryId: null, replay: false };
+    const { result: charge, payer } = found;
     const usedPoints = Math.min(charge.points, Math.max(0, Math.round(input.usedPoints)));
     const refunded = charge.points - usedPoints;
-    const payer = this.accountOf.get(charge.key)!;
     this.balances.set(payer, this.balanceOf(payer) + refunded);
     const result: SettleResult = {
       key,
