@@ -3,6 +3,7 @@ import { Lifecycle, type DependencyContainer, type InjectionToken } from 'tsyrin
 import { DatasetRepository } from './dataset-repository';
 import { LoraModelRepository } from './lora-model-repository';
 import { MONGO_DB } from './mongo';
+import { TrainingAttemptRepository } from './training-attempt-repository';
 import { TrainingJobRepository } from './training-job-repository';
 import { UserCoreAccounts, UserCoreReader } from './user-core-reader';
 
@@ -16,8 +17,9 @@ export interface RegisterDbOptions {
  * - MONGO_DB: the given Db (a value).
  * - TrainingJobRepository: singleton per container. It caches the detected
  *   claim strategy and claim candidates; one per process keeps one cache.
- * - DatasetRepository, LoraModelRepository, UserCoreReader: singletons per
- *   container. Stateless (collection handles only); one instance is enough.
+ * - TrainingAttemptRepository, DatasetRepository, LoraModelRepository,
+ *   UserCoreReader: singletons per container. Stateless (collection handles
+ *   only); one instance is enough.
  * - UserCoreAccounts: transient. Only the operator CLI's seed-account writes
  *   accounts, once per command; nothing should hold on to it.
  * Throws if the library was already registered in this container.
@@ -26,7 +28,7 @@ export function registerDb(container: DependencyContainer, options: RegisterDbOp
   if (!options?.db || typeof options.db.collection !== 'function') {
     throw new TypeError('registerDb needs { db }: the Db returned by connectMongo(url, dbName).');
   }
-  const tokens = [MONGO_DB, TrainingJobRepository, DatasetRepository, LoraModelRepository, UserCoreReader, UserCoreAccounts];
+  const tokens = [MONGO_DB, TrainingJobRepository, TrainingAttemptRepository, DatasetRepository, LoraModelRepository, UserCoreReader, UserCoreAccounts];
   for (const token of tokens as Array<InjectionToken<unknown>>) {
     if (container.isRegistered(token)) {
       const name = typeof token === 'function' ? token.name : String(token);
@@ -36,6 +38,7 @@ export function registerDb(container: DependencyContainer, options: RegisterDbOp
   container.register(MONGO_DB, { useValue: options.db });
   const singleton = { lifecycle: Lifecycle.ContainerScoped } as const;
   container.register(TrainingJobRepository, { useClass: TrainingJobRepository }, singleton);
+  container.register(TrainingAttemptRepository, { useClass: TrainingAttemptRepository }, singleton);
   container.register(DatasetRepository, { useClass: DatasetRepository }, singleton);
   container.register(LoraModelRepository, { useClass: LoraModelRepository }, singleton);
   container.register(UserCoreReader, { useClass: UserCoreReader }, singleton);

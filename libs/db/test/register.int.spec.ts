@@ -4,6 +4,7 @@ import {
   DatasetRepository,
   LoraModelRepository,
   MONGO_DB,
+  TrainingAttemptRepository,
   TrainingJobRepository,
   USER_CORE_COLLECTION,
   UserCoreAccounts,
@@ -23,7 +24,7 @@ describe('registerDb and UserCoreAccounts (real server)', () => {
     const c = rootContainer.createChildContainer();
     registerDb(c, { db: t.db });
     expect(c.resolve(MONGO_DB)).toBe(t.db);
-    for (const cls of [TrainingJobRepository, DatasetRepository, LoraModelRepository, UserCoreReader] as const) {
+    for (const cls of [TrainingJobRepository, TrainingAttemptRepository, DatasetRepository, LoraModelRepository, UserCoreReader] as const) {
       const first = c.resolve(cls as never);
       expect(first).toBeInstanceOf(cls);
       expect(c.resolve(cls as never)).toBe(first);
