@@ -46,7 +46,9 @@ describe('training worker: cancel and shutdown', () => {
         : await h.seedDataset(a.owner);
       const jobId = await h.enqueue({ ownerAccountId: a.owner, datasetId, walletAddress: a.wallet, parameters: { steps: 2000 } } as never);
       const { done } = h.startWorker({ WORKER_EXIT_WHEN_IDLE: 'true' });
-      await h.waitFor(jobId, (j) => j.status === stage && (stage !== 'RUNNING' || (j.currentStep ?? 0) > 0) && (stage !== 'PROVISIONING' || Boolean((j.pipeline as { charged?: boolean } | undefined)?.charged)), 120_000);
+      await h.waitFor(jobId, (j) => j.status === stage && (stage !== 'RUNNING' || (j.currentStep ?? 0) > 0), 120_000);
+      // The charge is recorded on the worker's attempt record (trainingJobAttempts), not on the job document.
+      while (stage === 'PROVISIONING' && !(await h.db.collection('trainingJobAttempts').findOne({ _id: `${jobId}:0` as never, 'state.charged': true }))) await new Promise((r) => setTimeout(r, 100));
       const asked = Date.now();
       await h.jobs.requestCancel(jobId, 'test');
       const job = await h.waitFor(jobId, (j) => j.status === 'CANCELLED', 60_000);

@@ -60,7 +60,8 @@ export interface Harness {
   seedDataset(owner: string, opts?: { count?: number; visibility?: string; badImage?: boolean; imageUrls?: string[] }): Promise<string>;
   enqueue(fields: Partial<TrainingJobDoc> & { ownerAccountId: string; datasetId: string }): Promise<string>;
   runWorker(overrides?: NodeJS.ProcessEnv, timeoutMs?: number): Promise<TrainingWorker>;
-  startWorker(overrides?: NodeJS.ProcessEnv): { worker: Promise<TrainingWorker>; done: Promise<void> };
+  /** `app` is the worker's own composition (its container's singletons), e.g. to pause it at a chosen write. */
+  startWorker(overrides?: NodeJS.ProcessEnv): { worker: Promise<TrainingWorker>; done: Promise<void>; app: Promise<Composition> };
   spawnWorker(overrides?: NodeJS.ProcessEnv): ChildProcess;
   waitFor(jobId: string, pred: (j: TrainingJobDoc) => boolean, timeoutMs?: number): Promise<TrainingJobDoc>;
   job(jobId: string): Promise<TrainingJobDoc>;
@@ -173,15 +174,18 @@ export async function createHarness(suite: string, extraEnv: NodeJS.ProcessEnv =
       const wEnv = { ...env, ...overrides };
       let resolveWorker!: (w: TrainingWorker) => void;
       const worker = new Promise<TrainingWorker>((r) => (resolveWorker = r));
+      let resolveApp!: (c: Composition) => void;
+      const app = new Promise<Composition>((r) => (resolveApp = r));
       const done = (async () => {
         const wApp = await compose(loadWorkerConfig(wEnv), wEnv, createLogger(wEnv.LOG_LEVEL ?? 'silent'));
         workers.push(wApp);
+        resolveApp(wApp);
         const w = wApp.container.resolve(TrainingWorker);
         running.push(w);
         resolveWorker(w);
         await w.run();
       })();
-      return { worker, done };
+      return { worker, done, app };
     },
     spawnWorker(overrides = {}) {
       const main = join(REPO_ROOT, 'apps/training-worker/dist/main.js');

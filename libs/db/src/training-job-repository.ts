@@ -567,6 +567,15 @@ export class TrainingJobRepository {
     return result;
   }
 
+  /**
+   * Jobs that read CANCELLED although our COMPLETED write landed (it sets
+   * `modelRepoUrl`, which no cancel path writes): a cancel overwrote
+   * COMPLETED. The settlement sweep restores them.
+   */
+  async findCancelledOverCompleted(limit = 100): Promise<TrainingJobDoc[]> {
+    return this.jobs.find({ status: 'CANCELLED', modelRepoUrl: { $exists: true } } as Filter<TrainingJobDoc>).limit(limit).toArray();
+  }
+
   /** Jobs the system ended on a worker's behalf; the worker settles points for each, then calls clearRefundDue. */
   async findRefundsDue(limit = 50): Promise<TrainingJobDoc[]> {
     return this.jobs.find({ refundDue: true } as Filter<TrainingJobDoc>).limit(limit).toArray();

@@ -44,7 +44,7 @@ export class AttemptWriter {
   async transition(to: ForwardStatus, fields: Record<string, unknown> = {}): Promise<void> {
     const at = ACTIVE_STATUSES.indexOf(this.ctx.job.status as (typeof ACTIVE_STATUSES)[number]);
     if (at < 0 || at >= ACTIVE_STATUSES.indexOf(to)) return;
-    this.fenced(await this.jobs.transition(this.ctx.lease, to, fields));
+    if (!(await this.jobs.transition(this.ctx.lease, to, fields))) await this.refusedOnJob();
     this.ctx.job.status = to as TrainingJobDoc['status'];
   }
 
@@ -107,7 +107,9 @@ export class AttemptWriter {
       inFlight = inFlight
         .then(() => this.jobs.updateProgress(this.ctx.lease, update))
         .then((ok) => {
-          if (ok === false) this.ctx.stop('lease-lost');
+          // Refused: a cancel (the platform's CANCELLED keeps our lease) or a lost lease; tell them apart.
+          if (ok === false) return this.jobs.leaseState(this.ctx.lease).then((state) => this.ctx.stop(state === 'cancelled' ? 'cancel' : 'lease-lost'));
+          return undefined;
         })
         .catch((e) => this.ctx.log.warn({ err: e }, 'progress write failed'));
     };
@@ -131,6 +133,13 @@ export class AttemptWriter {
         await inFlight;
       },
     };
+  }
+
+  /** A job write the fence refused: stop as cancelled when a cancel explains it, else as lease lost. */
+  private async refusedOnJob(): Promise<never> {
+    this.ctx.stop((await this.jobs.leaseState(this.ctx.lease)) === 'cancelled' ? 'cancel' : 'lease-lost');
+    this.ctx.throwIfStopped();
+    throw new Error('unreachable');
   }
 
   private fenced(ok: boolean): void {

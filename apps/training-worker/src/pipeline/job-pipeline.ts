@@ -151,7 +151,9 @@ export class JobPipeline {
         if ((await this.jobs.leaseState(ctx.lease)) === 'cancelled') return this.cancelled(a, undefined);
         throw new LeaseLost('lease lost while re-queueing');
       }
-      // Attempts used up (the repository wrote FAILED): settle the full refund now.
+      // Attempts used up: the repository wrote FAILED; settle the full refund now.
+      await this.settle.fail(a, failure.userMessage, failure.failureClass, { alreadyEnded: true });
+      return;
     }
     await this.settle.fail(a, failure.userMessage, failure.failureClass);
   }

@@ -28,6 +28,8 @@ import { SettleStep } from './steps/settle-step';
 
 export interface SweepReport {
   settled: Array<{ jobId: string; platformAttempt: number; outcome: string; usedPoints: number }>;
+  /** Jobs whose COMPLETED was overwritten by a late cancel and is now restored. */
+  restored: string[];
 }
 
 @injectable()
@@ -41,7 +43,7 @@ export class SettlementSweep {
   ) {}
 
   async run(now: Date = new Date()): Promise<SweepReport> {
-    const report: SweepReport = { settled: [] };
+    const report: SweepReport = { settled: [], restored: [] };
     for await (const record of this.attempts.openAttempts()) {
       try {
         const done = await this.settleOne(record, now);
@@ -56,7 +58,15 @@ export class SettlementSweep {
       if ((await this.attempts.findForJob(jobId)).some((r) => r.open)) continue;
       if (!(await this.jobs.recordSettled(jobId, platformAttemptOf(job)))) await this.jobs.clearRefundDue(jobId);
     }
-    if (report.settled.length) this.log.warn(report, 'settled points of attempts that ended without their worker');
+    // A cancel that overwrote a COMPLETED, settled job: the points and the public model say completed.
+    for (const job of await this.jobs.findCancelledOverCompleted()) {
+      const jobId = String(job._id);
+      const decision = await this.attempts.findDecision(jobId, platformAttemptOf(job));
+      if (decision?.outcome === 'completed' && job.lease?.attemptId) {
+        if (await this.settle.restoreIfCancelledLate(jobId, job.lease.attemptId, this.log)) report.restored.push(jobId);
+      }
+    }
+    if (report.settled.length || report.restored.length) this.log.warn(report, 'settled points of attempts that ended without their worker');
     return report;
   }
 
@@ -107,7 +117,8 @@ export class SettlementSweep {
           ? { outcome: 'completed', usedPoints: trained, reason: 'training completed (settled by the sweep)' }
           : { outcome: 'failed', usedPoints: 0, reason: 'the job was marked COMPLETED by another writer before its training finished; points refunded' };
       case 'CANCELLED':
-        if (s.completedWrittenAt) return { outcome: 'completed', usedPoints: trained, reason: 'training completed before the cancel arrived' };
+        // Our COMPLETED landed (recorded on the attempt, or visible as the modelRepoUrl it writes) before the cancel.
+        if (s.completedWrittenAt || (s.loraModelId && job.modelRepoUrl)) return { outcome: 'completed', usedPoints: trained, reason: 'training completed before the cancel arrived' };
         return s.loraModelId
           ? { outcome: 'cancelled', usedPoints: trained, reason: `cancelled after training finished (${s.trainSeconds ?? 0} s trained); the model was withdrawn` }
           : { outcome: 'cancelled', usedPoints: 0, reason: 'cancelled before training finished; points refunded' };

@@ -114,10 +114,20 @@ export class SettleStep {
     await this.cleanUp(ctx, 'cancelled');
   }
 
-  /** A final failure: full refund (no time is charged for a failure), FAILED with the class and reason. */
-  async fail(a: Attempt, reason: string, failureClass: JobFailureClass): Promise<void> {
+  /**
+   * A final failure: full refund (no time is charged for a failure), FAILED
+   * with the class and reason. `alreadyEnded`: the repository wrote FAILED
+   * itself (worker attempts used up), only the points remain.
+   */
+  async fail(a: Attempt, reason: string, failureClass: JobFailureClass, opts: { alreadyEnded?: boolean } = {}): Promise<void> {
     const settled = await this.decideAndSettle(a, { outcome: 'failed', usedPoints: 0, reason, failureClass });
-    await this.endAs(a, settled);
+    if (opts.alreadyEnded) {
+      a.ctx.terminalWritten = true;
+      this.metrics.jobsByState.inc({ state: 'FAILED' });
+      a.ctx.log.warn({ failureReason: reason, failureClass }, 'job failed: worker attempts used up; points refunded');
+    } else {
+      await this.endAs(a, settled);
+    }
     await this.cleanUp(a.ctx, 'failed');
   }
 
