@@ -28,6 +28,10 @@ export default [
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
       // tsyringe needs runtime class references in constructor parameters.
       '@typescript-eslint/consistent-type-imports': 'off',
+      // New in ESLint 10's recommended set (ADR 0007). Warnings until the sites they flag,
+      // in files other work is editing, are fixed; then back to errors.
+      'preserve-caught-error': 'warn',
+      'no-useless-assignment': 'warn',
     },
   },
   {
