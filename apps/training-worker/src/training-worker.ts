@@ -227,7 +227,7 @@ export class TrainingWorker {
   private prefetchNext(): void {
     if (this.prefetching) return;
     this.prefetching = (async () => {
-      const next = await this.jobs.peekNextQueued(this.config.environment);
+      const next = await this.jobs.peekNextQueued(this.config.environment, this.modelTypes);
       if (!next || this.prefetched.has(String(next._id))) return;
       this.prefetched.add(String(next._id));
       this.prefetchingJobId = String(next._id);

@@ -284,7 +284,8 @@ describe('training worker: the platform\'s Cancel and Retry at every stage', () 
     await h.runWorker();
     const { job, decision: d } = await waitSettled(jobId, 1);
     expect(job.status).toBe('COMPLETED');
-    expect(job.failureReason ?? null).toBeNull();
+    expect(job.failureReason).toBeUndefined();
+    expect(job.failureClass).toBeUndefined();
     const rec1 = (await record(jobId, 1))!;
     const used = usedPoints(rec1.state.quote!, rec1.state.trainSeconds ?? 0);
     expect(d).toMatchObject({ outcome: 'completed', usedPoints: used });
@@ -429,5 +430,49 @@ describe('training worker: the platform\'s Cancel and Retry at every stage', () 
     expect(d.decidedBy).toMatch(/^sweep:/);
     expect(await summary(jobId)).toMatchObject({ charged: before.state.quote!.points, refunded: before.state.quote!.points });
     expect(await h.balance(a.owner, a.wallet)).toBe(5000);
+  });
+
+  it('the platform deletes a job its earlier attempt charged (re-queued): the sweep refunds the charge once', async () => {
+    const a = await setup();
+    const jobId = await h.enqueue({ ownerAccountId: a.owner, datasetId: a.datasetId, walletAddress: a.wallet } as never);
+    const { app, worker, done } = h.startWorker({ IMAGE_MANIFEST_PATH: missingImageManifest });
+    const { jobs } = await workerRepos(app);
+    const claimNext = jobs.claimNext.bind(jobs);
+    let claims = 0;
+    jobs.claimNext = async (o) => (claims++ === 0 ? claimNext(o) : null);
+    await h.waitFor(jobId, (j) => j.status === 'QUEUED' && (j.retries as number | undefined) === 1, 180_000);
+    await (await worker).stop();
+    await done;
+    const charged = (await record(jobId))!.state.quote!.points;
+    await h.db.collection('trainingJobs').deleteOne({ _id: oid(jobId) });
+    await h.runWorker();
+    await waitRecord(jobId, (r) => r.open === false);
+    expect(await decision(jobId)).toMatchObject({ outcome: 'failed', usedPoints: 0, decidedBy: expect.stringMatching(/^sweep:/) });
+    expect(await summary(jobId)).toMatchObject({ charged, refunded: charged, totalCredited: 0 });
+    expect(await h.balance(a.owner, a.wallet)).toBe(5000);
+  });
+
+  it('the platform fails a running job itself, then the user retries and cancels: the abandoned attempt is refunded once, the worker wrote nothing after', async () => {
+    const a = await setup();
+    const jobId = await h.enqueue({ ownerAccountId: a.owner, datasetId: a.datasetId, walletAddress: a.wallet, parameters: { steps: 2000 } } as never);
+    const { done } = h.startWorker({ WORKER_EXIT_WHEN_IDLE: 'true' });
+    await h.waitFor(jobId, (j) => j.status === 'RUNNING' && (j.currentStep ?? 0) > 0, 180_000);
+    // The platform's sweeper (markFailed), then the user's Retry and Cancel, all before any worker settles.
+    await h.db.collection('trainingJobs').updateOne({ _id: oid(jobId) }, { $set: { status: 'FAILED', failureReason: 'stuck (platform sweeper)', updatedAt: new Date() } });
+    await done; // the worker sees its lease lost, stops the container, writes nothing, and exits idle
+    expect(await h.containersFor(jobId)).toEqual([]);
+    expect(await decision(jobId)).toBeNull();
+    await platformRetry(jobId);
+    await platformCancel(jobId);
+    await h.runWorker();
+    await waitRecord(jobId, (r) => r.open === false);
+    // Superseded by the retry (or, had a sweep run between the platform's FAILED and the Retry, failed): refunded either way.
+    expect(await decision(jobId)).toMatchObject({ outcome: 'failed', usedPoints: 0, decidedBy: expect.stringMatching(/^sweep:/) });
+    const charged = (await record(jobId))!.state.quote!.points;
+    expect(await summary(jobId, 0)).toMatchObject({ charged, refunded: charged, totalCredited: 0 });
+    expect(await record(jobId, 1)).toBeNull();
+    expect(await h.ledger.history({ jobId }).then((m) => m.filter((x) => x.key.includes(':r1:')))).toEqual([]);
+    expect(await h.balance(a.owner, a.wallet)).toBe(5000);
+    expect((await h.job(jobId)).status).toBe('CANCELLED');
   });
 });

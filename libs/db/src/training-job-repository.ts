@@ -401,7 +401,11 @@ export class TrainingJobRepository {
   async complete(lease: Lease, fields: Record<string, unknown> = {}): Promise<boolean> {
     const now = new Date();
     const set = { progress: 100, ...ownedFields(fields), status: 'COMPLETED', completedAt: now, finishedAt: now, updatedAt: now, refundDue: true };
-    const r = await this.jobs.updateOne(this.fenced(lease, allowedFrom('COMPLETED').filter((s) => LEASED_STATUSES.includes(s))), { $set: set } as UpdateFilter<TrainingJobDoc>);
+    // A completed job carries no failure: a Retry leaves the previous attempt's reason on the document.
+    const r = await this.jobs.updateOne(this.fenced(lease, allowedFrom('COMPLETED').filter((s) => LEASED_STATUSES.includes(s))), {
+      $set: set,
+      $unset: { failureReason: '', failureClass: '' },
+    } as UpdateFilter<TrainingJobDoc>);
     return r.matchedCount === 1;
   }
 
@@ -592,9 +596,9 @@ export class TrainingJobRepository {
    * The job the next claim in this environment would most likely take (read
    * only, no lease): workers use it to prefetch inputs while their GPUs are busy.
    */
-  async peekNextQueued(environment: TrainingEnvironment): Promise<TrainingJobDoc | null> {
+  async peekNextQueued(environment: TrainingEnvironment, modelTypes?: ClaimableModelTypes): Promise<TrainingJobDoc | null> {
     const [job] = await this.jobs
-      .find({ status: 'QUEUED', ...environmentFilter(environment) } as Filter<TrainingJobDoc>)
+      .find({ status: 'QUEUED', ...environmentFilter(environment), ...modelTypeFilter(modelTypes) } as Filter<TrainingJobDoc>)
       .sort(CLAIM_SORT)
       .limit(1)
       .toArray();

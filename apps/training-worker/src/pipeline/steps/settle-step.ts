@@ -83,9 +83,6 @@ export class SettleStep {
       actualCostPoints: used,
       // Reconciled once the points are settled (recordSettled), right below.
       costReconciled: false,
-      // A Retry leaves the previous attempt's failure on the document.
-      failureReason: null,
-      failureClass: null,
     });
     if (written === 'cancelled') {
       ctx.log.info('cancel landed before COMPLETED: the model is withdrawn and the job ends cancelled');
@@ -139,7 +136,7 @@ export class SettleStep {
       await a.writer.transition('RUNNING');
       await a.writer.transition('FINALIZING');
       const upload = a.state.upload;
-      const written = await a.writer.complete({ actualCostPoints: usedPts, costReconciled: true, modelRepoUrl: upload?.loraUrl, loraModelId: a.state.loraModelId ? new ObjectId(a.state.loraModelId) : undefined, failureReason: null, failureClass: null });
+      const written = await a.writer.complete({ actualCostPoints: usedPts, costReconciled: true, modelRepoUrl: upload?.loraUrl, loraModelId: a.state.loraModelId ? new ObjectId(a.state.loraModelId) : undefined });
       if (written === 'cancelled') await this.restoreIfCancelledLate(a.ctx.jobId, a.ctx.lease.attemptId, a.ctx.log);
       await this.jobs.recordSettled(a.ref.jobId, a.ref.platformAttempt, { actualCostPoints: usedPts });
     } else {

@@ -6,12 +6,9 @@
 import { ObjectId } from 'mongodb';
 import { UserCoreReader, type DatasetRepository, type Lease, type ProgressUpdate, type TrainingJobDoc, type TrainingJobRepository } from '@stationthis/db';
 import { InsufficientPointsError, type PointsLedger } from '@stationthis/points';
-import { loadStorageConfig, type ModelUploader } from '@stationthis/storage';
+import { loadStorageConfig } from '@stationthis/storage';
 import { InMemoryDatasetFetch } from '@stationthis/storage/testing';
-import { usedPoints } from '@stationthis/recipes';
-import { loadWorkerConfig } from '../../config/worker-config';
 import { createLogger } from '../../observability/logger';
-import { WorkerMetrics } from '../../observability/metrics';
 import { AttemptWriter } from '../attempt-writer';
 import { JobFailure, LeaseLost } from '../failures';
 import { JobContext } from '../job-context';
@@ -25,7 +22,6 @@ const OTHER = '64b000000000000000000002';
 const DATASET = '64b0000000000000000000d1';
 const images = (n: number) => Array.from({ length: n }, (_, i) => `https://cdn.example/img-${i}.png`);
 const log = createLogger('silent');
-const metrics = new WorkerMetrics();
 
 function job(over: Partial<TrainingJobDoc> = {}): TrainingJobDoc {
   return { _id: new ObjectId(), status: 'PROVISIONING', modelType: 'SMOKE', ownerAccountId: new ObjectId(OWNER), datasetId: new ObjectId(DATASET), triggerWord: 'sks_dog', attempts: 1, ...over } as unknown as TrainingJobDoc;
