@@ -112,7 +112,9 @@ export class TrainingJobRepository {
   async ensureIndexes(): Promise<void> {
     await ensureNamedIndexes(this.jobs, [
       // claimNext: equality on status (+ environment $in), then the sort.
-      { key: { status: 1, environment: 1, priority: -1, createdAt: 1 }, name: 'st_claim' },
+      // The whole claim sort, `_id` included, so MongoDB never sorts in memory (a deployment that has the older
+      // `st_claim` without `_id` keeps it; it is no longer needed).
+      { key: { status: 1, environment: 1, priority: -1, createdAt: 1, _id: 1 }, name: 'st_claim_sort' },
       // recoverExpiredLeases: leased statuses whose lease expired.
       { key: { status: 1, 'lease.expiresAt': 1 }, name: 'st_lease_expiry' },
       // list(): a user's jobs, newest first (the platform sorts in JS; this serves it too).
@@ -202,7 +204,7 @@ export class TrainingJobRepository {
     return update as unknown as UpdateFilter<TrainingJobDoc>;
   }
 
-  /** MongoDB: one atomic sorted findOneAndUpdate served by the st_claim index. */
+  /** MongoDB: one atomic sorted findOneAndUpdate served by the st_claim_sort index. */
   private claimSorted(opts: ClaimOptions, attemptId: string): Promise<TrainingJobDoc | null> {
     return this.jobs.findOneAndUpdate(
       { status: 'QUEUED', ...environmentFilter(opts.environment), ...modelTypeFilter(opts.modelTypes) } as Filter<TrainingJobDoc>,
