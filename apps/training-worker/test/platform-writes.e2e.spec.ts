@@ -475,4 +475,41 @@ describe('training worker: the platform\'s Cancel and Retry at every stage', () 
     expect(await h.balance(a.owner, a.wallet)).toBe(5000);
     expect((await h.job(jobId)).status).toBe('CANCELLED');
   });
+
+  it('Cancel while QUEUED after an expired-lease re-queue: the earlier charge is refunded once, the stale worker writes nothing', async () => {
+    const a = await setup();
+    const jobId = await h.enqueue({ ownerAccountId: a.owner, datasetId: a.datasetId, walletAddress: a.wallet } as never);
+    const stale = h.startWorker({ WORKER_LEASE_MS: '3000' });
+    const staleRepos = await workerRepos(stale.app);
+    // The first worker hangs after its charge and stops renewing its lease (a frozen process).
+    const gate = pauseBefore(staleRepos.jobs, 'updateProgress', (_lease, p) => JSON.stringify(p).includes('fetch-dataset'));
+    await gate.reached;
+    staleRepos.jobs.heartbeat = async () => true;
+    staleRepos.jobs.leaseState = async () => 'held';
+    staleRepos.jobs.recoverExpiredLeases = async () => ({ requeued: [], failed: [], cancelled: [] });
+    const charged = (await waitRecord(jobId, (r) => r.state.charged === true)).state.quote!.points;
+    // Another worker's maintenance recovers the expired lease: re-queued, charge kept. It claims nothing itself.
+    const recoverer = h.startWorker({ WORKER_LEASE_MS: '3000' });
+    const recovererRepos = await workerRepos(recoverer.app);
+    recovererRepos.jobs.claimNext = async () => null;
+    await h.waitFor(jobId, (j) => j.status === 'QUEUED' && (j.leaseExpiries as number | undefined) === 1, 60_000);
+    await platformCancel(jobId);
+    const { job, decision: d } = await waitSettled(jobId);
+    expect(job.status).toBe('CANCELLED');
+    expect(d).toMatchObject({ outcome: 'cancelled', usedPoints: 0, decidedBy: expect.stringMatching(/^sweep:/) });
+    expect(await summary(jobId)).toMatchObject({ charged, refunded: charged, totalCredited: 0 });
+    expect(await h.balance(a.owner, a.wallet)).toBe(5000);
+    // The frozen worker wakes up: every job write is refused and it stops; nothing it could write moves points.
+    const before = await h.job(jobId);
+    gate.release();
+    await (await stale.worker).stop();
+    await stale.done;
+    await (await recoverer.worker).stop();
+    await recoverer.done;
+    const after = await h.job(jobId);
+    expect(after.status).toBe('CANCELLED');
+    expect(after.logTail).toEqual(before.logTail);
+    expect(await summary(jobId)).toMatchObject({ charged, refunded: charged, totalCredited: 0 });
+    expect(await h.containersFor(jobId)).toEqual([]);
+  });
 });
