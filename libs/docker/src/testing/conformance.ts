@@ -148,21 +148,31 @@ export function describeContainerRuntimeConformance(
       const ac = new AbortController();
       let labels: Record<string, string> | null = null;
       let startedId = '';
+      const ready = new Set<string>();
+      const abortWhenReady = (what: 'labels' | 'line') => {
+        ready.add(what);
+        if (ready.size === 2) ac.abort();
+      };
       const spec = t.spec({ lines: [{ text: 'started' }], end: { hang: true, onSigterm: 'ignore' } }, { deadlineMs: 30_000 });
       const specWithStep: ContainerRunSpec = { ...spec, labels: { ...spec.labels, step: 'train' } };
       const r = await t.runtime.run(
         specWithStep,
         {
           // Lines may come before onStarted (output is attached before start); the id comes with onStarted.
+          // Abort only once both happened: the 'started' line proves the script's SIGTERM trap is set
+          // (a stop before that would end the shell with 143, not the kill this case is about).
           onStarted: (id) => {
             startedId = id;
             void t.labelsOf(id).then(
               (found) => {
                 labels = found;
-                ac.abort();
+                abortWhenReady('labels');
               },
-              () => ac.abort(),
+              () => abortWhenReady('labels'),
             );
+          },
+          onLine: (text) => {
+            if (text === 'started') abortWhenReady('line');
           },
         },
         ac.signal,
