@@ -44,13 +44,12 @@ export async function compose(config: WorkerConfig, env: NodeJS.ProcessEnv = pro
   // Docker client, hardened runtime, GPU inventory (nvidia-smi or GPU_DEVICES/CPU_SLOTS) and allocator.
   await registerDocker(container, env);
 
-  for (const singleton of [TrainingAttemptRepository, DatasetRepository, LoraModelRepository, UserCoreReader, PointsLedger]) {
+  for (const singleton of [TrainingJobRepository, TrainingAttemptRepository, DatasetRepository, LoraModelRepository, UserCoreReader, PointsLedger]) {
     container.registerSingleton(singleton as never);
   }
   // WORKER_MAX_ATTEMPTS reaches the job lifecycle here and nowhere else (a job document's maxAttempts is never read).
-  container.register(TrainingJobRepository, {
-    useFactory: instanceCachingFactory((c) => new TrainingJobRepository(c.resolve(MONGO_DB)).configure({ maxAttempts: config.maxAttempts })),
-  });
+  // Configured on the container's one instance, however the db library is registered.
+  container.resolve(TrainingJobRepository).configure({ maxAttempts: config.maxAttempts });
 
   assertBindings(container);
   return {
