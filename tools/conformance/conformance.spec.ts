@@ -239,7 +239,7 @@ describe.each(cases.map((c) => [c.recipeId, c] as const))('%s conformance', (_id
     const check = recipe.checkOutput(header);
     expect(check.problems).toEqual([]);
     expect(check.ok).toBe(true);
-    const baseFile = requiredWeights(recipe, recipe.validate(c.parameters).ok ? (recipe.validate(c.parameters) as { value: never }).value : ({} as never)).find((w) => w.role === c.baseRole);
+    const baseFile = requiredWeights(recipe, recipe.validate(c.parameters).ok ? (recipe.validate(c.parameters) as unknown as { value: never }).value : ({} as never)).find((w) => w.role === c.baseRole);
     if (!baseFile) throw new Error(`recipe ${c.recipeId} has no weight role ${c.baseRole}`);
     const base = await readSafetensorsHeader(path.join(MODELS, baseFile.fileName));
     const resolution = resolveComfyLoraKeys(c.family, Object.keys(base.tensors), Object.keys(header.tensors));

@@ -160,7 +160,7 @@ async function withTimeout<T>(what: string, timeoutMs: number, work: (signal: Ab
     return await work(controller.signal);
   } catch (err) {
     if (timedOut) {
-      throw new Error(`${what} did not finish within ${Math.round(timeoutMs / 1000)} s and was aborted; raise --timeout or check the Docker engine`);
+      throw new Error(`${what} did not finish within ${Math.round(timeoutMs / 1000)} s and was aborted; raise --timeout or check the Docker engine`, { cause: err });
     }
     throw err;
   } finally {

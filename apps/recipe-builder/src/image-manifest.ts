@@ -19,7 +19,7 @@ export async function readImageManifest(path: string): Promise<ImageManifest> {
   try {
     text = await readFile(path, 'utf8');
   } catch (err) {
-    throw new Error(`Cannot read the image manifest ${path}: ${(err as Error).message}`);
+    throw new Error(`Cannot read the image manifest ${path}: ${(err as Error).message}`, { cause: err });
   }
   return parseImageManifestText(text, path);
 }

@@ -66,7 +66,7 @@ export async function resolveRegistryAuth(
     config = JSON.parse(await readFile(dockerConfigPath, 'utf8')) as DockerConfigFile;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { source: 'none' };
-    throw new Error(`Cannot read the Docker config at ${dockerConfigPath}: ${(err as Error).message}`);
+    throw new Error(`Cannot read the Docker config at ${dockerConfigPath}: ${(err as Error).message}`, { cause: err });
   }
   const keys = configKeys(registry);
   const helperKey = keys.find((k) => config.credHelpers?.[k]);

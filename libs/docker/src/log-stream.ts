@@ -106,7 +106,7 @@ export class DockerStreamDemuxer extends Writable {
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
-    let ok = true;
+    let ok: boolean;
     try {
       ok = this.decode(chunk);
     } catch (e) {

@@ -36,7 +36,7 @@ export function parseSafetensorsHeader(buf: Uint8Array): SafetensorsHeader {
   try {
     json = JSON.parse(text);
   } catch (err) {
-    throw new Error(`safetensors: header is not valid JSON (${(err as Error).message})`);
+    throw new Error(`safetensors: header is not valid JSON (${(err as Error).message})`, { cause: err });
   }
   if (typeof json !== 'object' || json === null || Array.isArray(json)) {
     throw new Error('safetensors: header must be a JSON object');

@@ -203,7 +203,7 @@ export function resolveLoraTriggers(
       continue;
     }
     const wordMatch = segment.match(/^([a-zA-Z0-9_.-]+)(?::(\d*\.?\d+))?/);
-    let baseToken = '';
+    let baseToken: string;
     let userSpecifiedWeight: number | null = null;
     let trailingPunctuation = '';
     const originalSegmentForPush = segment;
