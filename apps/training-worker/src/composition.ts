@@ -5,11 +5,11 @@
  */
 import 'reflect-metadata';
 import { container as rootContainer, DependencyContainer, instanceCachingFactory } from 'tsyringe';
-import { MongoClient } from 'mongodb';
-import { connectMongo, DatasetRepository, LoraModelRepository, MONGO_DB, TrainingAttemptRepository, TrainingJobRepository, UserCoreReader } from '@stationthis/db';
-import { PointsLedger, POINTS_DB } from '@stationthis/points';
-import { DatasetFetcher, loadStorageConfig, ModelUploader, ObjectStorage, registerStorage, WeightCache } from '@stationthis/storage';
-import { CONTAINER_RUNTIME, GpuAllocator, registerDocker } from '@stationthis/docker';
+import type { Db, MongoClient } from 'mongodb';
+import { connectMongo, DatasetRepository, LoraModelRepository, registerDb, TrainingAttemptRepository, TrainingJobRepository, UserCoreReader } from '@stationthis/db';
+import { PointsLedger, POINTS_LEDGER, registerPoints } from '@stationthis/points';
+import { loadStorageConfig, registerStorage, STORAGE_BINDINGS } from '@stationthis/storage';
+import { CONTAINER_RUNTIME, GpuAllocator, registerDocker, type NvidiaSmiRunner } from '@stationthis/docker';
 import { ROOT_LOGGER, WORKER_CONFIG } from './tokens';
 import type { WorkerConfig } from './config/worker-config';
 import { createLogger, Logger, redactUrl } from './observability/logger';
@@ -28,28 +28,16 @@ export async function compose(config: WorkerConfig, env: NodeJS.ProcessEnv = pro
   container.register(ROOT_LOGGER, { useValue: log });
   container.register(WorkerMetrics, { useFactory: instanceCachingFactory(() => new WorkerMetrics()) });
 
-  let mongo: MongoClient;
+  let connected: Awaited<ReturnType<typeof connectMongo>>;
   try {
-    const connected = await connectMongo(config.mongoUrl, config.mongoDbName);
-    mongo = connected.client;
-    container.register(MONGO_DB, { useValue: connected.db });
-    container.register(POINTS_DB, { useValue: connected.db });
+    connected = await connectMongo(config.mongoUrl, config.mongoDbName);
   } catch (e) {
-    throw new Error(`Cannot connect to MongoDB at ${redactUrl(config.mongoUrl)}: ${(e as Error).message}. Start it with tools/services/services.sh up, or set MONGO_URL.`);
+    throw new Error(`Cannot connect to MongoDB at ${redactUrl(config.mongoUrl)}: ${(e as Error).message}. Start it with tools/services/services.sh up, or set MONGO_URL.`, {
+      cause: e,
+    });
   }
-
-  const storageConfig = loadStorageConfig({ ...env, WEIGHT_CACHE_DIR: env.WEIGHT_CACHE_DIR ?? `${config.stateDir}/weights` });
-  registerStorage(container, storageConfig);
-
-  // Docker client, hardened runtime, GPU inventory (nvidia-smi or GPU_DEVICES/CPU_SLOTS) and allocator.
-  await registerDocker(container, env);
-
-  for (const singleton of [TrainingJobRepository, TrainingAttemptRepository, DatasetRepository, LoraModelRepository, UserCoreReader, PointsLedger]) {
-    container.registerSingleton(singleton as never);
-  }
-  // WORKER_MAX_ATTEMPTS reaches the job lifecycle here and nowhere else (a job document's maxAttempts is never read).
-  // Configured on the container's one instance, however the db library is registered.
-  container.resolve(TrainingJobRepository).configure({ maxAttempts: config.maxAttempts });
+  const mongo: MongoClient = connected.client;
+  await registerWorkerLibraries(container, { config, env, db: connected.db });
 
   assertBindings(container);
   return {
@@ -63,6 +51,36 @@ export async function compose(config: WorkerConfig, env: NodeJS.ProcessEnv = pro
   };
 }
 
+export interface WorkerLibrariesOptions {
+  config: WorkerConfig;
+  env: NodeJS.ProcessEnv;
+  /** The platform database (from connectMongo); the caller owns its client. */
+  db: Db;
+  /** nvidia-smi, replaceable in tests. @default libs/docker's runner */
+  smi?: NvidiaSmiRunner;
+}
+
+/**
+ * Binds every adapter library through its own register function (each throws
+ * if registered twice) and applies the worker's settings to them. Separate from
+ * `compose` so the bindings can be checked without connecting to anything.
+ */
+export async function registerWorkerLibraries(container: DependencyContainer, { config, env, db, smi }: WorkerLibrariesOptions): Promise<void> {
+  // Repositories, attempt records and the points ledger share the one platform database.
+  registerDb(container, { db });
+  registerPoints(container, { db });
+
+  const storageConfig = loadStorageConfig({ ...env, WEIGHT_CACHE_DIR: env.WEIGHT_CACHE_DIR ?? `${config.stateDir}/weights` });
+  registerStorage(container, storageConfig);
+
+  // Docker client, hardened runtime, GPU inventory (nvidia-smi or GPU_DEVICES/CPU_SLOTS) and allocator.
+  await registerDocker(container, env, smi);
+
+  // WORKER_MAX_ATTEMPTS reaches the job lifecycle here and nowhere else (a job document's maxAttempts is never read).
+  // Configured on the container's one instance, however the db library is registered.
+  container.resolve(TrainingJobRepository).configure({ maxAttempts: config.maxAttempts });
+}
+
 export async function ensureIndexes(c: DependencyContainer): Promise<void> {
   await c.resolve(TrainingJobRepository).ensureIndexes();
   await c.resolve(TrainingAttemptRepository).ensureIndexes();
@@ -71,17 +89,15 @@ export async function ensureIndexes(c: DependencyContainer): Promise<void> {
 }
 
 /** Every port the worker resolves, with the library call that binds it (named in the start-up error). */
-const REQUIRED_BINDINGS: Array<[token: unknown, providedBy: string]> = [
-  [TrainingJobRepository, 'libs/db (connectMongo, registered by compose)'],
-  [TrainingAttemptRepository, 'libs/db'],
-  [DatasetRepository, 'libs/db'],
-  [LoraModelRepository, 'libs/db'],
-  [UserCoreReader, 'libs/db'],
-  [PointsLedger, 'libs/points (POINTS_DB)'],
-  [ObjectStorage, 'libs/storage registerStorage()'],
-  [DatasetFetcher, 'libs/storage registerStorage()'],
-  [ModelUploader, 'libs/storage registerStorage()'],
-  [WeightCache, 'libs/storage registerStorage()'],
+export const REQUIRED_BINDINGS: ReadonlyArray<readonly [token: unknown, providedBy: string]> = [
+  [TrainingJobRepository, 'libs/db registerDb()'],
+  [TrainingAttemptRepository, 'libs/db registerDb()'],
+  [DatasetRepository, 'libs/db registerDb()'],
+  [LoraModelRepository, 'libs/db registerDb()'],
+  [UserCoreReader, 'libs/db registerDb()'],
+  [PointsLedger, 'libs/points registerPoints()'],
+  [POINTS_LEDGER, 'libs/points registerPoints()'],
+  ...STORAGE_BINDINGS.map(([token]) => [token, 'libs/storage registerStorage()'] as const),
   [CONTAINER_RUNTIME, 'libs/docker registerDocker()'],
   [GpuAllocator, 'libs/docker registerDocker()'],
 ];
@@ -97,7 +113,7 @@ export function assertBindings(c: DependencyContainer): void {
     try {
       c.resolve(token as never);
     } catch (e) {
-      const name = typeof token === 'function' ? token.name : String(token);
+      const name = typeof token === 'function' ? token.name : typeof token === 'symbol' ? (token.description ?? String(token)) : String(token);
       problems.push(`  - ${name} (from ${providedBy}): ${(e as Error).message.split('\n')[0]}`);
     }
   }

@@ -30,7 +30,7 @@ export class ImageResolver {
     try {
       text = await readFile(this.config.imageManifestPath, 'utf8');
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`Cannot read the image manifest ${this.config.imageManifestPath}: ${(err as Error).message}`);
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`Cannot read the image manifest ${this.config.imageManifestPath}: ${(err as Error).message}`, { cause: err });
       return (this.manifest = { schemaVersion: 1, images: {} });
     }
     // Throws naming the problem and how to regenerate the file; not cached, so a fixed file is picked up.
