@@ -5,8 +5,8 @@
  * claims of the same platform attempt reuse both; a platform Retry is a new
  * attempt record, so it gets a new quote and a new charge.
  */
-import { injectable } from 'tsyringe';
-import { InsufficientPointsError, PointsLedger } from '@stationthis/points';
+import { inject, injectable } from 'tsyringe';
+import { InsufficientPointsError, POINTS_LEDGER, type PointsLedgerPort } from '@stationthis/points';
 import { JobFailure } from '../failures';
 import type { Attempt, Prepared } from './attempt';
 
@@ -17,7 +17,7 @@ export class AttemptAlreadySettled extends Error {
 
 @injectable()
 export class ChargeStep {
-  constructor(private readonly ledger: PointsLedger) {}
+  constructor(@inject(POINTS_LEDGER) private readonly ledger: PointsLedgerPort) {}
 
   async run(a: Attempt, p: Prepared): Promise<void> {
     const { state, writer, request, ref } = a;

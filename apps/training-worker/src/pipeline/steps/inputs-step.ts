@@ -7,7 +7,16 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { inject, injectable } from 'tsyringe';
-import { DatasetFetcher, FetchedDataset, PlatformDatasetDoc, StorageError, WeightCache, type FetchOptions } from '@stationthis/storage';
+import {
+  DATASET_FETCH_PORT,
+  StorageError,
+  WEIGHT_CACHE_PORT,
+  type DatasetFetchPort,
+  type FetchedDataset,
+  type FetchOptions,
+  type PlatformDatasetDoc,
+  type WeightCachePort,
+} from '@stationthis/storage';
 import { requiredWeights, testRunWeights, trainingCaption, type WeightFile } from '@stationthis/recipes';
 import { WORKER_CONFIG } from '../../tokens';
 import type { WorkerConfig } from '../../config/worker-config';
@@ -25,8 +34,8 @@ const DATASET_ERROR_KINDS = new Set(['disallowed-url', 'invalid-name', 'invalid-
 export class InputsStep {
   constructor(
     @inject(WORKER_CONFIG) private readonly config: WorkerConfig,
-    private readonly fetcher: DatasetFetcher,
-    private readonly weights: WeightCache,
+    @inject(DATASET_FETCH_PORT) private readonly fetcher: DatasetFetchPort,
+    @inject(WEIGHT_CACHE_PORT) private readonly weights: WeightCachePort,
     private readonly metrics: WorkerMetrics,
   ) {}
 

@@ -12,9 +12,9 @@
  */
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { injectable } from 'tsyringe';
+import { inject, injectable } from 'tsyringe';
 import { LoraModelRepository } from '@stationthis/db';
-import { ModelUploader, ObjectStorage, jobArtifactKey, loraKey } from '@stationthis/storage';
+import { MODEL_UPLOAD_PORT, ObjectStorage, jobArtifactKey, loraKey, type ModelUploadPort } from '@stationthis/storage';
 import { WorkerMetrics } from '../../observability/metrics';
 import { JobFailure } from '../failures';
 import type { UploadState } from '../pipeline-state';
@@ -34,7 +34,8 @@ export interface PublishFiles {
 @injectable()
 export class PublishStep {
   constructor(
-    private readonly uploader: ModelUploader,
+    @inject(MODEL_UPLOAD_PORT) private readonly uploader: ModelUploadPort,
+    // No storage port reads object metadata (headObject): the slug check keeps the adapter.
     private readonly storage: ObjectStorage,
     private readonly models: LoraModelRepository,
     private readonly metrics: WorkerMetrics,

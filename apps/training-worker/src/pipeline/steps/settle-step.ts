@@ -28,9 +28,9 @@ import {
   type SettleDecision,
   type SettlementDecisionDoc,
 } from '@stationthis/db';
-import { PointsLedger } from '@stationthis/points';
+import { POINTS_LEDGER, type PointsLedgerPort } from '@stationthis/points';
 import { usedPoints } from '@stationthis/recipes';
-import { ModelUploader, jobArtifactKey } from '@stationthis/storage';
+import { MODEL_UPLOAD_PORT, jobArtifactKey, type ModelUploadPort } from '@stationthis/storage';
 import { WORKER_CONFIG } from '../../tokens';
 import type { WorkerConfig } from '../../config/worker-config';
 import type { Logger } from '../../observability/logger';
@@ -53,8 +53,8 @@ export class SettleStep {
     private readonly attempts: TrainingAttemptRepository,
     private readonly datasets: DatasetRepository,
     private readonly users: UserCoreReader,
-    private readonly ledger: PointsLedger,
-    private readonly uploader: ModelUploader,
+    @inject(POINTS_LEDGER) private readonly ledger: PointsLedgerPort,
+    @inject(MODEL_UPLOAD_PORT) private readonly uploader: ModelUploadPort,
     private readonly metrics: WorkerMetrics,
   ) {}
 

@@ -5,7 +5,7 @@
  */
 import { ObjectId } from 'mongodb';
 import { UserCoreReader, type DatasetRepository, type Lease, type ProgressUpdate, type TrainingJobDoc, type TrainingJobRepository } from '@stationthis/db';
-import { InsufficientPointsError, type PointsLedger } from '@stationthis/points';
+import { InMemoryPointsLedger } from '@stationthis/points/testing';
 import { loadStorageConfig } from '@stationthis/storage';
 import { InMemoryDatasetFetch } from '@stationthis/storage/testing';
 import { createLogger } from '../../observability/logger';
@@ -14,7 +14,7 @@ import { JobFailure, LeaseLost } from '../failures';
 import { JobContext } from '../job-context';
 import { trainingRequestFromJob } from '../training-request';
 import type { Attempt } from './attempt';
-import { ChargeStep } from './charge-step';
+import { AttemptAlreadySettled, ChargeStep } from './charge-step';
 import { PrepareStep } from './prepare-step';
 
 const OWNER = '64b000000000000000000001';
@@ -52,26 +52,6 @@ class FakeJobs {
   }
   async clearRefundDue(id: string) {
     this.refundsCleared.push(id);
-  }
-}
-
-/** The ledger's calls, in memory, with the real ledger's insufficient-balance error. */
-class FakeLedger {
-  balance = 1000;
-  calls: { op: string; input: Record<string, unknown> }[] = [];
-  async charge(input: { points: number }) {
-    this.calls.push({ op: 'charge', input });
-    if (input.points > this.balance) throw new InsufficientPointsError(this.balance, input.points, 'job');
-    this.balance -= input.points;
-    return {};
-  }
-  async settle(input: Record<string, unknown>) {
-    this.calls.push({ op: 'settle', input });
-    return {};
-  }
-  async credit(input: Record<string, unknown>) {
-    this.calls.push({ op: 'credit', input });
-    return {};
   }
 }
 
@@ -139,29 +119,54 @@ describe('ChargeStep', () => {
 
   it('records the quote before charging it once, then the charged flag', async () => {
     const a = attempt(job());
-    const ledger = new FakeLedger();
+    const ledger = new InMemoryPointsLedger().deposit(OWNER, 1000);
     const p = await prepared();
     const order: string[] = [];
     const set = a.jobs.setPipelineState.bind(a.jobs);
     a.jobs.setPipelineState = async (l, patch) => (order.push(Object.keys(patch).join(',')), set(l, patch));
     const charge = ledger.charge.bind(ledger);
     ledger.charge = async (input) => (order.push('ledger.charge'), charge(input));
-    await new ChargeStep(ledger as unknown as PointsLedger).run(a, p);
+    await new ChargeStep(ledger).run(a, p);
     expect(order).toEqual(['quote,accounts,recipeId,recipeVersion', 'ledger.charge', 'charged']);
     expect(a.jobs.state).toMatchObject({ quote: { points: p.quote.points, platformFee: p.quote.platformFee }, charged: true });
-    expect(ledger.calls[0].input).toMatchObject({ jobId: a.request.jobId, masterAccountId: OWNER, points: p.quote.points });
+    expect(ledger.calls[0]).toMatchObject({ op: 'charge', input: { jobId: a.request.jobId, platformAttempt: 0, masterAccountId: OWNER, points: p.quote.points } });
+    expect(await ledger.balance({ masterAccountId: OWNER })).toBe(1000 - p.quote.points);
     // A later attempt with the flag set charges nothing.
-    await new ChargeStep(ledger as unknown as PointsLedger).run(a, p);
+    await new ChargeStep(ledger).run(a, p);
     expect(ledger.calls.filter((c) => c.op === 'charge')).toHaveLength(1);
+    expect(await ledger.balance({ masterAccountId: OWNER })).toBe(1000 - p.quote.points);
+  });
+
+  it('a resumed attempt whose flag a crash lost replays the same charge: one movement', async () => {
+    const ledger = new InMemoryPointsLedger().deposit(OWNER, 1000);
+    const p = await prepared();
+    const doc = job();
+    await new ChargeStep(ledger).run(attempt(doc), p);
+    // The next claim reads the attempt record without `charged` (the crash hit between the charge and its flag).
+    const resumed = attempt(doc);
+    await new ChargeStep(ledger).run(resumed, p);
+    expect(resumed.jobs.state['charged']).toBe(true);
+    expect(await ledger.balance({ masterAccountId: OWNER })).toBe(1000 - p.quote.points);
+  });
+
+  it('refuses to train an attempt the ledger already settled (training would be free)', async () => {
+    const ledger = new InMemoryPointsLedger().deposit(OWNER, 1000);
+    const p = await prepared();
+    const doc = job();
+    await new ChargeStep(ledger).run(attempt(doc), p);
+    await ledger.settle({ jobId: String(doc._id), platformAttempt: 0, usedPoints: 0, reason: 'the sweep refunded it', outcome: 'failed' });
+    await expect(new ChargeStep(ledger).run(attempt(doc), p)).rejects.toBeInstanceOf(AttemptAlreadySettled);
+    expect(await ledger.balance({ masterAccountId: OWNER })).toBe(1000);
   });
 
   it('turns an insufficient balance into a user error that says nothing was charged', async () => {
     const a = attempt(job());
-    const ledger = Object.assign(new FakeLedger(), { balance: 3 });
-    const err = await new ChargeStep(ledger as unknown as PointsLedger).run(a, await prepared()).catch((e: unknown) => e);
+    const ledger = new InMemoryPointsLedger().deposit(OWNER, 3);
+    const err = await new ChargeStep(ledger).run(a, await prepared()).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(JobFailure);
     expect((err as JobFailure).userMessage).toMatch(/balance is 3.*Nothing was charged/);
     expect(a.jobs.state['charged']).toBeUndefined();
+    expect(await ledger.balance({ masterAccountId: OWNER })).toBe(3);
   });
 });
 
