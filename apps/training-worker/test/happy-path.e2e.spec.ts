@@ -7,6 +7,9 @@ import { join } from 'node:path';
 import { GetObjectCommand, HeadObjectCommand } from '@aws-sdk/client-s3';
 import { S3_CLIENT, loadStorageConfig } from '@stationthis/storage';
 import { parseSafetensorsHeader } from '@stationthis/recipes';
+import { TrainingJobRepository, type TrainingJobDoc } from '@stationthis/db';
+import { datasetSizeCheck, getRecipe } from '@stationthis/recipes';
+import { PrepareStep } from '../src/pipeline/steps/prepare-step';
 import { createHarness, ensureSmokeImage, Harness } from './harness';
 
 jest.setTimeout(600_000);
@@ -70,6 +73,57 @@ describe('training worker: happy path end to end', () => {
     expect(await h.containersFor(jobId)).toEqual([]);
     // The host's job folder is gone once the job is terminal.
     expect(existsSync(join(h.stateDir, 'jobs', jobId))).toBe(false);
+  });
+
+  it("writes what the platform reads: the cost row after the charge and at RUNNING, prepare's warnings in the log tail, the cleaned trigger word on COMPLETED", async () => {
+    const { owner, wallet } = await h.seedAccount(5000);
+    const datasetId = await h.seedDataset(owner);
+    // The smoke recipe recommends no dataset size; the warning is the one SDXL's prepare gives for these 4 images.
+    const warning = datasetSizeCheck(getRecipe('sdxl-lora'), { imageCount: 4 }).warnings[0];
+    expect(warning).toMatch(/about 20/);
+    const realPrepare = PrepareStep.prototype.run;
+    const prepare = jest.spyOn(PrepareStep.prototype, 'run').mockImplementation(async function (this: PrepareStep, request) {
+      const p = await realPrepare.call(this, request);
+      return { ...p, warnings: [...p.warnings, warning] };
+    });
+    try {
+      const jobId = await h.enqueue({ ownerAccountId: owner, datasetId, walletAddress: wallet, name: 'Platform Reads', triggerWord: 'pl4t.v2' } as never);
+      const { app, done } = h.startWorker({ WORKER_EXIT_WHEN_IDLE: 'true' });
+      const jobs = (await app).container.resolve(TrainingJobRepository);
+      // The job as the platform reads it after the charge, just before RUNNING, and as RUNNING writes it.
+      let charged: TrainingJobDoc | undefined;
+      let running: TrainingJobDoc | undefined;
+      const transition = jobs.transition.bind(jobs);
+      jobs.transition = async (lease, to, fields) => {
+        if (to === 'RUNNING' && !charged) charged = await h.job(lease.jobId);
+        const ok = await transition(lease, to, fields);
+        if (to === 'RUNNING' && !running) running = await h.job(lease.jobId);
+        return ok;
+      };
+      await done;
+
+      const job = await h.job(jobId);
+      expect(job.status).toBe('COMPLETED');
+      const record = await h.db.collection('trainingJobAttempts').findOne({ _id: `${jobId}:0` as never });
+      const quote = record!.state.quote as { points: number; gpuUsdPerHour: number; platformFee: number };
+      const costRow = { estimatedCostPoints: quote.points, gpuType: 'CPU', gpuHourlyRate: Math.round(quote.gpuUsdPerHour * (1 + quote.platformFee) * 10_000) / 10_000 };
+      expect(quote.points).toBeGreaterThan(0);
+      expect(costRow.gpuHourlyRate).toBeGreaterThan(quote.gpuUsdPerHour);
+      // Right after the charge, still PROVISIONING: what was taken up front and the cost row.
+      expect(charged).toMatchObject({ status: 'PROVISIONING', ...costRow });
+      expect(running).toMatchObject({ status: 'RUNNING', ...costRow });
+      expect(job).toMatchObject(costRow);
+      expect((await h.ledger.jobSummary(jobId)).charged).toBe(job.estimatedCostPoints);
+      // Prepare's warning is in the log tail the user reads (before the engine's lines push it out).
+      expect(charged!.logTail).toContain(`[worker] warning: ${warning}`);
+      // The word the LoRA answers to, cleaned for the platform's tokenizer, on the job and the model.
+      expect(job.triggerWord).toBe('pl4t_v2');
+      expect(job.triggerWords).toEqual(['pl4t_v2']);
+      const model = await h.db.collection('loraModels').findOne({ _id: job.loraModelId });
+      expect(model!.triggerWords).toEqual(['pl4t_v2']);
+    } finally {
+      prepare.mockRestore();
+    }
   });
 
   it('runs two jobs at once on two slots', async () => {

@@ -381,6 +381,18 @@ export class TrainingJobRepository {
     return r.matchedCount === 1;
   }
 
+  /**
+   * Fenced `$set` of fields the platform reads (e.g. estimatedCostPoints,
+   * gpuType) on a leased job, without a status change. Lifecycle fields
+   * (status, lease, attempts…) are refused. False when the lease is lost or
+   * the job is no longer leased (a platform Cancel).
+   */
+  async setJobFields(lease: Lease, fields: Record<string, unknown>): Promise<boolean> {
+    const set = { ...ownedFields(fields), updatedAt: new Date() };
+    const r = await this.jobs.updateOne(this.fenced(lease), { $set: set } as UpdateFilter<TrainingJobDoc>);
+    return r.matchedCount === 1;
+  }
+
   /** Fenced `$set` of `pipeline.<key>` for each key of `patch`; other pipeline keys are kept. */
   async setPipelineState(lease: Lease, patch: Record<string, unknown>): Promise<boolean> {
     const set: Record<string, unknown> = { updatedAt: new Date() };

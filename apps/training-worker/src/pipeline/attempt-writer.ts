@@ -40,6 +40,15 @@ export class AttemptWriter {
     this.fenced(await this.attempts.setState(this.ref, patch, opts));
   }
 
+  /**
+   * Fields the platform reads on a leased job (the cost row: estimatedCostPoints,
+   * gpuType, gpuHourlyRate), fenced by the lease. Refused: stops the attempt as
+   * cancelled when a cancel explains it, else as lease lost.
+   */
+  async setJobFields(fields: Record<string, unknown>): Promise<void> {
+    if (!(await this.jobs.setJobFields(this.ctx.lease, fields))) await this.refusedOnJob();
+  }
+
   /** Moves the job forward only (a resumed attempt replays transitions it already made: no-ops). */
   async transition(to: ForwardStatus, fields: Record<string, unknown> = {}): Promise<void> {
     const at = ACTIVE_STATUSES.indexOf(this.ctx.job.status as (typeof ACTIVE_STATUSES)[number]);

@@ -21,13 +21,14 @@ import { WorkerMetrics } from '../observability/metrics';
 import { AttemptWriter } from './attempt-writer';
 import { CancelRequested, FAILURE_POLICY, JobFailure, LeaseLost } from './failures';
 import { JobContext } from './job-context';
-import { trainingRequestFromJob } from './training-request';
+import { platformCostFields, trainingRequestFromJob } from './training-request';
 import type { Attempt } from './steps/attempt';
 import { AttemptAlreadySettled, ChargeStep } from './steps/charge-step';
 import { InputsStep } from './steps/inputs-step';
 import { PrepareStep } from './steps/prepare-step';
 import { PublishStep } from './steps/publish-step';
 import { SettleStep } from './steps/settle-step';
+import { testRunOf } from './steps/test-run';
 import { TrainStep } from './steps/train-step';
 
 @injectable()
@@ -63,8 +64,12 @@ export class JobPipeline {
     let trainStartedAt: number | undefined;
     try {
       const p = await this.step(a, 'validate', 'n/a', () => this.prepare.run(a.request));
+      // What prepare found worth saying but not refusing (e.g. fewer images than recommended), where the user reads it.
+      if (p.warnings.length) await a.writer.logLines(p.warnings.map((w) => `[worker] warning: ${w}`));
       const recipeId = p.recipe.id;
       await this.step(a, 'charge', recipeId, () => this.charge.run(a, p));
+      // The platform's cost row, as soon as the points are held; the GPU is named once one is allocated (train).
+      await a.writer.setJobFields({ ...platformCostFields(p.quote, p.recipe, testRunOf(this.config, p.recipe) ? 'cpu' : undefined) });
       ctx.throwIfStopped();
 
       if (!state.upload) {
@@ -100,7 +105,7 @@ export class JobPipeline {
       ctx.throwIfStopped();
       await this.step(a, 'register', recipeId, () => this.publish.register(a, p));
       ctx.throwIfStopped();
-      await this.settle.complete(a);
+      await this.settle.complete(a, p.triggerWord);
     } catch (err) {
       await this.onError(a, err, trainStartedAt);
     }

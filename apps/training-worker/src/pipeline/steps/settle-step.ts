@@ -68,7 +68,7 @@ export class SettleStep {
    * the completed decision and its points. A cancel that landed first ends the
    * attempt cancelled instead.
    */
-  async complete(a: Attempt): Promise<void> {
+  async complete(a: Attempt, triggerWord?: string): Promise<void> {
     const { ctx, state, writer, request } = a;
     const used = SettleStep.usedFor(state, state.trainSeconds ?? 0);
     // A resumed attempt starts in PROVISIONING; COMPLETED is reachable only from FINALIZING.
@@ -79,7 +79,8 @@ export class SettleStep {
       loraModelId: state.loraModelId ? new ObjectId(state.loraModelId) : undefined,
       modelRepoUrl: upload.loraUrl,
       previewImages: upload.sampleUrls,
-      triggerWords: request.resultTriggerWords,
+      // The word the LoRA was trained on (prepare's cleaned one): what the platform shows and its resolver matches.
+      ...(triggerWord ? { triggerWord, triggerWords: [triggerWord] } : { triggerWords: request.resultTriggerWords }),
       actualCostPoints: used,
       // Reconciled once the points are settled (recordSettled), right below.
       costReconciled: false,

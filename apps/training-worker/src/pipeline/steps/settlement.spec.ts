@@ -33,9 +33,11 @@ class World {
   status = 'FINALIZING';
   decision: (SettleDecision & { _id: string }) | null = null;
   owner = 'a1';
+  completedWith: Record<string, unknown> | null = null;
   jobs = {
     complete: async (_l: Lease, fields: Record<string, unknown>) => {
       if (this.status !== 'FINALIZING') return false;
+      this.completedWith = fields;
       this.calls.push(`job:COMPLETED:${fields['actualCostPoints']}`);
       this.status = 'COMPLETED';
       return true;
@@ -138,6 +140,13 @@ describe('SettleStep', () => {
     await step.settlePoints(a.ref.jobId, 2, a.state, w.decision!);
     expect(await w.ledger.balance({ masterAccountId: OWNER })).toBe(START_BALANCE - used + trainer);
     expect(await w.ledger.balance({ masterAccountId: CREATOR })).toBe(creator);
+  });
+
+  it("COMPLETED carries prepare's cleaned trigger word as the platform reads it (triggerWord and triggerWords)", async () => {
+    const w = new World();
+    const { step, a } = await setUp(w);
+    await step.complete(a, 'pl4t_v2');
+    expect(w.completedWith).toMatchObject({ triggerWord: 'pl4t_v2', triggerWords: ['pl4t_v2'], modelRepoUrl: 'https://m/x.safetensors' });
   });
 
   it('a cancel that landed before COMPLETED wins: the model is withdrawn, the time trained is paid, nothing is credited', async () => {

@@ -10,12 +10,13 @@ import { loadStorageConfig } from '@stationthis/storage';
 import { InMemoryDatasetFetch } from '@stationthis/storage/testing';
 import { createLogger } from '../../observability/logger';
 import { AttemptWriter } from '../attempt-writer';
-import { JobFailure, LeaseLost } from '../failures';
+import { CancelRequested, JobFailure, LeaseLost } from '../failures';
 import { JobContext } from '../job-context';
 import { trainingRequestFromJob } from '../training-request';
 import type { Attempt } from './attempt';
 import { AttemptAlreadySettled, ChargeStep } from './charge-step';
 import { PrepareStep } from './prepare-step';
+import { deviceOf } from './train-step';
 
 const OWNER = '64b000000000000000000001';
 const OTHER = '64b000000000000000000002';
@@ -45,6 +46,15 @@ class FakeJobs {
   async transition(_l: Lease, to: string, fields: Record<string, unknown> = {}) {
     if (this.fence) this.transitions.push({ to, fields });
     return this.fence;
+  }
+  jobFields: Record<string, unknown> = {};
+  cancelled = false;
+  async setJobFields(_l: Lease, fields: Record<string, unknown>) {
+    if (this.fence) Object.assign(this.jobFields, fields);
+    return this.fence;
+  }
+  async leaseState() {
+    return this.cancelled ? 'cancelled' : 'lost';
   }
   async updateProgress(_l: Lease, p: ProgressUpdate) {
     if (this.fence) this.progress.push(p);
@@ -187,6 +197,17 @@ describe('AttemptWriter', () => {
     expect(a.ctx.signal.aborted).toBe(true);
   });
 
+  it("writes the platform's fields on the leased job; a refusal by a cancel stops the attempt as cancelled", async () => {
+    const a = attempt(job());
+    await a.writer.setJobFields({ estimatedCostPoints: 120, gpuType: 'CPU', gpuHourlyRate: 0.6 });
+    expect(a.jobs.jobFields).toEqual({ estimatedCostPoints: 120, gpuType: 'CPU', gpuHourlyRate: 0.6 });
+    const cancelled = attempt(job());
+    cancelled.jobs.fence = false;
+    cancelled.jobs.cancelled = true;
+    await expect(cancelled.writer.setJobFields({ gpuType: 'CPU' })).rejects.toBeInstanceOf(CancelRequested);
+    expect(cancelled.ctx.stopReason).toBe('cancel');
+  });
+
   it('writes progress at most once per interval, always with the latest values', async () => {
     const a = attempt(job());
     const progress = a.writer.progress();
@@ -199,3 +220,12 @@ describe('AttemptWriter', () => {
 });
 
 // SettleStep: see settlement.spec.ts (decision records, completion order, cancel and late-cancel paths).
+
+describe('deviceOf: the GPU named in the platform cost row', () => {
+  const gpu = (name: string, index: number) => ({ index, deviceId: String(index), name, vramGb: 80 });
+  it('names the CPU slot, one GPU, or several', () => {
+    expect(deviceOf({ cpuSlot: true, devices: [] })).toBe('cpu');
+    expect(deviceOf({ cpuSlot: false, devices: [gpu('NVIDIA H100 80GB HBM3', 0)] })).toEqual({ name: 'NVIDIA H100 80GB HBM3' });
+    expect(deviceOf({ cpuSlot: false, devices: [gpu('NVIDIA H100 80GB HBM3', 0), gpu('NVIDIA H100 80GB HBM3', 1)] })).toEqual({ name: '2x NVIDIA H100 80GB HBM3' });
+  });
+});

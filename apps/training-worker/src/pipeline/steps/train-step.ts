@@ -7,12 +7,13 @@
 import { chmod, chown, mkdir, rm, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { inject, injectable } from 'tsyringe';
-import { CONTAINER_RUNTIME, ContainerRuntime, GpuAllocator } from '@stationthis/docker';
+import { CONTAINER_RUNTIME, ContainerRuntime, GpuAllocator, type Allocation } from '@stationthis/docker';
 import { applyArgvSubstitutions, summarizeDataset, type CommandStep, type RenderedJob, type TestRunProfile } from '@stationthis/recipes';
 import { WORKER_CONFIG } from '../../tokens';
 import type { WorkerConfig } from '../../config/worker-config';
 import { WorkerMetrics } from '../../observability/metrics';
 import { ImageResolver } from '../image-resolver';
+import { platformCostFields } from '../training-request';
 import { containerFailureMessage, JobFailure } from '../failures';
 import { mergeSafetensorsMetadata, readSafetensorsHeader } from '../safetensors-file';
 import { stepContainerSpec } from '../step-container';
@@ -24,6 +25,13 @@ import { testRunOf } from './test-run';
 /** Containers are judged only by workers of the same job store (database and environment). */
 export function containerScope(config: Pick<WorkerConfig, 'mongoDbName' | 'environment'>): string {
   return `${config.mongoDbName}/${config.environment}`;
+}
+
+/** The device named in the platform's cost row: 'cpu' for a CPU slot, "2x NVIDIA …" for several GPUs. */
+export function deviceOf(allocation: Pick<Allocation, 'cpuSlot' | 'devices'>): { name: string } | 'cpu' {
+  if (allocation.cpuSlot || allocation.devices.length === 0) return 'cpu';
+  const name = allocation.devices[0].name;
+  return { name: allocation.devices.length > 1 ? `${allocation.devices.length}x ${name}` : name };
 }
 
 export interface AttemptFolders {
@@ -94,7 +102,8 @@ export class TrainStep {
     }
     this.metrics.slotsBusy.set(this.allocator.busyCount() + this.allocator.cpuSlotsBusy());
     try {
-      await writer.transition('RUNNING', { estimatedCostPoints: p.quote.points });
+      // The cost row names the device this attempt really got.
+      await writer.transition('RUNNING', { ...platformCostFields(p.quote, p.recipe, deviceOf(allocation)) });
       const progress = writer.progress();
       const runs: ContainerRun[] = [];
       for (const rendered of steps) {
