@@ -105,7 +105,7 @@ describe('training worker: happy path end to end', () => {
       const job = await h.job(jobId);
       expect(job.status).toBe('COMPLETED');
       const record = await h.db.collection('trainingJobAttempts').findOne({ _id: `${jobId}:0` as never });
-      const quote = record!.state.quote as { points: number; gpuUsdPerHour: number; platformFee: number };
+      const quote = record?.state.quote as { points: number; gpuUsdPerHour: number; platformFee: number };
       const costRow = { estimatedCostPoints: quote.points, gpuType: 'CPU', gpuHourlyRate: Math.round(quote.gpuUsdPerHour * (1 + quote.platformFee) * 10_000) / 10_000 };
       expect(quote.points).toBeGreaterThan(0);
       expect(costRow.gpuHourlyRate).toBeGreaterThan(quote.gpuUsdPerHour);
@@ -115,12 +115,12 @@ describe('training worker: happy path end to end', () => {
       expect(job).toMatchObject(costRow);
       expect((await h.ledger.jobSummary(jobId)).charged).toBe(job.estimatedCostPoints);
       // Prepare's warning is in the log tail the user reads (before the engine's lines push it out).
-      expect(charged!.logTail).toContain(`[worker] warning: ${warning}`);
+      expect(charged?.logTail).toContain(`[worker] warning: ${warning}`);
       // The word the LoRA answers to, cleaned for the platform's tokenizer, on the job and the model.
       expect(job.triggerWord).toBe('pl4t_v2');
       expect(job.triggerWords).toEqual(['pl4t_v2']);
       const model = await h.db.collection('loraModels').findOne({ _id: job.loraModelId });
-      expect(model!.triggerWords).toEqual(['pl4t_v2']);
+      expect(model?.triggerWords).toEqual(['pl4t_v2']);
     } finally {
       prepare.mockRestore();
     }

@@ -137,7 +137,8 @@ describe('SettleStep', () => {
     expect(await w.ledger.balance({ masterAccountId: OWNER })).toBe(START_BALANCE - used + trainer);
     expect(await w.ledger.balance({ masterAccountId: CREATOR })).toBe(creator);
     // The sweep settling the same attempt again (its decision in force) moves nothing more.
-    await step.settlePoints(a.ref.jobId, 2, a.state, w.decision!);
+    if (!w.decision) throw new Error('no decision was recorded');
+    await step.settlePoints(a.ref.jobId, 2, a.state, w.decision);
     expect(await w.ledger.balance({ masterAccountId: OWNER })).toBe(START_BALANCE - used + trainer);
     expect(await w.ledger.balance({ masterAccountId: CREATOR })).toBe(creator);
   });
