@@ -10,7 +10,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { extname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ObjectId } from 'mongodb';
-import { DatasetRepository, LoraModelRepository, TERMINAL_STATUSES, TrainingJobRepository, UserCoreAccounts } from '@stationthis/db';
+import { DatasetRepository, LoraModelRepository, platformAttemptOf, TERMINAL_STATUSES, TrainingAttemptRepository, TrainingJobRepository, UserCoreAccounts } from '@stationthis/db';
 import { PointsLedger } from '@stationthis/points';
 import { ObjectStorage } from '@stationthis/storage';
 import { getRecipe, recipeForModelType } from '@stationthis/recipes';
@@ -84,7 +84,7 @@ async function main(argv: string[]): Promise<number> {
         return result === 'not-found' || result === 'terminal' ? 1 : 0;
       }
       case 'show':
-        return await show(jobs, app.container.resolve(LoraModelRepository), ledger, requireId(positionals[0]), Boolean(values.json));
+        return await show(jobs, app.container.resolve(TrainingAttemptRepository), app.container.resolve(LoraModelRepository), ledger, requireId(positionals[0]), Boolean(values.json));
       case 'points': {
         const history = values.job ? await ledger.history({ jobId: values.job }) : values.account ? await ledger.history({ masterAccountId: values.account }) : null;
         if (!history) throw new UsageError('points needs --job JOB_ID or --account ACCOUNT_ID');
@@ -228,13 +228,23 @@ function printHistory(history: Record<string, unknown>[]): void {
   }
 }
 
-async function show(jobs: TrainingJobRepository, models: LoraModelRepository, ledger: PointsLedger, id: string, json: boolean): Promise<number> {
+/**
+ * One job: its document, its model, and the current platform attempt's record
+ * (quote, charge, recipe) and settle decision, which is where the worker keeps
+ * them (the job document is the platform's; `job.pipeline` is no longer written).
+ */
+async function show(jobs: TrainingJobRepository, attempts: TrainingAttemptRepository, models: LoraModelRepository, ledger: PointsLedger, id: string, json: boolean): Promise<number> {
   const job = await jobs.findById(id);
   if (!job) throw new UsageError(`job ${id} not found`);
-  const model = job.loraModelId ? await models.findById(String(job.loraModelId)) : null;
-  const history = await ledger.history({ jobId: id });
+  const platformAttempt = platformAttemptOf(job);
+  const [model, attempt, decision, history] = await Promise.all([
+    job.loraModelId ? models.findById(String(job.loraModelId)) : null,
+    attempts.find(id, platformAttempt),
+    attempts.findDecision(id, platformAttempt),
+    ledger.history({ jobId: id }),
+  ]);
   if (json) {
-    console.log(JSON.stringify({ job, model, points: history }, null, 2));
+    console.log(JSON.stringify({ job, platformAttempt, attempt, decision, model, points: history }, null, 2));
     return 0;
   }
   console.log(`Job ${id}: ${job.status}${job.failureReason ? ` (${job.failureReason})` : ''}`);
@@ -243,16 +253,27 @@ async function show(jobs: TrainingJobRepository, models: LoraModelRepository, le
     console.log(`Model: ${m.name} slug=${m.slug} checkpoint=${m.checkpoint}`);
     console.log(`Model URL: ${m.publishedTo?.modelFileUrl ?? job.modelRepoUrl}`);
   }
+  console.log(`\nPlatform attempt ${platformAttempt}${platformAttempt > 0 ? ' (after a platform Retry)' : ''}:`);
+  if (!attempt) {
+    console.log('  not claimed by a worker yet (no attempt record): nothing quoted or charged');
+  } else {
+    const { state } = attempt;
+    const quote = state.quote;
+    console.log(`  Quote: ${quote ? `${quote.points} points for about ${quote.estimatedSeconds} s at $${quote.gpuUsdPerHour}/h (fee ${quote.platformFee ?? 'n/a'})` : 'none yet'}`);
+    console.log(`  Charged: ${state.charged ? `yes, ${quote?.points ?? '?'} points` : attempt.open ? 'in progress or unknown (the record is open: the sweep settles it if the attempt ends)' : 'no'}`);
+    if (state.trainSeconds !== undefined) console.log(`  Trained: ${state.trainSeconds} s`);
+    console.log(`  Settled: ${decision ? `${decision.outcome}, ${decision.usedPoints} points used (${decision.reason}; decided by ${decision.decidedBy})` : 'not yet'}${attempt.settledAt ? '' : decision ? ' (points still moving)' : ''}`);
+    try {
+      const recipe = state.recipeId ? getRecipe(state.recipeId) : null;
+      if (recipe) console.log(`  Recipe: ${recipe.id}@${state.recipeVersion ?? recipe.version} (${recipe.engine.name} ${recipe.engine.commit.slice(0, 10)})`);
+    } catch {
+      console.log(`  Recipe: ${state.recipeId}@${state.recipeVersion ?? '?'} (no longer in this build)`);
+    }
+  }
   console.log('\nJob record:');
   console.log(JSON.stringify(job, null, 2));
   console.log('\nPoints history:');
   printHistory(history as never[]);
-  try {
-    const recipe = job.pipeline && (job.pipeline as { recipeId?: string }).recipeId ? getRecipe(String((job.pipeline as { recipeId?: string }).recipeId)) : null;
-    if (recipe) console.log(`\nRecipe: ${recipe.id}@${recipe.version} (${recipe.engine.name} ${recipe.engine.commit.slice(0, 10)})`);
-  } catch {
-    /* recipe removed since: nothing to add */
-  }
   return 0;
 }
 
