@@ -48,6 +48,23 @@ describe('attempt records and recovery (real server)', () => {
   });
   afterAll(() => t.drop());
 
+  it('setJobFields writes the platform-read fields only under our lease, and refuses lifecycle fields', async () => {
+    const id = await enqueue();
+    const { lease } = (await claim('w-fields'))!;
+    const cost = { estimatedCostPoints: 42, gpuType: 'CPU', gpuHourlyRate: 0.12 };
+    expect(await repo.setJobFields(lease, cost)).toBe(true);
+    expect(await repo.findById(id)).toMatchObject({ ...cost, status: 'PROVISIONING' });
+    // Status, lease and the like belong to the lifecycle writes, never to a plain field write.
+    await expect(repo.setJobFields(lease, { status: 'COMPLETED' })).rejects.toThrow(/managed by the job lifecycle/);
+    expect((await repo.findById(id))!.status).toBe('PROVISIONING');
+    // A stale lease (another attempt id) writes nothing.
+    expect(await repo.setJobFields({ ...lease, attemptId: 'not-mine' }, { estimatedCostPoints: 1 })).toBe(false);
+    // After the platform's Cancel the job is no longer ours to describe.
+    await platformCancel(id);
+    expect(await repo.setJobFields(lease, { estimatedCostPoints: 7 })).toBe(false);
+    expect((await repo.findById(id))!.estimatedCostPoints).toBe(42);
+  });
+
   it('one record per platform attempt: a Retry opens a new one, counts worker attempts from 0, and never sees the old state', async () => {
     const id = await enqueue({ pipeline: { charged: true, settleIntent: { outcome: 'completed', usedPoints: 1e6 } } });
     const first = (await claim('A', 30))!;
