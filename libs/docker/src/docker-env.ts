@@ -41,7 +41,7 @@ export class DockerEnvError extends Error {
 
 /** Parses `DOCKER_HOST`, `GPU_DEVICES` and `CPU_SLOTS`; throws `DockerEnvError` naming every bad variable. */
 export function parseDockerEnv(env: Record<string, string | undefined> = process.env): DockerEnvConfig {
-  const parsed = DOCKER_ENV_SCHEMA.safeParse({ DOCKER_HOST: env.DOCKER_HOST, GPU_DEVICES: env.GPU_DEVICES, CPU_SLOTS: env.CPU_SLOTS });
+  const parsed = DOCKER_ENV_SCHEMA.safeParse(env);
   if (parsed.success) return parsed.data;
   throw new DockerEnvError(parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`));
 }

@@ -139,9 +139,9 @@ export class PointsLedger implements PointsLedgerPort {
           journal = opened.journal;
         }
         if (await this.applyCharge(journal, held)) {
-          const done = (await this.journal.find(key)) as MovementDoc;
-          await this.cleanSpendMarkers(done);
-          return chargeResult(done, false, false);
+          // Applying changes the journal's state only; its key, plan and points are as planned.
+          await this.cleanSpendMarkers(journal);
+          return chargeResult(journal, false, false);
         }
         // The plan went stale (someone else spent an entry): undo and plan again.
         await this.rollBackCharge({ ...journal, state: 'rolling_back' }, held);
@@ -171,7 +171,7 @@ export class PointsLedger implements PointsLedgerPort {
     if (charge && charge.state !== 'applied') {
       // The charger died mid-way: finish (or undo) it first, so the refund is computed from what was taken.
       try {
-        await this.charge({ ...chargeInputOf(charge), platformAttempt: attempt });
+        await this.charge(chargeInputOf(charge));
       } catch (err) {
         if (!(err instanceof InsufficientPointsError)) throw err;
       }
@@ -323,7 +323,7 @@ export class PointsLedger implements PointsLedgerPort {
       const platformAttempt = m.platformAttempt ?? 0;
       try {
         if (m.kind === 'charge') {
-          await this.charge({ ...chargeInputOf(m), platformAttempt });
+          await this.charge(chargeInputOf(m));
         } else if (m.kind === 'refund') {
           await this.settle({ jobId: m.jobId, usedPoints: m.usedPoints ?? 0, reason: m.reason, outcome: m.outcome, platformAttempt });
         } else if (m.creditKind) {
@@ -411,7 +411,7 @@ function newMovement(key: string, jobId: string, platformAttempt: number, reason
 
 /** Re-run a journaled charge as its caller would have. */
 function chargeInputOf(m: MovementDoc): ChargeInput {
-  return { jobId: m.jobId, masterAccountId: m.accountId, walletAddress: m.walletAddress, points: m.points, reason: m.reason };
+  return { jobId: m.jobId, platformAttempt: m.platformAttempt ?? 0, masterAccountId: m.accountId, walletAddress: m.walletAddress, points: m.points, reason: m.reason };
 }
 
 function chargeResult(journal: MovementDoc, replay: boolean, settled: boolean): ChargeResult {

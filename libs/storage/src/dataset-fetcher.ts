@@ -27,12 +27,13 @@ import {
   checkSourceUrl,
   datasetSourcePolicy,
   identifyMedia,
+  mediaLabel,
   type DatasetSourcePolicy,
   type DatasetSourceProblem,
   type DatasetSources,
   type FetchLimits,
 } from './dataset-policy';
-import { StorageError, redactUrl } from './errors';
+import { StorageError } from './errors';
 import { MAX_DIMENSION_HEADER_BYTES, type SniffedType } from './magic';
 import { ObjectStorage } from './object-storage';
 
@@ -129,7 +130,7 @@ export class DatasetFetcher implements DatasetFetchPort {
     written: string[],
   ): Promise<{ fileName: string; bytes: number; type: SniffedType; dimensions?: { width: number; height: number } }> {
     const limits = policy.limits;
-    const label = `Image ${index + 1} (${redactUrl(String(url))})`;
+    const label = mediaLabel(index, String(url));
     const timeoutMs = opts.fileTimeoutMs ?? DEFAULT_FILE_TIMEOUT_MS;
     const timeout = AbortSignal.timeout(timeoutMs);
     const sig = AbortSignal.any([signal, timeout]);

@@ -178,7 +178,8 @@ export function specialAddressReason(ip: string): { why: string; metadata: boole
   return null;
 }
 
-function label(index: number, url: string): string {
+/** How errors name a dataset item: its 1-based number and its redacted URL. */
+export function mediaLabel(index: number, url: string): string {
   return `Image ${index + 1} (${redactUrl(url)})`;
 }
 
@@ -188,7 +189,7 @@ function label(index: number, url: string): string {
  * The fetcher calls this for the dataset's URLs and again for every redirect.
  */
 export function checkSourceUrl(url: unknown, index: number, policy: DatasetSourcePolicy): { problem: DatasetSourceProblem } | { own: OwnUrlMatch & { key: string } } | { own: null } {
-  const fail = (kind: StorageErrorKind, why: string) => ({ problem: { index, kind, message: `${label(index, String(url))} ${why}` } });
+  const fail = (kind: StorageErrorKind, why: string) => ({ problem: { index, kind, message: `${mediaLabel(index, String(url))} ${why}` } });
   if (typeof url !== 'string' || url.length === 0) return fail('disallowed-url', 'is not a URL string. Remove it from the dataset.');
   if (url.length > 4096) return fail('disallowed-url', 'is longer than 4096 characters. Remove it from the dataset.');
   let u: URL;
@@ -265,7 +266,7 @@ export function assertDatasetSourcesOffline(dataset: Parameters<typeof checkData
 /** Null when an image's declared size is within the limits, else what is wrong (naming the image and its size). */
 export function imageDimensionsProblem(d: ImageDimensions, index: number, url: string, limits: FetchLimits): DatasetSourceProblem | null {
   const size = `${d.width}×${d.height}`;
-  const fail = (why: string): DatasetSourceProblem => ({ index, kind: 'invalid-content', message: `${label(index, url)} ${why}` });
+  const fail = (why: string): DatasetSourceProblem => ({ index, kind: 'invalid-content', message: `${mediaLabel(index, url)} ${why}` });
   if (d.width < limits.minSidePx || d.height < limits.minSidePx) {
     return fail(`is ${size} pixels; each side must be at least ${limits.minSidePx}. Use a larger image.`);
   }
@@ -292,8 +293,9 @@ export function identifyMedia(
   url: string,
   opts: { limits: FetchLimits; allowVideo?: boolean },
 ): { type: SniffedType; dimensions?: ImageDimensions } | null {
-  const name = label(index, url);
+  // Called for each chunk until the type is known: the URL is redacted only once it is.
   if (head.length < SNIFF_BYTES && !final) return null;
+  const name = mediaLabel(index, url);
   const type = sniffType(head);
   if (!type) {
     throw new StorageError('invalid-content', `${name} is not a JPEG, PNG or WebP${opts.allowVideo ? ', MP4 or WebM' : ''} file (starts with ${describeHead(head)}). Remove it from the dataset.`, { url });

@@ -4,11 +4,4 @@
  * per job and platform attempt), never the job document's `pipeline` field,
  * which any client can write (ADR 0002, "Attempt records").
  */
-export type {
-  AttemptState as PipelineState,
-  ContainerRun,
-  RecordedQuote,
-  SettleDecision as SettleIntent,
-  SettleOutcome,
-  UploadState,
-} from '@stationthis/db';
+export type { AttemptState as PipelineState, ContainerRun, UploadState } from '@stationthis/db';

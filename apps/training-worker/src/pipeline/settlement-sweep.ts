@@ -81,8 +81,8 @@ export class SettlementSweep {
       const lease = job.lease;
       if (lease?.attemptId === record.owner && lease?.expiresAt && new Date(lease.expiresAt).getTime() > now.getTime()) return null;
     }
-    const existing = await this.attempts.findDecision(jobId, platformAttempt);
-    const decided = existing ?? (await this.attempts.decide(jobId, platformAttempt, this.decisionFor(record, job, current), { sweep: this.config.workerId }))?.decision;
+    // `decide` returns the decision in force when one was already recorded.
+    const decided = (await this.attempts.decide(jobId, platformAttempt, this.decisionFor(record, job, current), { sweep: this.config.workerId }))?.decision;
     if (!decided) return null;
     if (decided.outcome === 'cancelled' && record.state.loraModelId && !record.state.modelWithdrawnAt) {
       await this.attempts.withdrawModel(record.state.loraModelId, decided.reason);

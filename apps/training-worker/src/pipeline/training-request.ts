@@ -38,7 +38,6 @@ export interface TrainingRequest {
   totalSteps?: number;
   currentLoss: number | null;
   attempts: number;
-  maxAttempts?: number;
 }
 
 const text = (v: unknown): string | undefined => (v === undefined || v === null || v === '' ? undefined : String(v));
@@ -87,7 +86,6 @@ export function trainingRequestFromJob(job: TrainingJobDoc): TrainingRequest {
     totalSteps: typeof job.totalSteps === 'number' ? job.totalSteps : undefined,
     currentLoss: typeof job.currentLoss === 'number' ? job.currentLoss : null,
     attempts: typeof job.attempts === 'number' ? job.attempts : 1,
-    maxAttempts: typeof job.maxAttempts === 'number' ? job.maxAttempts : undefined,
   };
 }
 
