@@ -11,6 +11,7 @@ import {
   TERMINAL_STATUSES,
   type JobStatus,
 } from './job-status';
+import { JOB_WRITES } from './job-write-serializer';
 import { MONGO_DB } from './mongo';
 import {
   attemptKey,
@@ -329,13 +330,15 @@ export class TrainingJobRepository {
    * (findStuckJobs) judges liveness by `updatedAt`.
    */
   async heartbeat(lease: Lease, leaseMs: number): Promise<boolean> {
-    const now = new Date();
-    // Also while the platform's CANCELLED (which leaves our lease in place) is being settled by the owner:
-    // a live lease tells the settlement sweep to leave the attempt to its owner.
-    const r = await this.jobs.updateOne(this.fenced(lease, [...LEASED_STATUSES, 'CANCELLED']), {
-      $set: { 'lease.expiresAt': new Date(now.getTime() + leaseMs), heartbeatAt: now, updatedAt: now },
+    return this.oneWrite(lease.jobId, async () => {
+      const now = new Date();
+      // Also while the platform's CANCELLED (which leaves our lease in place) is being settled by the owner:
+      // a live lease tells the settlement sweep to leave the attempt to its owner.
+      const r = await this.jobs.updateOne(this.fenced(lease, [...LEASED_STATUSES, 'CANCELLED']), {
+        $set: { 'lease.expiresAt': new Date(now.getTime() + leaseMs), heartbeatAt: now, updatedAt: now },
+      });
+      return r.matchedCount === 1;
     });
-    return r.matchedCount === 1;
   }
 
   /**
@@ -345,18 +348,20 @@ export class TrainingJobRepository {
    * allow `to` (e.g. the platform already set CANCELLED).
    */
   async transition(lease: Lease, to: JobStatus, fields: Record<string, unknown> = {}): Promise<boolean> {
-    if (!isJobStatus(to)) throw new InvalidTransitionError('(leased)', String(to));
-    if (to === 'QUEUED') {
-      throw new InvalidTransitionError('(leased)', 'QUEUED via transition(); use releaseLease() so attempts stay right');
-    }
-    const from = allowedFrom(to).filter((s) => LEASED_STATUSES.includes(s));
-    if (from.length === 0) throw new InvalidTransitionError('(leased)', `${to} (only a claim enters it)`);
-    const now = new Date();
-    const set: Record<string, unknown> = { ...ownedFields(fields), status: to, updatedAt: now };
-    // The platform's history list sorts by completedAt: every terminal status carries it.
-    if (to === 'COMPLETED' || to === 'FAILED' || to === 'CANCELLED') Object.assign(set, { finishedAt: now, completedAt: set['completedAt'] ?? now });
-    const r = await this.jobs.updateOne(this.fenced(lease, from), { $set: set } as UpdateFilter<TrainingJobDoc>);
-    return r.matchedCount === 1;
+    return this.oneWrite(lease.jobId, async () => {
+      if (!isJobStatus(to)) throw new InvalidTransitionError('(leased)', String(to));
+      if (to === 'QUEUED') {
+        throw new InvalidTransitionError('(leased)', 'QUEUED via transition(); use releaseLease() so attempts stay right');
+      }
+      const from = allowedFrom(to).filter((s) => LEASED_STATUSES.includes(s));
+      if (from.length === 0) throw new InvalidTransitionError('(leased)', `${to} (only a claim enters it)`);
+      const now = new Date();
+      const set: Record<string, unknown> = { ...ownedFields(fields), status: to, updatedAt: now };
+      // The platform's history list sorts by completedAt: every terminal status carries it.
+      if (to === 'COMPLETED' || to === 'FAILED' || to === 'CANCELLED') Object.assign(set, { finishedAt: now, completedAt: set['completedAt'] ?? now });
+      const r = await this.jobs.updateOne(this.fenced(lease, from), { $set: set } as UpdateFilter<TrainingJobDoc>);
+      return r.matchedCount === 1;
+    });
   }
 
   /**
@@ -366,19 +371,21 @@ export class TrainingJobRepository {
    * through a ProgressThrottle.
    */
   async updateProgress(lease: Lease, p: ProgressUpdate): Promise<boolean> {
-    const set: Record<string, unknown> = { updatedAt: new Date() };
-    if (p.progress !== undefined) set['progress'] = clamp(Math.round(p.progress * 10) / 10, 0, 100);
-    if (p.currentStep !== undefined) set['currentStep'] = p.currentStep;
-    if (p.totalSteps !== undefined) set['totalSteps'] = p.totalSteps;
-    if (p.currentLoss !== undefined) set['currentLoss'] = finiteOrNull(p.currentLoss);
-    if (p.etaSeconds !== undefined) set['etaSeconds'] = finiteOrNull(p.etaSeconds);
-    if (p.logLines && p.logLines.length > 0) {
-      const current = await this.jobs.findOne(this.fenced(lease), { projection: { logTail: 1 } });
-      if (!current) return false;
-      set['logTail'] = [...(current.logTail ?? []), ...p.logLines.map(cleanLogLine)].slice(-LOG_TAIL_LINES);
-    }
-    const r = await this.jobs.updateOne(this.fenced(lease), { $set: set });
-    return r.matchedCount === 1;
+    return this.oneWrite(lease.jobId, async () => {
+      const set: Record<string, unknown> = { updatedAt: new Date() };
+      if (p.progress !== undefined) set['progress'] = clamp(Math.round(p.progress * 10) / 10, 0, 100);
+      if (p.currentStep !== undefined) set['currentStep'] = p.currentStep;
+      if (p.totalSteps !== undefined) set['totalSteps'] = p.totalSteps;
+      if (p.currentLoss !== undefined) set['currentLoss'] = finiteOrNull(p.currentLoss);
+      if (p.etaSeconds !== undefined) set['etaSeconds'] = finiteOrNull(p.etaSeconds);
+      if (p.logLines && p.logLines.length > 0) {
+        const current = await this.jobs.findOne(this.fenced(lease), { projection: { logTail: 1 } });
+        if (!current) return false;
+        set['logTail'] = [...(current.logTail ?? []), ...p.logLines.map(cleanLogLine)].slice(-LOG_TAIL_LINES);
+      }
+      const r = await this.jobs.updateOne(this.fenced(lease), { $set: set });
+      return r.matchedCount === 1;
+    });
   }
 
   /**
@@ -388,22 +395,26 @@ export class TrainingJobRepository {
    * the job is no longer leased (a platform Cancel).
    */
   async setJobFields(lease: Lease, fields: Record<string, unknown>): Promise<boolean> {
-    const set = { ...ownedFields(fields), updatedAt: new Date() };
-    const r = await this.jobs.updateOne(this.fenced(lease), { $set: set } as UpdateFilter<TrainingJobDoc>);
-    return r.matchedCount === 1;
+    return this.oneWrite(lease.jobId, async () => {
+      const set = { ...ownedFields(fields), updatedAt: new Date() };
+      const r = await this.jobs.updateOne(this.fenced(lease), { $set: set } as UpdateFilter<TrainingJobDoc>);
+      return r.matchedCount === 1;
+    });
   }
 
   /** Fenced `$set` of `pipeline.<key>` for each key of `patch`; other pipeline keys are kept. */
   async setPipelineState(lease: Lease, patch: Record<string, unknown>): Promise<boolean> {
-    const set: Record<string, unknown> = { updatedAt: new Date() };
-    for (const [key, value] of Object.entries(patch)) {
-      if (key.includes('.') || key.startsWith('$')) {
-        throw new Error(`Pipeline state key "${key}" contains "." or starts with "$"; use a flat key.`);
+    return this.oneWrite(lease.jobId, async () => {
+      const set: Record<string, unknown> = { updatedAt: new Date() };
+      for (const [key, value] of Object.entries(patch)) {
+        if (key.includes('.') || key.startsWith('$')) {
+          throw new Error(`Pipeline state key "${key}" contains "." or starts with "$"; use a flat key.`);
+        }
+        set[`pipeline.${key}`] = value;
       }
-      set[`pipeline.${key}`] = value;
-    }
-    const r = await this.jobs.updateOne(this.fenced(lease), { $set: set });
-    return r.matchedCount === 1;
+      const r = await this.jobs.updateOne(this.fenced(lease), { $set: set });
+      return r.matchedCount === 1;
+    });
   }
 
   /**
@@ -413,14 +424,16 @@ export class TrainingJobRepository {
    * (`recordSettled`).
    */
   async complete(lease: Lease, fields: Record<string, unknown> = {}): Promise<boolean> {
-    const now = new Date();
-    const set = { progress: 100, ...ownedFields(fields), status: 'COMPLETED', completedAt: now, finishedAt: now, updatedAt: now, refundDue: true };
-    // A completed job carries no failure: a Retry leaves the previous attempt's reason on the document.
-    const r = await this.jobs.updateOne(this.fenced(lease, allowedFrom('COMPLETED').filter((s) => LEASED_STATUSES.includes(s))), {
-      $set: set,
-      $unset: { failureReason: '', failureClass: '' },
-    } as UpdateFilter<TrainingJobDoc>);
-    return r.matchedCount === 1;
+    return this.oneWrite(lease.jobId, async () => {
+      const now = new Date();
+      const set = { progress: 100, ...ownedFields(fields), status: 'COMPLETED', completedAt: now, finishedAt: now, updatedAt: now, refundDue: true };
+      // A completed job carries no failure: a Retry leaves the previous attempt's reason on the document.
+      const r = await this.jobs.updateOne(this.fenced(lease, allowedFrom('COMPLETED').filter((s) => LEASED_STATUSES.includes(s))), {
+        $set: set,
+        $unset: { failureReason: '', failureClass: '' },
+      } as UpdateFilter<TrainingJobDoc>);
+      return r.matchedCount === 1;
+    });
   }
 
   /** Any leased state → FAILED, with the reason the UI shows and our failure class. */
@@ -434,10 +447,12 @@ export class TrainingJobRepository {
    * already CANCELLED by the platform, as long as the lease is still ours.
    */
   async cancelComplete(lease: Lease, fields: Record<string, unknown> = {}): Promise<boolean> {
-    const now = new Date();
-    const set = { cancelledAt: now, ...ownedFields(fields), status: 'CANCELLED', completedAt: now, finishedAt: now, updatedAt: now };
-    const r = await this.jobs.updateOne(this.fenced(lease, [...LEASED_STATUSES, 'CANCELLED']), { $set: set } as UpdateFilter<TrainingJobDoc>);
-    return r.matchedCount === 1;
+    return this.oneWrite(lease.jobId, async () => {
+      const now = new Date();
+      const set = { cancelledAt: now, ...ownedFields(fields), status: 'CANCELLED', completedAt: now, finishedAt: now, updatedAt: now };
+      const r = await this.jobs.updateOne(this.fenced(lease, [...LEASED_STATUSES, 'CANCELLED']), { $set: set } as UpdateFilter<TrainingJobDoc>);
+      return r.matchedCount === 1;
+    });
   }
 
   /**
@@ -462,12 +477,14 @@ export class TrainingJobRepository {
    * late cancel is recorded (ADR 0002, scenario table).
    */
   async restoreCompleted(jobId: string, leaseAttemptId: string, fields: Record<string, unknown> = {}): Promise<boolean> {
-    const now = new Date();
-    const r = await this.jobs.updateOne(
-      { _id: toObjectIdOrString(jobId), status: 'CANCELLED', 'lease.attemptId': leaseAttemptId } as Filter<TrainingJobDoc>,
-      { $set: { ...ownedFields(fields), status: 'COMPLETED', lateCancelAt: now, updatedAt: now } } as UpdateFilter<TrainingJobDoc>,
-    );
-    return r.matchedCount === 1;
+    return this.oneWrite(jobId, async () => {
+      const now = new Date();
+      const r = await this.jobs.updateOne(
+        { _id: toObjectIdOrString(jobId), status: 'CANCELLED', 'lease.attemptId': leaseAttemptId } as Filter<TrainingJobDoc>,
+        { $set: { ...ownedFields(fields), status: 'COMPLETED', lateCancelAt: now, updatedAt: now } } as UpdateFilter<TrainingJobDoc>,
+      );
+      return r.matchedCount === 1;
+    });
   }
 
   /**
@@ -477,14 +494,16 @@ export class TrainingJobRepository {
    * platform attempt (a Retry in between makes this a no-op).
    */
   async recordSettled(jobId: string, platformAttempt: number, fields: { actualCostPoints?: number } = {}): Promise<boolean> {
-    const now = new Date();
-    const job = await this.jobs.findOne({ _id: toObjectIdOrString(jobId) } as Filter<TrainingJobDoc>, { projection: { status: 1, retryCount: 1, completedAt: 1 } });
-    if (!job || !TERMINAL_STATUSES.includes(job.status) || platformAttemptOf(job) !== platformAttempt) return false;
-    const set: Record<string, unknown> = { refundDue: false, refundSettledAt: now, costReconciled: true, updatedAt: now };
-    if (!job.completedAt) set['completedAt'] = now;
-    if (fields.actualCostPoints !== undefined) set['actualCostPoints'] = fields.actualCostPoints;
-    const r = await this.jobs.updateOne({ _id: job._id, status: job.status } as Filter<TrainingJobDoc>, { $set: set });
-    return r.matchedCount === 1;
+    return this.oneWrite(jobId, async () => {
+      const now = new Date();
+      const job = await this.jobs.findOne({ _id: toObjectIdOrString(jobId) } as Filter<TrainingJobDoc>, { projection: { status: 1, retryCount: 1, completedAt: 1 } });
+      if (!job || !TERMINAL_STATUSES.includes(job.status) || platformAttemptOf(job) !== platformAttempt) return false;
+      const set: Record<string, unknown> = { refundDue: false, refundSettledAt: now, costReconciled: true, updatedAt: now };
+      if (!job.completedAt) set['completedAt'] = now;
+      if (fields.actualCostPoints !== undefined) set['actualCostPoints'] = fields.actualCostPoints;
+      const r = await this.jobs.updateOne({ _id: job._id, status: job.status } as Filter<TrainingJobDoc>, { $set: set });
+      return r.matchedCount === 1;
+    });
   }
 
   /**
@@ -496,10 +515,12 @@ export class TrainingJobRepository {
    * refundDue) because nobody else should pick it up.
    */
   async releaseLease(lease: Lease, reason: string): Promise<boolean> {
-    const job = await this.jobs.findOne(this.fenced(lease));
-    if (!job) return false;
-    const outcome = await this.giveUp(job, 'release', reason, new Date());
-    return outcome !== null;
+    return this.oneWrite(lease.jobId, async () => {
+      const job = await this.jobs.findOne(this.fenced(lease));
+      if (!job) return false;
+      const outcome = await this.giveUp(job, 'release', reason, new Date());
+      return outcome !== null;
+    });
   }
 
   /**
@@ -509,9 +530,11 @@ export class TrainingJobRepository {
    * the lease was already lost.
    */
   async retryLater(lease: Lease, reason: string): Promise<JobStatus | null> {
-    const job = await this.jobs.findOne(this.fenced(lease));
-    if (!job) return null;
-    return this.giveUp(job, 'retry', reason, new Date());
+    return this.oneWrite(lease.jobId, async () => {
+      const job = await this.jobs.findOne(this.fenced(lease));
+      if (!job) return null;
+      return this.giveUp(job, 'retry', reason, new Date());
+    });
   }
 
   /**
@@ -574,7 +597,7 @@ export class TrainingJobRepository {
       // conditional updates are not atomic (FerretDB v1). A holder that died is taken over after tokenStaleMs.
       const token = `recover:${job.lease?.attemptId ?? job._id.toHexString()}:${job.lease?.expiresAt?.getTime() ?? 0}`;
       if (!(await this.takeToken(token, {}))) continue; // another recoverer holds it
-      const outcome = await this.giveUp(job, 'expired', 'the worker stopped renewing its lease', now);
+      const outcome = await this.oneWrite(String(job._id), () => this.giveUp(job, 'expired', 'the worker stopped renewing its lease', now));
       // The write missed (a cancel or a late heartbeat changed the job since the read): hand the token back
       // so the next pass decides again from a fresh read.
       if (outcome === null) await this.tokens.deleteOne({ _id: token }).catch(() => undefined);
@@ -600,10 +623,12 @@ export class TrainingJobRepository {
   }
 
   async clearRefundDue(jobId: string): Promise<boolean> {
-    const r = await this.jobs.updateOne({ _id: toObjectIdOrString(jobId), refundDue: true } as Filter<TrainingJobDoc>, {
-      $set: { refundDue: false, refundSettledAt: new Date() },
+    return this.oneWrite(jobId, async () => {
+      const r = await this.jobs.updateOne({ _id: toObjectIdOrString(jobId), refundDue: true } as Filter<TrainingJobDoc>, {
+        $set: { refundDue: false, refundSettledAt: new Date() },
+      });
+      return r.matchedCount === 1;
     });
-    return r.matchedCount === 1;
   }
 
   /**
@@ -636,6 +661,15 @@ export class TrainingJobRepository {
   }
 
   /** The fencing filter: this job, this attempt, and still in a leased state. */
+  /**
+   * This process's writes to one job, one at a time (FerretDB v1 can lose one
+   * of two concurrent updates of a document: see job-write-serializer.ts).
+   * Never nest: a serialized write that awaits another on the same job waits forever.
+   */
+  private oneWrite<T>(jobId: string, write: () => Promise<T>): Promise<T> {
+    return JOB_WRITES.run(`${this.db.databaseName}/${String(jobId)}`, write);
+  }
+
   private fenced(lease: Lease, statuses: readonly JobStatus[] = LEASED_STATUSES): Filter<TrainingJobDoc> {
     return {
       _id: toObjectIdOrString(lease.jobId),

@@ -137,7 +137,16 @@ export class SettleStep {
       await a.writer.transition('RUNNING');
       await a.writer.transition('FINALIZING');
       const upload = a.state.upload;
-      const written = await a.writer.complete({ actualCostPoints: usedPts, costReconciled: true, modelRepoUrl: upload?.loraUrl, loraModelId: a.state.loraModelId ? new ObjectId(a.state.loraModelId) : undefined });
+      // The same fields as the first COMPLETED write (whose landing is not known here), the cleaned trigger word included.
+      const [triggerWord] = a.request.resultTriggerWords;
+      const written = await a.writer.complete({
+        actualCostPoints: usedPts,
+        costReconciled: true,
+        modelRepoUrl: upload?.loraUrl,
+        previewImages: upload?.sampleUrls,
+        loraModelId: a.state.loraModelId ? new ObjectId(a.state.loraModelId) : undefined,
+        ...(triggerWord ? { triggerWord, triggerWords: [triggerWord] } : {}),
+      });
       if (written === 'cancelled') await this.restoreIfCancelledLate(a.ctx.jobId, a.ctx.lease.attemptId, a.ctx.log);
       await this.jobs.recordSettled(a.ref.jobId, a.ref.platformAttempt, { actualCostPoints: usedPts });
     } else {
