@@ -70,6 +70,53 @@ export interface ContainerRun {
   endedAt: Date;
 }
 
+/** One intermediate LoRA checkpoint of an attempt, stored in the models bucket as soon as the engine wrote it. */
+export interface CheckpointRecord {
+  /** The job's step the checkpoint was saved at (after a resume: continued, never the engine's restarted count). */
+  step: number;
+  epoch?: number;
+  /** The engine's reported (average) loss at that step, when known. */
+  loss?: number | null;
+  loraKey: string;
+  loraUrl: string;
+  sha256: string;
+  autov2: string;
+  bytes: number;
+  sampleKeys: string[];
+  sampleUrls: string[];
+  storedAt: Date;
+  /** Set by retention once the checkpoint's objects are deleted from storage. */
+  deletedAt?: Date;
+}
+
+/** The newest engine training state of a platform attempt, stored for a re-claimed attempt to resume from. */
+export interface ResumeStateRecord {
+  step: number;
+  epoch?: number;
+  /** Object key (uploads bucket) of the state folder as a tar archive. */
+  key: string;
+  bytes: number;
+  sha256: string;
+  /** The state folder's name relative to the output folder (SavePlan.stateTemplate at `step`). */
+  stateDir: string;
+  /** `<recipe id>@<recipe version>#<image ref>` that wrote it: a different engine never resumes it. */
+  engine: string;
+  /** The lease attemptId whose worker uploaded it (attempt-fenced: only the record's owner can record a state). */
+  uploadedBy: string;
+  storedAt: Date;
+}
+
+/** A checkpoint registered as the job's model after the job completed (ADR 0008). */
+export interface PromotionRecord {
+  step: number;
+  /** `replace`: the job's model now loads this checkpoint; `version`: a second model registered beside it. */
+  mode: 'replace' | 'version';
+  loraModelId: string;
+  loraUrl: string;
+  promotedAt: Date;
+  promotedBy?: string;
+}
+
 /** What the worker's pipeline records, step by step, through fenced writes. */
 export interface AttemptState {
   recipeId?: string;
@@ -87,6 +134,14 @@ export interface AttemptState {
   completedWrittenAt?: Date;
   /** The registered model was hidden because the job ended cancelled after registration. */
   modelWithdrawnAt?: Date;
+  /** Intermediate checkpoints stored so far, in step order. */
+  checkpoints?: CheckpointRecord[];
+  /** The newest stored engine state (older ones are deleted once this is recorded). */
+  resumeState?: ResumeStateRecord;
+  /** Each resume of this platform attempt: the step it continued from and the lease that did it. */
+  resumes?: { step: number; attemptId: string; at: Date }[];
+  /** Checkpoints promoted after completion, newest last. */
+  promotions?: PromotionRecord[];
 }
 
 export interface TrainingAttemptDoc {

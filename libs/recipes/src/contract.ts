@@ -256,6 +256,51 @@ export interface RenderInput<P> {
   dataset: DatasetSummary;
   /** Base-model weight file names (relative to CONTAINER_PATHS.models) by role. */
   baseModelFiles: Record<string, string>;
+  /**
+   * Prompts for the fixed-seed sample images at each save. Absent or empty:
+   * `defaultSamplePrompts(triggerWord)`. Each is one line; the recipe adds its
+   * engine's sampling options (size, steps, seed) itself.
+   */
+  samplePrompts?: string[];
+  /** Continue from a saved engine state (a re-claimed attempt). Absent: train from step 0. */
+  resume?: ResumeFrom;
+}
+
+/** Where a resumed run starts: the engine state the worker put back into the output folder. */
+export interface ResumeFrom {
+  /** The step the state was saved at; the job's step count continues from it. */
+  step: number;
+  /** The state folder, relative to CONTAINER_PATHS.output (where the engine wrote it: `SavePlan.stateTemplate`). */
+  stateDir: string;
+}
+
+/**
+ * The intermediate saves a rendered job makes, so the worker can find, upload
+ * and record them while training runs. Templates are relative to
+ * CONTAINER_PATHS.output; `{step}` stands for the step zero-padded to 8 digits
+ * (the engines' `-step{:08d}` naming). Use `savePlanSteps`, `checkpointFileAt`,
+ * `stateDirAt` and `sampleStepOf` rather than reading the templates by hand.
+ *
+ * A save at step N is complete once the engine reports a step after N, or
+ * exits 0: every engine here saves synchronously inside its training loop.
+ */
+export interface SavePlan {
+  /** Steps between saves (> 0). The final LoRA (`ExpectedOutputs.lora`) is saved at totalSteps besides. */
+  everySteps: number;
+  /** The planned total optimizer steps of the job. */
+  totalSteps: number;
+  /** The checkpoint LoRA written at each save, e.g. `name-step{step}.safetensors`. */
+  checkpointTemplate: string;
+  /** The engine's full training state written with each save (optimizer, scheduler, RNG, step): absent when the recipe cannot resume. */
+  stateTemplate?: string;
+  /** Sample images written at each save: their folder (relative to output) and a regex source whose named group `step` is the save's step. */
+  samples?: { dir: string; pattern: string };
+  /**
+   * How the engine counts steps after a resume: `continues` (it reports the
+   * saved step + k and names saves by the job's step) or `restarts` (it
+   * reports k and names saves by k; the worker adds `ResumeFrom.step`).
+   */
+  stepsAfterResume: 'continues' | 'restarts';
 }
 
 export interface RenderedFile {
@@ -278,6 +323,8 @@ export interface ExpectedOutputs {
   lora: string;
   /** Folder (relative to output) where sample images land, if any. */
   samplesDir?: string;
+  /** Intermediate saves (checkpoints, samples, engine state). Absent: only the final LoRA is saved. */
+  saves?: SavePlan;
 }
 
 export interface RenderedJob {
