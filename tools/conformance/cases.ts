@@ -66,3 +66,16 @@ export const CASES: ConformanceCase[] = [
     baseRole: 'dit_t2v_1_3b',
   },
 ];
+
+/**
+ * Resume cases: the plain case's run with a save (checkpoint, engine state) at
+ * step 1 of the test run's 2, then a second run, as a re-claimed attempt does
+ * it: a fresh output folder holding only the step-1 state, the job rendered
+ * with `resume`, every step run again. Selected by `<recipe-id>:resume`.
+ */
+export const RESUME_SUFFIX = ':resume';
+
+export const RESUME_CASES: ConformanceCase[] = CASES.filter((c) => c.recipeId === 'sdxl-lora' || c.recipeId === 'wan-lora').map((c) => ({
+  ...c,
+  parameters: { ...c.parameters, saveEveryNSteps: 1 },
+}));

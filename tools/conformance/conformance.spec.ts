@@ -5,6 +5,7 @@
  *
  *   npx nx run recipes:conformance        (prepare.sh first: images, models, dataset)
  *   CONFORMANCE_ONLY=sdxl-lora,wan-lora   run a subset
+ *   CONFORMANCE_ONLY=sdxl-lora:resume     only that recipe's resume case
  *
  * Per recipe it asserts: every step exits 0; the recipe's progress parser read
  * step, total and loss from the engine's own output; the LoRA passes the
@@ -12,13 +13,24 @@
  * word; and every LoRA tensor key resolves to a weight of the base checkpoint
  * under ComfyUI's LoRA key rules (0 unmatched). The report (wall time, peak
  * container memory, substitutions) goes to .state/conformance/report.json.
+ *
+ * Resume cases (`<recipe>:resume`, SDXL and WAN) train the test run's two
+ * steps with a save and engine state at step 1, then run the job again as a
+ * re-claimed attempt: a fresh output folder holding only the step-1 state,
+ * rendered with `resume`, every step again. They assert the second run ends
+ * at the job's step 2 (progress and the LoRA's ss_steps, through the save
+ * plan's stepsAfterResume), that the engine loaded the state, and record the
+ * bytes of each checkpoint and state folder.
  */
 import { promises as fsp, existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { DockerContainerRuntime, createDockerClient } from '@stationthis/docker';
 import {
   captionHasTrigger,
+  checkpointFileAt,
   getRecipe,
+  jobStepOf,
+  stateDirAt,
   requiredWeights,
   resolveComfyLoraKeys,
   summarizeDataset,
@@ -27,12 +39,15 @@ import {
   testRunWeights,
   type ProgressEvent,
   type Recipe,
+  type RenderedJob,
+  type ResumeFrom,
+  type SavePlan,
 } from '@stationthis/recipes';
 import { createS3Client, DatasetFetcher, loadStorageConfig, ObjectStorage, type PlatformDatasetDoc } from '@stationthis/storage';
 import { stepContainerSpec } from '../../apps/training-worker/src/pipeline/step-container';
 import { readSafetensorsHeader } from '../../apps/training-worker/src/pipeline/safetensors-file';
 import { serviceEnv, uniquePrefix } from '../testing/support';
-import { CASES, TRIGGER, type ConformanceCase } from './cases';
+import { CASES, RESUME_CASES, RESUME_SUFFIX, TRIGGER, type ConformanceCase } from './cases';
 
 const REPO = path.resolve(__dirname, '../..');
 const STATE = path.join(REPO, '.state', 'conformance');
@@ -60,6 +75,14 @@ interface CaseReport {
   lora: { file: string; bytes: number; tensors: number; comfyMatched: number; comfyUnmatched: string[] } | null;
   captionsSeen: Record<string, string>;
   modelOverrides: string[];
+  /** Resume cases: the step-1 save and the resumed run. */
+  saves?: SaveReport;
+}
+interface SaveReport {
+  checkpoint: { file: string; bytes: number };
+  state: { dir: string; bytes: number; files: Record<string, number> };
+  /** The resumed run's last progress, as the engine printed it and as the job's step. */
+  resumed?: { engineStep: number; engineTotal: number; jobStep: number; jobTotal: number; ssSteps: string | undefined; loraBytes: number; stateLoaded: boolean };
 }
 const report: CaseReport[] = [];
 
@@ -127,9 +150,127 @@ async function platformDataset(c: ConformanceCase): Promise<PlatformDatasetDoc> 
   return { name: `conformance ${c.recipeId}`, images: urls, captionSets: [{ _id: 'cs1', isDefault: true, status: 'completed', captions: c.dataset.map((d) => d.caption) }] };
 }
 
-const cases = CASES.filter((c) => ONLY.length === 0 || ONLY.includes(c.recipeId));
 
-describe.each(cases.map((c) => [c.recipeId, c] as const))('%s conformance', (_id, c) => {
+interface JobFolders {
+  datasetDir: string;
+  jobDir: string;
+  outputDir: string;
+  logFile: string;
+}
+
+function foldersIn(run: string, name: string, datasetDir: string): JobFolders {
+  return { datasetDir, jobDir: path.join(run, `${name}-job`), outputDir: path.join(run, `${name}-output`), logFile: path.join(run, `${name}.log`) };
+}
+
+/** The platform dataset fetched into `datasetDir` the worker's way (captions with the trigger word). */
+async function fetchDataset(c: ConformanceCase, recipe: Recipe<unknown>, datasetDir: string) {
+  const fetched = await fetcher.fetch(await platformDataset(c), datasetDir, {
+    captionSetId: 'cs1',
+    allowVideo: recipe.datasetRequirements.allowVideo,
+    captionFor: (caption) => trainingCaption(caption, TRIGGER),
+  });
+  for (const f of await fsp.readdir(datasetDir)) await fsp.chmod(path.join(datasetDir, f), 0o644);
+  await fsp.chmod(datasetDir, 0o755);
+  return fetched;
+}
+
+function caseWeights(recipe: Recipe<unknown>, parameters: unknown, caseReport: CaseReport) {
+  const testWeights = testRunWeights(recipe, requiredWeights(recipe, parameters as never));
+  caseReport.modelOverrides.push(...testWeights.applied);
+  const weights = testWeights.weights.map((w) => ({ fileName: w.fileName, path: path.join(MODELS, w.fileName), role: w.role }));
+  for (const w of weights) if (!existsSync(w.path)) throw new Error(`missing conformance model ${w.path}; run tools/conformance/prepare.sh`);
+  return weights;
+}
+
+/**
+ * Run every rendered step in the image under the worker's sandbox, with the
+ * recipe's test-run changes (resumed: `resumedAtStep`); progress events of the
+ * training step go to `events`, every line to `lines`.
+ */
+async function runRendered(
+  recipe: Recipe<unknown>,
+  rendered: RenderedJob,
+  image: string,
+  folders: JobFolders,
+  weights: { fileName: string; path: string; role: string }[],
+  caseReport: CaseReport,
+  opts: { label: string; events: ProgressEvent[]; lines?: string[]; resumedAtStep?: number },
+): Promise<void> {
+  for (const d of [folders.jobDir, folders.outputDir]) await fsp.mkdir(d, { recursive: true });
+  await fsp.chmod(folders.outputDir, 0o777);
+  for (const f of rendered.files) await fsp.writeFile(path.join(folders.jobDir, f.path), f.content, { mode: 0o644 });
+  for (const step of rendered.steps) {
+    const { argv, applied } = applyArgvSubstitutions(step.argv, recipe.testRun?.substitutions ?? [], opts.resumedAtStep ? { resumedAtStep: opts.resumedAtStep } : {});
+    const parser = recipe.createProgressParser();
+    const memory = watchPeakMemory();
+    const started = Date.now();
+    const result = await runtime.run(
+      stepContainerSpec({
+        image,
+        recipe,
+        step: { name: step.name, argv },
+        folders: { ...folders, weights },
+        jobId: 'conformance',
+        gpuDeviceIds: [],
+        memoryBytes: MEMORY_BYTES,
+        pidsLimit: 4096,
+        labels: { jobId: `conformance-${caseReport.recipe.replace(/[^a-z0-9-]/g, '-')}`, attemptId: opts.label || 'a1', workerId: 'conformance' },
+        deadlineMs: 3 * 60 * 60 * 1000,
+        stallTimeoutMs: 45 * 60 * 1000,
+      }),
+      {
+        onStarted: (id) => memory.onStarted(id),
+        onLine: (line) => {
+          opts.lines?.push(line);
+          for (const ev of parser.feed(line)) if (step.reportsTrainingProgress) opts.events.push(ev);
+        },
+      },
+    );
+    caseReport.steps.push({ name: opts.label ? `${opts.label}:${step.name}` : step.name, argvChanges: applied, wallSeconds: Math.round((Date.now() - started) / 100) / 10, peakRssBytes: memory.stop(), exitCode: result.exitCode });
+    if (result.failureClass) {
+      throw new Error(`step ${opts.label ? `${opts.label}:` : ''}${step.name} failed (${result.failureClass}, exit ${result.exitCode}): ${result.failureMessage ?? ''}\n${result.lastLines.slice(-40).join('\n')}`);
+    }
+    expect(result.exitCode).toBe(0);
+  }
+}
+
+function lastStep(events: ProgressEvent[]): Extract<ProgressEvent, { kind: 'step' }> | undefined {
+  return events.filter((e): e is Extract<ProgressEvent, { kind: 'step' }> => e.kind === 'step').pop();
+}
+
+async function folderBytes(dir: string): Promise<{ bytes: number; files: Record<string, number> }> {
+  const files: Record<string, number> = {};
+  let bytes = 0;
+  for (const entry of await fsp.readdir(dir, { recursive: true, withFileTypes: true })) {
+    if (!entry.isFile()) continue;
+    const full = path.join(entry.parentPath, entry.name);
+    const size = (await fsp.stat(full)).size;
+    files[path.relative(dir, full)] = size;
+    bytes += size;
+  }
+  return { bytes, files };
+}
+
+/** Copy a state folder as the worker puts it back: writable by the container user, which may save into the same name. */
+async function putBackState(from: string, to: string): Promise<void> {
+  await fsp.cp(from, to, { recursive: true });
+  for (const entry of await fsp.readdir(to, { recursive: true, withFileTypes: true })) {
+    await fsp.chmod(path.join(entry.parentPath, entry.name), entry.isDirectory() ? 0o777 : 0o666);
+  }
+  await fsp.chmod(to, 0o777);
+}
+
+/** describe.each over the selected cases, or nothing when none is selected (jest refuses an empty table). */
+function describeEach<C>(rows: (readonly [string, C])[]): (name: string, fn: (id: string, c: C) => void) => void {
+  return (name, fn) => {
+    if (rows.length > 0) describe.each(rows)(name, fn);
+  };
+}
+
+const cases = CASES.filter((c) => ONLY.length === 0 || ONLY.includes(c.recipeId));
+const resumeCases = RESUME_CASES.filter((c) => ONLY.length === 0 || ONLY.includes(c.recipeId + RESUME_SUFFIX));
+
+describeEach(cases.map((c) => [c.recipeId, c] as const))('%s conformance', (_id, c) => {
   const recipe = getRecipe(c.recipeId) as Recipe<unknown>;
   const run = path.join(WORK, c.recipeId);
   const folders = { datasetDir: path.join(run, 'dataset'), jobDir: path.join(run, 'job'), outputDir: path.join(run, 'output'), logFile: path.join(run, 'engine.log') };
@@ -148,18 +289,8 @@ describe.each(cases.map((c) => [c.recipeId, c] as const))('%s conformance', (_id
   it('runs every rendered step in the real image under the worker sandbox, each exiting 0', async () => {
     const validated = recipe.validate(c.parameters);
     if (!validated.ok) throw new Error(`case parameters invalid: ${JSON.stringify(validated.issues)}`);
-    const fetched = await fetcher.fetch(await platformDataset(c), folders.datasetDir, {
-      captionSetId: 'cs1',
-      allowVideo: recipe.datasetRequirements.allowVideo,
-      captionFor: (caption) => trainingCaption(caption, TRIGGER),
-    });
-    for (const f of await fsp.readdir(folders.datasetDir)) await fsp.chmod(path.join(folders.datasetDir, f), 0o644);
-    await fsp.chmod(folders.datasetDir, 0o755);
-
-    const testWeights = testRunWeights(recipe, requiredWeights(recipe, validated.value as never));
-    caseReport.modelOverrides.push(...testWeights.applied);
-    const weights = testWeights.weights.map((w) => ({ fileName: w.fileName, path: path.join(MODELS, w.fileName), role: w.role }));
-    for (const w of weights) if (!existsSync(w.path)) throw new Error(`missing conformance model ${w.path}; run tools/conformance/prepare.sh`);
+    const fetched = await fetchDataset(c, recipe, folders.datasetDir);
+    const weights = caseWeights(recipe, validated.value, caseReport);
     const rendered = recipe.render({
       jobId: `conf${c.recipeId.replace(/[^a-z0-9]/g, '')}`,
       parameters: validated.value,
@@ -169,43 +300,10 @@ describe.each(cases.map((c) => [c.recipeId, c] as const))('%s conformance', (_id
       baseModelFiles: Object.fromEntries(weights.map((w) => [w.role, w.fileName])),
     });
     outputs = rendered.outputs;
-    for (const f of rendered.files) await fsp.writeFile(path.join(folders.jobDir, f.path), f.content, { mode: 0o644 });
     const image = imageFor(recipe);
     caseReport.image = image;
     await runtime.ensureImage(image);
-
-    for (const step of rendered.steps) {
-      const { argv, applied } = applyArgvSubstitutions(step.argv, recipe.testRun?.substitutions ?? []);
-      const parser = recipe.createProgressParser();
-      const memory = watchPeakMemory();
-      const started = Date.now();
-      const result = await runtime.run(
-        stepContainerSpec({
-          image,
-          recipe,
-          step: { name: step.name, argv },
-          folders: { ...folders, weights },
-          jobId: 'conformance',
-          gpuDeviceIds: [],
-          memoryBytes: MEMORY_BYTES,
-          pidsLimit: 4096,
-          labels: { jobId: `conformance-${c.recipeId}`, attemptId: 'a1', workerId: 'conformance' },
-          deadlineMs: 3 * 60 * 60 * 1000,
-          stallTimeoutMs: 45 * 60 * 1000,
-        }),
-        {
-          onStarted: (id) => memory.onStarted(id),
-          onLine: (line) => {
-            for (const ev of parser.feed(line)) if (step.reportsTrainingProgress) events.push(ev);
-          },
-        },
-      );
-      caseReport.steps.push({ name: step.name, argvChanges: applied, wallSeconds: Math.round((Date.now() - started) / 100) / 10, peakRssBytes: memory.stop(), exitCode: result.exitCode });
-      if (result.failureClass) {
-        throw new Error(`step ${step.name} failed (${result.failureClass}, exit ${result.exitCode}): ${result.failureMessage ?? ''}\n${result.lastLines.slice(-40).join('\n')}`);
-      }
-      expect(result.exitCode).toBe(0);
-    }
+    await runRendered(recipe, rendered, image, folders, weights, caseReport, { label: '', events });
   }, 4 * 60 * 60 * 1000);
 
   it("the recipe's progress parser read step, total and loss from the engine's output", () => {
@@ -255,3 +353,90 @@ describe.each(cases.map((c) => [c.recipeId, c] as const))('%s conformance', (_id
   }, 120_000);
 });
 
+
+describeEach(resumeCases.map((c) => [c.recipeId + RESUME_SUFFIX, c] as const))('%s conformance', (id, c) => {
+  const recipe = getRecipe(c.recipeId) as Recipe<unknown>;
+  const run = path.join(WORK, id.replace(/[^a-z0-9-]/g, '-'));
+  const datasetDir = path.join(run, 'dataset');
+  const first = foldersIn(run, 'first', datasetDir);
+  const second = foldersIn(run, 'resumed', datasetDir);
+  const caseReport: CaseReport = { recipe: id, image: '', steps: [], progress: null, lora: null, captionsSeen: {}, modelOverrides: [] };
+  const firstEvents: ProgressEvent[] = [];
+  const secondEvents: ProgressEvent[] = [];
+  const secondLines: string[] = [];
+  let plan: SavePlan | undefined;
+  let resume: ResumeFrom | undefined;
+  let lora = '';
+
+  beforeAll(async () => {
+    await fsp.rm(run, { recursive: true, force: true });
+    await fsp.mkdir(run, { recursive: true });
+    report.push(caseReport);
+  });
+
+  it('trains the test run with a save and engine state at step 1, then resumes from that state in a fresh output folder', async () => {
+    const validated = recipe.validate(c.parameters);
+    if (!validated.ok) throw new Error(`case parameters invalid: ${JSON.stringify(validated.issues)}`);
+    const fetched = await fetchDataset(c, recipe, datasetDir);
+    const weights = caseWeights(recipe, validated.value, caseReport);
+    const input = {
+      jobId: `confresume${c.recipeId.replace(/[^a-z0-9]/g, '')}`,
+      parameters: validated.value,
+      triggerWord: TRIGGER,
+      outputName: `conformance_${c.recipeId.replace(/-/g, '_')}`,
+      dataset: summarizeDataset(fetched.images),
+      baseModelFiles: Object.fromEntries(weights.map((w) => [w.role, w.fileName])),
+    };
+    const rendered = recipe.render(input);
+    plan = rendered.outputs.saves;
+    if (!plan?.stateTemplate) throw new Error(`${c.recipeId} renders no state saves for saveEveryNSteps 1`);
+    lora = rendered.outputs.lora;
+    const image = imageFor(recipe);
+    caseReport.image = image;
+    await runtime.ensureImage(image);
+
+    await runRendered(recipe, rendered, image, first, weights, caseReport, { label: 'first', events: firstEvents });
+    expect(lastStep(firstEvents)).toMatchObject({ step: 2, totalSteps: 2 });
+
+    const checkpoint = path.join(first.outputDir, checkpointFileAt(plan, 1));
+    const stateDir = stateDirAt(plan, 1) ?? '';
+    expect(existsSync(checkpoint)).toBe(true);
+    expect(existsSync(path.join(first.outputDir, stateDir))).toBe(true);
+    const state = await folderBytes(path.join(first.outputDir, stateDir));
+    caseReport.saves = { checkpoint: { file: checkpointFileAt(plan, 1), bytes: (await fsp.stat(checkpoint)).size }, state: { dir: stateDir, ...state } };
+
+    // The re-claimed attempt: a fresh output folder with only the state put back, every step again.
+    resume = { step: 1, stateDir };
+    await fsp.mkdir(second.outputDir, { recursive: true });
+    await putBackState(path.join(first.outputDir, stateDir), path.join(second.outputDir, stateDir));
+    const resumed = recipe.render({ ...input, resume });
+    await runRendered(recipe, resumed, image, second, weights, caseReport, { label: 'resumed', events: secondEvents, lines: secondLines, resumedAtStep: resume.step });
+  }, 4 * 60 * 60 * 1000);
+
+  it('the state folder holds what accelerate restores: LoRA weights, optimizer, scheduler, RNG states', () => {
+    const files = Object.keys(caseReport.saves?.state.files ?? {});
+    expect(files).toEqual(expect.arrayContaining(['model.safetensors', 'optimizer.bin', 'scheduler.bin', 'random_states_0.pkl']));
+    // sd-scripts also records the step (train_state.json), which --initial_step 0 overrides by design.
+    if (c.recipeId === 'sdxl-lora') expect(files).toContain('train_state.json');
+  });
+
+  it("the resumed run loaded the state and ends at the job's step 2 of 2", async () => {
+    if (!plan || !resume || !caseReport.saves) throw new Error('the first run did not complete; see the test above');
+    expect(secondLines.some((l) => /resume training from local state/.test(l))).toBe(true);
+    const last = lastStep(secondEvents);
+    if (!last) throw new Error('the resumed run reported no step');
+    // The engine restarts its count: it trains the 1 step left, and the plan says how to add the resumed step.
+    const jobStep = jobStepOf(plan, last.step, resume);
+    const jobTotal = jobStepOf(plan, last.totalSteps, resume);
+    const loraPath = path.join(second.outputDir, lora);
+    expect(existsSync(loraPath)).toBe(true);
+    const header = await readSafetensorsHeader(loraPath);
+    expect(recipe.checkOutput(header).problems).toEqual([]);
+    const ssSteps = header.metadata['ss_steps'];
+    caseReport.progress = { step: jobStep, totalSteps: jobTotal, loss: last.loss };
+    caseReport.saves.resumed = { engineStep: last.step, engineTotal: last.totalSteps, jobStep, jobTotal, ssSteps, loraBytes: (await fsp.stat(loraPath)).size, stateLoaded: true };
+    expect({ jobStep, jobTotal }).toEqual({ jobStep: 2, jobTotal: 2 });
+    expect(jobStepOf(plan, Number(ssSteps), resume)).toBe(2);
+    expect(secondEvents.filter((e) => e.kind === 'error')).toEqual([]);
+  }, 120_000);
+});

@@ -8,11 +8,13 @@
 #      the engine images (no host Python packages)       ~/.cache/stationthis/conformance/models
 #      (~35 GB, deterministic: one copy per machine, shared by every clone)
 #   5. the dataset media (5 images, 2 clips at 30 fps)   .state/conformance/dataset
-# Usage: tools/conformance/prepare.sh [recipe-id ...]   (default: sdxl-lora flux-lora wan-lora)
+# Usage: tools/conformance/prepare.sh [recipe-id[:resume] ...]   (default: sdxl-lora flux-lora wan-lora)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../bootstrap.sh"
 
-RECIPES=("$@"); [[ ${#RECIPES[@]} -gt 0 ]] || RECIPES=(sdxl-lora flux-lora wan-lora)
+# A resume case (`sdxl-lora:resume`) needs what its recipe needs.
+RECIPES=(); for r in "$@"; do r="${r%%:*}"; [[ " ${RECIPES[*]} " == *" $r "* ]] || RECIPES+=("$r"); done
+[[ ${#RECIPES[@]} -gt 0 ]] || RECIPES=(sdxl-lora flux-lora wan-lora)
 CONF="$REPO_ROOT/.state/conformance"
 MODELS="${CONFORMANCE_MODELS_DIR:-${STATIONTHIS_CACHE_DIR:-$HOME/.cache/stationthis}/conformance/models}"
 TOOLS="$REPO_ROOT/tools/conformance/models"

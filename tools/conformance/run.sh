@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The engine conformance suite: prepare (idempotent), then run the real engines.
-# Usage: tools/conformance/run.sh [recipe-id ...]   (default: every production recipe)
+# Usage: tools/conformance/run.sh [recipe-id ...] [recipe-id:resume ...]   (default: every case)
 # Report: .state/conformance/report.json
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../bootstrap.sh"

@@ -17,6 +17,7 @@ import { WorkerMetrics } from './observability/metrics';
 import { JobContext } from './pipeline/job-context';
 import { JobPipeline } from './pipeline/job-pipeline';
 import { SettlementSweep } from './pipeline/settlement-sweep';
+import { CheckpointRetention } from './checkpoints/checkpoint-retention';
 import { containerScope } from './pipeline/steps/train-step';
 import { LeaseLost, ShutdownRequested } from './pipeline/failures';
 
@@ -43,6 +44,7 @@ export class TrainingWorker {
     private readonly metrics: WorkerMetrics,
     private readonly storage: ObjectStorage,
     private readonly sweep: SettlementSweep,
+    private readonly retention: CheckpointRetention,
   ) {}
 
   get isStopping(): boolean {
@@ -189,6 +191,8 @@ export class TrainingWorker {
     await this.ledger.replayPending(5 * 60_000).catch((err) => this.log.warn({ err }, 'could not replay pending points movements'));
     // Multipart uploads left by crashed attempts (never visible under a final key) are aborted after an hour.
     await this.storage.abortIncompleteUploads('models', '', 3_600_000).catch((err) => this.log.warn({ err }, 'could not abort stale multipart uploads'));
+    // Checkpoints past retention and resume states of ended attempts (ADR 0008); bounded per pass.
+    await this.retention.run().catch((err) => this.log.warn({ err }, 'checkpoint retention failed; the next pass retries'));
   }
 
   /**

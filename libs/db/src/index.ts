@@ -48,3 +48,5 @@ export { UserCoreReader, UserCoreAccounts, USER_CORE_COLLECTION, type EnsureAcco
 export { registerDb, type RegisterDbOptions } from './register';
 export * from './training-attempt';
 export { TrainingAttemptRepository } from './training-attempt-repository';
+export * from './checkpoint-promotion';
+export { CheckpointRetentionRepository } from './checkpoint-retention';

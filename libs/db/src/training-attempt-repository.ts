@@ -1,6 +1,7 @@
 import type { Collection, Db, Document, Filter } from 'mongodb';
 import { inject, injectable } from 'tsyringe';
 import { ensureNamedIndexes, isDuplicateKeyError, toObjectIdOrString } from '@stationthis/common';
+import { JOB_WRITES } from './job-write-serializer';
 import { MONGO_DB } from './mongo';
 import {
   attemptKey,
@@ -9,6 +10,8 @@ import {
   TRAINING_SETTLEMENTS_COLLECTION,
   type AttemptRef,
   type AttemptState,
+  type CheckpointRecord,
+  type ResumeStateRecord,
   type SettleDecision,
   type SettlementDecisionDoc,
   type TrainingAttemptDoc,
@@ -29,8 +32,10 @@ export class TrainingAttemptRepository {
   private readonly attempts: Collection<TrainingAttemptDoc>;
   private readonly decisions: Collection<SettlementDecisionDoc>;
   private readonly models: Collection<Document>;
+  private readonly databaseName: string;
 
   constructor(@inject(MONGO_DB) db: Db) {
+    this.databaseName = db.databaseName;
     this.attempts = db.collection<TrainingAttemptDoc>(TRAINING_ATTEMPTS_COLLECTION);
     this.decisions = db.collection<SettlementDecisionDoc>(TRAINING_SETTLEMENTS_COLLECTION);
     this.models = db.collection<Document>(LORA_MODELS_COLLECTION);
@@ -89,14 +94,75 @@ export class TrainingAttemptRepository {
 
   /** Fenced `$set` of `state.<key>`; `open` marks the record for settlement. False: another claim owns it now. */
   async setState(ref: AttemptRef, patch: Partial<AttemptState>, opts: { open?: boolean } = {}): Promise<boolean> {
-    const set: Record<string, unknown> = { updatedAt: new Date() };
-    for (const [key, value] of Object.entries(patch)) {
-      if (key.includes('.') || key.startsWith('$')) throw new Error(`Attempt state key "${key}" contains "." or starts with "$"; use a flat key.`);
-      set[`state.${key}`] = value;
-    }
-    if (opts.open !== undefined) set['open'] = opts.open;
-    const r = await this.attempts.updateOne({ _id: attemptKey(ref.jobId, ref.platformAttempt), owner: ref.owner }, { $set: set });
-    return r.matchedCount === 1;
+    return this.oneWrite(attemptKey(ref.jobId, ref.platformAttempt), async () => {
+      const set: Record<string, unknown> = { updatedAt: new Date() };
+      for (const [key, value] of Object.entries(patch)) {
+        if (key.includes('.') || key.startsWith('$')) throw new Error(`Attempt state key "${key}" contains "." or starts with "$"; use a flat key.`);
+        set[`state.${key}`] = value;
+      }
+      if (opts.open !== undefined) set['open'] = opts.open;
+      const r = await this.attempts.updateOne({ _id: attemptKey(ref.jobId, ref.platformAttempt), owner: ref.owner }, { $set: set });
+      return r.matchedCount === 1;
+    });
+  }
+
+  /**
+   * Appends one intermediate checkpoint to `state.checkpoints`, fenced by the
+   * owner and at most once per step (a resumed attempt that saves the same
+   * step again records nothing). FerretDB matches neither dotted paths nor
+   * `$elemMatch` inside arrays of documents, so the step check reads the
+   * record and the `$push` is conditioned on the array's length being what
+   * was read (a concurrent append makes it retry). Callers record in step
+   * order, so the array stays sorted. 'duplicate': that step is recorded
+   * already; 'not-owner': another claim owns the record now.
+   */
+  async recordCheckpoint(ref: AttemptRef, checkpoint: CheckpointRecord): Promise<'recorded' | 'duplicate' | 'not-owner'> {
+    return this.oneWrite(attemptKey(ref.jobId, ref.platformAttempt), async () => {
+      const _id = attemptKey(ref.jobId, ref.platformAttempt);
+      for (let tries = 0; tries < 5; tries++) {
+        const rec = await this.attempts.findOne({ _id }, { projection: { owner: 1, 'state.checkpoints': 1 } });
+        if (!rec || rec.owner !== ref.owner) return 'not-owner';
+        const recorded = rec.state?.checkpoints ?? [];
+        if (recorded.some((c) => c.step === checkpoint.step)) return 'duplicate';
+        const sameLength = recorded.length === 0 ? { $or: [{ 'state.checkpoints': { $exists: false } }, { 'state.checkpoints': { $size: 0 } }] } : { 'state.checkpoints': { $size: recorded.length } };
+        const r = await this.attempts.updateOne(
+          { _id, owner: ref.owner, ...sameLength } as Filter<TrainingAttemptDoc>,
+          { $push: { 'state.checkpoints': checkpoint }, $set: { updatedAt: new Date() } } as never,
+        );
+        if (r.matchedCount === 1) return 'recorded';
+      }
+      throw new Error(`Recording checkpoint step ${checkpoint.step} of ${_id} failed: the record kept changing under five tries. Retry the save scan.`);
+    });
+  }
+
+  /**
+   * Sets `state.resumeState` only while `ref.owner` owns the record and the
+   * recorded state (if any) is of a lower step: a slower upload of an older
+   * state never replaces a newer one, and a worker that lost its claim never
+   * records. False: refused (the caller deletes what it uploaded).
+   */
+  async recordResumeState(ref: AttemptRef, state: ResumeStateRecord): Promise<boolean> {
+    return this.oneWrite(attemptKey(ref.jobId, ref.platformAttempt), async () => {
+      const r = await this.attempts.updateOne(
+        {
+          _id: attemptKey(ref.jobId, ref.platformAttempt),
+          owner: ref.owner,
+          $or: [{ 'state.resumeState': { $exists: false } }, { 'state.resumeState': null }, { 'state.resumeState.step': { $lt: state.step } }],
+        } as Filter<TrainingAttemptDoc>,
+        { $set: { 'state.resumeState': state, updatedAt: new Date() } },
+      );
+      return r.matchedCount === 1;
+    });
+  }
+
+  /**
+   * This process's writes to one attempt record, one at a time: the save
+   * collector and the pipeline both write it while a container trains, and
+   * FerretDB v1 can lose one of two concurrent updates of a document (see
+   * job-write-serializer.ts). Never nest.
+   */
+  private oneWrite<T>(recordId: string, write: () => Promise<T>): Promise<T> {
+    return JOB_WRITES.run(`${this.databaseName}/attempt:${recordId}`, write);
   }
 
   async find(jobId: string, platformAttempt: number): Promise<TrainingAttemptDoc | null> {
@@ -159,9 +225,11 @@ export class TrainingAttemptRepository {
 
   /** Points settled per the decision: the record leaves the sweep's view. Idempotent, unfenced (anyone may finish a decision). */
   async markSettled(jobId: string, platformAttempt: number): Promise<void> {
-    const now = new Date();
-    // Upsert-free: a record that does not exist (never charged) needs nothing.
-    await this.attempts.updateOne({ _id: attemptKey(jobId, platformAttempt) }, { $set: { open: false, settledAt: now, updatedAt: now } });
+    return this.oneWrite(attemptKey(jobId, platformAttempt), async () => {
+      const now = new Date();
+      // Upsert-free: a record that does not exist (never charged) needs nothing.
+      await this.attempts.updateOne({ _id: attemptKey(jobId, platformAttempt) }, { $set: { open: false, settledAt: now, updatedAt: now } });
+    });
   }
 
   /**

@@ -727,8 +727,19 @@ export class TrainingJobRepository {
       };
     } else {
       outcome = 'QUEUED';
-      // The platform's UI reads progress and currentStep: a re-queued job starts over.
-      set = { status: outcome, lease: null, progress: 0, currentStep: 0, etaSeconds: null };
+      // The platform's UI reads progress and currentStep: a re-queued job starts over, unless a stored engine
+      // state lets the next claim resume (then the progress stays where that state was saved).
+      const resumeStep = record?.state?.resumeState?.step;
+      set =
+        typeof resumeStep === 'number' && resumeStep > 0
+          ? {
+              status: outcome,
+              lease: null,
+              currentStep: resumeStep,
+              etaSeconds: null,
+              ...(typeof job.totalSteps === 'number' && job.totalSteps > 0 ? { progress: clamp(Math.round((resumeStep / job.totalSteps) * 1000) / 10, 0, 100) } : {}),
+            }
+          : { status: outcome, lease: null, progress: 0, currentStep: 0, etaSeconds: null };
       const names = { release: ['lastReleasedAt', 'lastReleaseReason'], expired: ['lastLeaseExpiredAt', 'lastRecoveryReason'], retry: ['lastRetryAt', 'lastRetryReason'] }[mode];
       set[names[0]] = now;
       set[names[1]] = finishing ? `${why}; re-queued to finish (the model is registered or the outcome decided)` : why;

@@ -112,6 +112,47 @@ describe('attempt records and recovery (real server)', () => {
     expect(await attempts.open(a.lease, { ...a.job, claimSeq: 1 })).toBeNull();
   });
 
+  it('checkpoints are recorded once per step, in order, and only by the owner', async () => {
+    const id = await enqueue();
+    const a = (await claim('A', 30))!;
+    await attempts.open(a.lease, a.job);
+    const refA = { jobId: id, platformAttempt: 0, owner: a.lease.attemptId };
+    const cp = (step: number, loraKey = `k-${step}`) => ({ step, loss: 0.5, loraKey, loraUrl: `u/${loraKey}`, sha256: 'a'.repeat(64), autov2: 'aaaaaaaaaa', bytes: 10, sampleKeys: [], sampleUrls: [], storedAt: new Date() });
+    expect(await attempts.recordCheckpoint(refA, cp(10))).toBe('recorded');
+    expect(await attempts.recordCheckpoint(refA, cp(20))).toBe('recorded');
+    expect(await attempts.recordCheckpoint(refA, cp(10, 'again'))).toBe('duplicate');
+    // A resumed attempt (a newer claim) sees the earlier checkpoints and cannot record a step twice either.
+    await sleep(60);
+    await repo.recoverExpiredLeases();
+    const b = (await claim('B', 60_000))!;
+    await attempts.open(b.lease, b.job);
+    const refB = { jobId: id, platformAttempt: 0, owner: b.lease.attemptId };
+    expect(await attempts.recordCheckpoint(refA, cp(30, 'stale'))).toBe('not-owner');
+    expect(await attempts.recordCheckpoint(refB, cp(20, 'again'))).toBe('duplicate');
+    expect(await attempts.recordCheckpoint(refB, cp(30))).toBe('recorded');
+    const rec = (await attempts.find(id, 0))!;
+    expect(rec.state.checkpoints!.map((c) => [c.step, c.loraKey])).toEqual([[10, 'k-10'], [20, 'k-20'], [30, 'k-30']]);
+  });
+
+  it('resume state: only the owner records it, and only over a lower step', async () => {
+    const id = await enqueue();
+    const a = (await claim('A', 30))!;
+    await attempts.open(a.lease, a.job);
+    const refA = { jobId: id, platformAttempt: 0, owner: a.lease.attemptId };
+    const st = (step: number, by = a.lease.attemptId) => ({ step, key: `s-${step}-${by}`, bytes: 1, sha256: 'b'.repeat(64), stateDir: `st-${step}`, engine: 'smoke-cpu@1#img', uploadedBy: by, storedAt: new Date() });
+    expect(await attempts.recordResumeState(refA, st(20))).toBe(true);
+    expect(await attempts.recordResumeState(refA, st(10))).toBe(false); // a slower, older upload never wins
+    expect(await attempts.recordResumeState(refA, st(20))).toBe(false);
+    expect(await attempts.recordResumeState(refA, st(30))).toBe(true);
+    await sleep(60);
+    await repo.recoverExpiredLeases();
+    const b = (await claim('B', 60_000))!;
+    expect((await attempts.open(b.lease, b.job))!.state.resumeState).toMatchObject({ step: 30, uploadedBy: a.lease.attemptId });
+    expect(await attempts.recordResumeState(refA, st(40))).toBe(false); // the old owner lost the record
+    expect(await attempts.recordResumeState({ ...refA, owner: b.lease.attemptId }, st(40, b.lease.attemptId))).toBe(true);
+    expect((await attempts.find(id, 0))!.state.resumeState).toMatchObject({ step: 40, uploadedBy: b.lease.attemptId });
+  });
+
   it('the settle decision is recorded once: later deciders (worker or sweep) follow the first', async () => {
     const id = await enqueue();
     const a = (await claim('A'))!;

@@ -398,6 +398,12 @@ export interface ArgvSubstitution {
   value?: string;
   /** Number of values the flag takes. @default 0 for drop, 1 for replace */
   arity?: number;
+  /**
+   * replace only: `value` is a step count from step 0, and the engine restarts
+   * its count on resume (SavePlan.stepsAfterResume 'restarts'): a run resumed
+   * at step N gets value - N (applyArgvSubstitutions' `resumedAtStep`).
+   */
+  minusResumedStep?: boolean;
   reason: string;
 }
 

@@ -20,7 +20,25 @@ export {
   serializeImageManifest,
 } from './image-manifest';
 export type { ImageManifest, ImageManifestEntry } from './image-manifest';
+export {
+  SAVE_STEP_DIGITS,
+  SAMPLE_PROMPT_MAX_LENGTH,
+  SAMPLE_PROMPTS_MAX,
+  formatSaveStep,
+  savePlanSteps,
+  checkpointFileAt,
+  stateDirAt,
+  checkpointStepOf,
+  resumeStepOf,
+  sampleStepOf,
+  jobStepOf,
+  defaultSamplePrompts,
+  sanitizeSamplePrompt,
+  samplePromptsFor,
+  assertResumeSafe,
+} from './saves';
 export { applyArgvSubstitutions, testRunWeights } from './test-run';
+export type { TestRunContext } from './test-run';
 export { jobParametersFromPlatformDoc, PLATFORM_PARAMETER_FIELDS } from './platform';
 export { PROGRESS_PARSER, KohyaProgressParser, classifyErrorLine, ERROR_SIGNATURES } from './progress';
 export type { TqdmLine } from './progress';

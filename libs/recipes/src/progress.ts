@@ -126,8 +126,12 @@ export interface KohyaParserOptions {
  * prints the same shapes):
  * - stdout `total optimization steps / 学習ステップ数: N` gives the run's total;
  * - stderr tqdm `steps:  12%|█▏ | 120/1000 [01:23<10:10,  1.44it/s, avr_loss=0.123]`;
- *   after `--resume` kohya's bar total is `max_train_steps - initial_step`, so
- *   the bar is shifted onto the announced total;
+ *   after `--resume --skip_until_initial_step` kohya's bar total is
+ *   `max_train_steps - initial_step`, so the bar is shifted onto the announced
+ *   total. The recipes resume with `--initial_step 0` instead (engine-saves.ts):
+ *   bar and announced total agree and count from 0 (SavePlan `restarts`; the
+ *   worker adds ResumeFrom.step). The smoke trainer's bar starts at the saved
+ *   step of the job's total (`continues`);
  * - `epoch 3/10`, `saving checkpoint: <path>`, `generating sample images at step`, `model saved.`;
  * - error lines: NaN loss, CUDA OOM, host OOM kill, missing files, Python exceptions.
  */

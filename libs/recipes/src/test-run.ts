@@ -5,12 +5,36 @@
  */
 import type { ArgvSubstitution, Recipe, WeightFile } from './contract';
 
+/** How the run being changed starts. */
+export interface TestRunContext {
+  /** The run resumes from the state saved at this step (RenderInput.resume.step). */
+  resumedAtStep?: number;
+}
+
+/** The value a replace substitution sets on this run. */
+function substitutionValue(s: ArgvSubstitution, context: TestRunContext): string {
+  const value = s.value ?? '';
+  const resumed = context.resumedAtStep ?? 0;
+  if (!s.minusResumedStep || resumed === 0) return value;
+  const left = Number(value) - resumed;
+  if (!Number.isInteger(left) || left <= 0) {
+    throw new Error(`test run: ${s.flag} ${value} leaves no steps after resuming at step ${resumed}; resume a test run from a step below ${value}`);
+  }
+  return String(left);
+}
+
 /**
  * Apply substitutions to one step's argv. A flag the step does not have is
  * left alone (cache steps take fewer flags than the training step).
- * Returns the new argv and one line per change made, with its reason.
+ * Returns the new argv and one line per change made, with its reason. Pass
+ * `resumedAtStep` when the rendered job resumes (RenderInput.resume), so a
+ * step count the engine restarts covers only what is left.
  */
-export function applyArgvSubstitutions(argv: readonly string[], subs: readonly ArgvSubstitution[]): { argv: string[]; applied: string[] } {
+export function applyArgvSubstitutions(
+  argv: readonly string[],
+  subs: readonly ArgvSubstitution[],
+  context: TestRunContext = {},
+): { argv: string[]; applied: string[] } {
   let out = [...argv];
   const applied: string[] = [];
   for (const s of subs) {
@@ -19,8 +43,9 @@ export function applyArgvSubstitutions(argv: readonly string[], subs: readonly A
     if (s.action === 'replace') {
       const arity = s.arity ?? 1;
       const before = out.slice(i + 1, i + 1 + arity).join(' ');
-      out = [...out.slice(0, i + 1), s.value ?? '', ...out.slice(i + 1 + arity)];
-      applied.push(`${s.flag} ${before} -> ${s.value ?? ''} (${s.reason})`);
+      const value = substitutionValue(s, context);
+      out = [...out.slice(0, i + 1), value, ...out.slice(i + 1 + arity)];
+      applied.push(`${s.flag} ${before} -> ${value} (${s.reason}${value !== (s.value ?? '') ? `; resumed at step ${context.resumedAtStep}` : ''})`);
     } else {
       const arity = s.arity ?? 0;
       out = [...out.slice(0, i), ...out.slice(i + 1 + arity)];

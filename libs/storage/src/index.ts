@@ -22,7 +22,7 @@ export {
 export { S3_CLIENT, ThreadPoolSha256, createS3Client, type S3ClientOptions } from './client';
 export { backoffDelayMs, createRetryStrategy, withRetries, type RetryListener } from './retry';
 export { StorageError, redactUrl, toStorageError, type StorageErrorKind } from './errors';
-export { MAX_KEY_BYTES, assertSafeKey, encodeKeyForUrl, jobArtifactKey, loraKey, unsafeKeyReason } from './keys';
+export { MAX_KEY_BYTES, assertSafeKey, checkpointLoraKey, checkpointSampleKey, encodeKeyForUrl, jobArtifactKey, loraKey, resumeStateKey, resumeStatePrefix, unsafeKeyReason } from './keys';
 export { ObjectStorage } from './object-storage';
 export type { PutOptions, UploadFileOptions, UploadStreamOptions } from './object-upload';
 export type { DownloadOptions, DownloadResult, ObjectInfo } from './object-download';
@@ -68,3 +68,4 @@ export { WeightCache, sha256File, type CacheEntry } from './weight-cache';
 export { WEIGHT_CACHE_OPTIONS, resolveWeightCacheOptions, validateWeightSpec, type WeightCacheOptions } from './weight-spec';
 export { createLease, liveLeases, lockFile, pidAlive, tryLockFile, type HeldLock, type Lease, type LockOptions } from './file-lock';
 export { STORAGE_BINDINGS, registerStorage, type RegisterStorageOptions } from './register';
+export { MAX_SINGLE_COPY_BYTES, copyObject, type CopyOptions, type CopyTarget } from './object-copy';

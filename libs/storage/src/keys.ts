@@ -53,3 +53,60 @@ export function jobArtifactKey(jobId: string, name: string): string {
   assertSafeKey(key);
   return key;
 }
+
+/** Steps in keys are zero-padded like the engines' `-step{:08d}` file names, so keys sort by step. */
+function stepSegment(step: number): string {
+  if (!Number.isSafeInteger(step) || step < 0) throw new StorageError('invalid-name', `Step ${JSON.stringify(step)} is not allowed in an object key: use a whole number ≥ 0.`);
+  return `step-${String(step).padStart(8, '0')}`;
+}
+
+function attemptSegment(platformAttempt: number, leaseId: string): string {
+  if (!Number.isSafeInteger(platformAttempt) || platformAttempt < 0) {
+    throw new StorageError('invalid-name', `Platform attempt ${JSON.stringify(platformAttempt)} is not allowed in an object key: use a whole number ≥ 0.`);
+  }
+  if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$/.test(leaseId)) {
+    throw new StorageError('invalid-name', `Lease id ${JSON.stringify(leaseId)} is not allowed in an object key: use letters, digits, '_' and '-'.`);
+  }
+  return `attempt-${platformAttempt}`;
+}
+
+/**
+ * `training-jobs/<jobId>/checkpoints/attempt-<n>/step-<00000000>-<leaseId>.safetensors`
+ * (models bucket): one intermediate LoRA. The uploading lease is in the name, so a
+ * worker that lost its lease can never overwrite the object another claim recorded.
+ */
+export function checkpointLoraKey(jobId: string, platformAttempt: number, step: number, leaseId: string): string {
+  const folder = attemptSegment(platformAttempt, leaseId);
+  return jobArtifactKey(jobId, `checkpoints/${folder}/${stepSegment(step)}-${leaseId}.safetensors`);
+}
+
+/** `training-jobs/<jobId>/checkpoints/attempt-<n>/step-<00000000>-<leaseId>-samples/<fileName>` (models bucket): a sample image of one checkpoint. */
+export function checkpointSampleKey(jobId: string, platformAttempt: number, step: number, leaseId: string, fileName: string): string {
+  const folder = attemptSegment(platformAttempt, leaseId);
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/.test(fileName) || fileName.includes('..')) {
+    throw new StorageError('invalid-name', `Sample file name ${JSON.stringify(fileName)} is not allowed in an object key: use letters, digits, '.', '_' and '-'.`);
+  }
+  return jobArtifactKey(jobId, `checkpoints/${folder}/${stepSegment(step)}-${leaseId}-samples/${fileName}`);
+}
+
+/**
+ * `training-state/<jobId>/attempt-<n>/step-<00000000>-<leaseId>.tar` (uploads bucket): an
+ * engine's full training state, kept only for a re-claim of the same platform attempt to
+ * resume from (never public). Step and lease in the name: two claims never write one key.
+ */
+export function resumeStateKey(jobId: string, platformAttempt: number, step: number, leaseId: string): string {
+  if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$/.test(jobId)) {
+    throw new StorageError('invalid-name', `Job id ${JSON.stringify(jobId)} is not allowed in an object key: use letters, digits, '_' and '-'.`);
+  }
+  const key = `training-state/${jobId}/${attemptSegment(platformAttempt, leaseId)}/${stepSegment(step)}-${leaseId}.tar`;
+  assertSafeKey(key);
+  return key;
+}
+
+/** Prefix of every resume state of one job (all platform attempts), for cleanup. */
+export function resumeStatePrefix(jobId: string): string {
+  if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$/.test(jobId)) {
+    throw new StorageError('invalid-name', `Job id ${JSON.stringify(jobId)} is not allowed in an object key: use letters, digits, '_' and '-'.`);
+  }
+  return `training-state/${jobId}/`;
+}

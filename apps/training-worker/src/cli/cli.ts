@@ -1,6 +1,7 @@
 /**
  * Operator CLI: submit a job from a local folder, list jobs with live
- * progress, follow one job's log, cancel, and show points history.
+ * progress, follow one job's log, cancel, show a job (its checkpoints
+ * included) and points history, and promote a checkpoint of a completed job.
  *
  *   node apps/training-worker/dist/cli/cli.js <command> [options]
  */
@@ -10,7 +11,20 @@ import { readdir, readFile } from 'node:fs/promises';
 import { extname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ObjectId } from 'mongodb';
-import { DatasetRepository, LoraModelRepository, platformAttemptOf, TERMINAL_STATUSES, TrainingAttemptRepository, TrainingJobRepository, UserCoreAccounts } from '@stationthis/db';
+import {
+  DatasetRepository,
+  finalStepOf,
+  LoraModelRepository,
+  platformAttemptOf,
+  promotableCheckpoints,
+  TERMINAL_STATUSES,
+  TrainingAttemptRepository,
+  TrainingJobRepository,
+  UserCoreAccounts,
+  type LoraModelDoc,
+  type TrainingAttemptDoc,
+  type TrainingJobDoc,
+} from '@stationthis/db';
 import { PointsLedger } from '@stationthis/points';
 import { ObjectStorage } from '@stationthis/storage';
 import { getRecipe, recipeForModelType } from '@stationthis/recipes';
@@ -18,6 +32,7 @@ import { loadWorkerConfig } from '../config/worker-config';
 import { compose, ensureIndexes } from '../composition';
 import { createLogger } from '../observability/logger';
 import { writeDemoImages } from './demo-images';
+import { CheckpointPromotion, PromotionRefused } from '../checkpoints/checkpoint-promotion';
 
 const USAGE = `Usage: cli <command> [options]
   submit   --dir DIR --owner ACCOUNT_ID [--model SMOKE|SDXL|FLUX|WAN] [--name NAME] [--trigger WORD]
@@ -25,7 +40,8 @@ const USAGE = `Usage: cli <command> [options]
   list     [--status STATUS] [--watch]
   follow   JOB_ID
   cancel   JOB_ID
-  show     JOB_ID
+  show     JOB_ID [--json]
+  promote  JOB_ID --step N|final [--as-version]   (a COMPLETED job: its model loads checkpoint N, or N becomes a second model)
   points   (--job JOB_ID | --account ACCOUNT_ID)
   seed-account --owner ACCOUNT_ID --wallet ADDRESS --points N   (local/demo: the account and a points grant, once)
   demo-images  --out DIR [--count N]`;
@@ -45,6 +61,7 @@ async function main(argv: string[]): Promise<number> {
       trigger: { type: 'string' }, wallet: { type: 'string' }, steps: { type: 'string' }, param: { type: 'string', multiple: true },
       priority: { type: 'string' }, status: { type: 'string' }, watch: { type: 'boolean' }, job: { type: 'string' },
       account: { type: 'string' }, points: { type: 'string' }, out: { type: 'string' }, count: { type: 'string' }, json: { type: 'boolean' },
+      step: { type: 'string' }, 'as-version': { type: 'boolean' },
     },
   });
   if (command === 'demo-images') {
@@ -85,6 +102,8 @@ async function main(argv: string[]): Promise<number> {
       }
       case 'show':
         return await show(jobs, app.container.resolve(TrainingAttemptRepository), app.container.resolve(LoraModelRepository), ledger, requireId(positionals[0]), Boolean(values.json));
+      case 'promote':
+        return await promote(app.container.resolve(CheckpointPromotion), requireId(positionals[0]), values.step, Boolean(values['as-version']));
       case 'points': {
         const history = values.job ? await ledger.history({ jobId: values.job }) : values.account ? await ledger.history({ masterAccountId: values.account }) : null;
         if (!history) throw new UsageError('points needs --job JOB_ID or --account ACCOUNT_ID');
@@ -263,6 +282,7 @@ async function show(jobs: TrainingJobRepository, attempts: TrainingAttemptReposi
     console.log(`  Charged: ${state.charged ? `yes, ${quote?.points ?? '?'} points` : attempt.open ? 'in progress or unknown (the record is open: the sweep settles it if the attempt ends)' : 'no'}`);
     if (state.trainSeconds !== undefined) console.log(`  Trained: ${state.trainSeconds} s`);
     console.log(`  Settled: ${decision ? `${decision.outcome}, ${decision.usedPoints} points used (${decision.reason}; decided by ${decision.decidedBy})` : 'not yet'}${attempt.settledAt ? '' : decision ? ' (points still moving)' : ''}`);
+    printCheckpoints(job, attempt, model as LoraModelDoc | null);
     try {
       const recipe = state.recipeId ? getRecipe(state.recipeId) : null;
       if (recipe) console.log(`  Recipe: ${recipe.id}@${state.recipeVersion ?? recipe.version} (${recipe.engine.name} ${recipe.engine.commit.slice(0, 10)})`);
@@ -275,6 +295,40 @@ async function show(jobs: TrainingJobRepository, attempts: TrainingAttemptReposi
   console.log('\nPoints history:');
   printHistory(history as never[]);
   return 0;
+}
+
+/** The attempt's checkpoints (and the final LoRA), which one the model loads, what retention deleted, and the promotions. */
+function printCheckpoints(job: TrainingJobDoc, attempt: TrainingAttemptDoc, model: LoraModelDoc | null): void {
+  const checkpoints = promotableCheckpoints(attempt.state, finalStepOf(job, model), typeof job.currentLoss === 'number' ? job.currentLoss : null);
+  if (checkpoints.length === 0) return;
+  const loaded = (model?.publishedTo as { storageKey?: string } | undefined)?.storageKey;
+  const promotedStep = (model?.promotedCheckpoint as { step?: number } | undefined)?.step;
+  console.log('  Checkpoints (promote with: cli promote JOB_ID --step N [--as-version]):');
+  for (const c of checkpoints) {
+    const inUse = c.final ? loaded === c.loraKey : promotedStep === c.step;
+    const status = c.deletedAt ? `deleted ${c.deletedAt.toISOString()}` : inUse ? 'loaded by the model' : 'kept';
+    const loss = typeof c.loss === 'number' ? c.loss.toFixed(4) : '-';
+    console.log(`    step ${String(c.step).padStart(6)}${c.final ? ' (final)' : '        '}  loss ${loss.padEnd(8)} ${String(c.bytes).padStart(10)} B  ${status.padEnd(30)} samples ${c.sampleUrls.length}  ${c.loraUrl}`);
+  }
+  for (const p of attempt.state.promotions ?? []) {
+    console.log(`  Promoted: step ${p.step} as ${p.mode === 'replace' ? "the job's model" : 'an additional model'} ${p.loraModelId} on ${p.promotedAt.toISOString()}${p.promotedBy ? ` by ${p.promotedBy}` : ''}`);
+  }
+}
+
+async function promote(promotion: CheckpointPromotion, jobId: string, step: string | undefined, asVersion: boolean): Promise<number> {
+  if (!step || !(step === 'final' || /^\d+$/.test(step))) throw new UsageError('promote needs --step N (a checkpoint step, see cli show) or --step final');
+  try {
+    const r = await promotion.promote({ jobId, step: step === 'final' ? 'final' : Number(step), mode: asVersion ? 'version' : 'replace', promotedBy: `cli:${process.env.USER ?? 'operator'}` });
+    const what = r.mode === 'replace' ? `job ${jobId}'s model ${r.loraModelId} now loads ${r.final ? 'the final LoRA' : `the checkpoint at step ${r.step}`}` : `step ${r.step} of job ${jobId} is registered as model ${r.loraModelId}`;
+    console.log(`${r.changed ? '' : 'already so: '}${what} (slug ${r.slug}, trigger word "${r.triggerWord}", file ${r.loraUrl})${r.recorded ? '' : '; the promotion was already recorded'}`);
+    return 0;
+  } catch (err) {
+    if (err instanceof PromotionRefused) {
+      process.stderr.write(`promotion refused (${err.reason}): ${err.message}\n`);
+      return 1;
+    }
+    throw err;
+  }
 }
 
 main(process.argv.slice(2)).then(

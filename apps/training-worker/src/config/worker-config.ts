@@ -43,6 +43,11 @@ const schema = z.object({
   WEIGHTS_LOCAL_DIR: z.string().refine((v) => v.startsWith('/'), 'must be an absolute path').optional(),
   // Removed: the fee lives in libs/recipes pricing and is recorded in each quote, so quote and settlement agree.
   PLATFORM_FEE_MULTIPLIER: z.undefined({ error: 'was removed: the platform fee is PLATFORM_FEE in @stationthis/recipes, recorded in each quote; unset it' }).optional(),
+  // Checkpoint retention (ADR 0008): checkpoints are kept this long after the attempt ends, or this long after a promotion.
+  CHECKPOINT_RETENTION_DAYS: z.coerce.number().min(0).max(3650).default(14),
+  CHECKPOINT_RETENTION_AFTER_PROMOTION_HOURS: z.coerce.number().min(0).max(24 * 3650).default(24),
+  // Attempt records looked at per maintenance pass (bounds one pass's storage calls).
+  CHECKPOINT_RETENTION_BATCH: z.coerce.number().int().min(1).max(1000).default(10),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 
@@ -87,6 +92,11 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env) {
     shares: { datasetCreator: c.DATASET_CREATOR_SHARE, trainer: c.TRAINER_SHARE },
     cpuTestRuns: c.WORKER_CPU_TEST_RUNS,
     weightsLocalDir: c.WEIGHTS_LOCAL_DIR,
+    checkpointRetention: {
+      afterCompletionMs: c.CHECKPOINT_RETENTION_DAYS * 24 * 3_600_000,
+      afterPromotionMs: c.CHECKPOINT_RETENTION_AFTER_PROMOTION_HOURS * 3_600_000,
+      batch: c.CHECKPOINT_RETENTION_BATCH,
+    },
     logLevel: c.LOG_LEVEL,
   };
 }

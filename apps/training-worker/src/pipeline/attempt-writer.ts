@@ -97,6 +97,16 @@ export class AttemptWriter {
     await this.jobs.updateProgress(this.ctx.lease, { logLines: [`[worker] ${new Date().toISOString()} ${name}`] }).catch(() => undefined);
   }
 
+  /**
+   * A resumed attempt's progress starts where the saved state is, not at 0
+   * (a re-queue resets the job's step); best effort.
+   */
+  async resumedAt(step: number, totalSteps: number | undefined, line: string): Promise<void> {
+    const update: ProgressUpdate = { currentStep: step, logLines: [line] };
+    if (totalSteps) Object.assign(update, { totalSteps, progress: Math.min(99, Math.floor((step / totalSteps) * 100)) });
+    await this.jobs.updateProgress(this.ctx.lease, update).catch(() => undefined);
+  }
+
   /** Worker lines in the job's log tail (e.g. test-run argv changes); best effort. */
   async logLines(lines: string[]): Promise<void> {
     await this.jobs.updateProgress(this.ctx.lease, { logLines: lines }).catch(() => undefined);

@@ -11,8 +11,15 @@
  * platform attempt resumes where the last one stopped and never moves points
  * twice; a platform Retry (`retryCount + 1`) starts a fresh record. Each step
  * lives in `steps/` with the ports it needs.
+ *
+ * Training itself resumes too: while it runs, intermediate checkpoints and the
+ * engine's newest state are stored and recorded (saves/). A re-claim that finds
+ * a state written by the same engine (`<recipe>@<version>#<image>`) continues
+ * from its step; its training seconds add to the earlier claims' container time.
  */
 import { join } from 'node:path';
+import type { ResumeStateRecord } from '@stationthis/db';
+import { ObjectStorage } from '@stationthis/storage';
 import { inject, injectable } from 'tsyringe';
 import { TrainingAttemptRepository, TrainingJobDoc, TrainingJobRepository } from '@stationthis/db';
 import { WORKER_CONFIG } from '../tokens';
@@ -29,7 +36,7 @@ import { PrepareStep } from './steps/prepare-step';
 import { PublishStep } from './steps/publish-step';
 import { SettleStep } from './steps/settle-step';
 import { testRunOf } from './steps/test-run';
-import { TrainStep } from './steps/train-step';
+import { runSeconds, TrainStep } from './steps/train-step';
 
 @injectable()
 export class JobPipeline {
@@ -44,6 +51,7 @@ export class JobPipeline {
     private readonly training: TrainStep,
     private readonly publish: PublishStep,
     private readonly settle: SettleStep,
+    private readonly storage: ObjectStorage,
   ) {}
 
   /** Runs the attempt to a terminal state, or throws LeaseLost / ShutdownRequested. */
@@ -52,7 +60,8 @@ export class JobPipeline {
     if (!record) throw new LeaseLost('a newer claim owns this platform attempt');
     const ref = { jobId: ctx.jobId, platformAttempt: record.platformAttempt, owner: ctx.lease.attemptId };
     const writer = new AttemptWriter(this.jobs, this.attempts, ctx, ref, this.config.progressThrottleMs);
-    const a: Attempt = { ctx, ref, writer, request: trainingRequestFromJob(ctx.job), state: record.state ?? {} };
+    const state0 = record.state ?? {};
+    const a: Attempt = { ctx, ref, writer, request: trainingRequestFromJob(ctx.job), state: state0, openedAt: Date.now(), priorTrainSeconds: runSeconds(state0.containerRuns) };
     const { state } = a;
     if (record.platformAttempt > 0) ctx.log.info({ platformAttempt: record.platformAttempt }, 'platform retry: a new attempt with its own quote and charge');
     // An earlier claim of this platform attempt already decided the outcome (and may have moved points): finish it.
@@ -80,19 +89,26 @@ export class JobPipeline {
         }));
         try {
           ctx.throwIfStopped();
-          const rendered = await this.step(a, 'render', recipeId, () => this.training.render(a, p, folders, fetched, weights));
+          const engine = await this.training.engineId(p);
+          const resumeState = await this.resumableState(a, engine);
+          const rendered = await this.step(a, 'render', recipeId, () => this.training.render(a, p, folders, fetched, weights, resumeState));
+          if (rendered.resume) await this.recordResume(a, rendered.resume.step, rendered.outputs.saves?.totalSteps);
+          else if (state.resumeState) await this.dropResumeState(a);
           trainStartedAt = Date.now();
-          await this.step(a, 'train', recipeId, () => this.training.train(a, p, folders, rendered.steps, weights));
-          state.trainSeconds = Math.round((Date.now() - trainStartedAt) / 1000);
+          await this.step(a, 'train', recipeId, () => this.training.train(a, p, folders, rendered, weights, engine));
+          // Earlier claims' container time plus this claim's training (one job's work, billed once).
+          state.trainSeconds = Math.round((a.priorTrainSeconds ?? 0) + (Date.now() - trainStartedAt) / 1000);
           trainStartedAt = undefined;
           await a.writer.setState({ trainSeconds: state.trainSeconds });
           const loraPath = join(folders.outputDir, rendered.outputs.lora);
-          await this.step(a, 'check-output', recipeId, () => this.training.checkOutput(a, p, loraPath));
+          await this.step(a, 'check-output', recipeId, () => this.training.checkOutput(a, p, loraPath, rendered));
           ctx.throwIfStopped();
           await a.writer.transition('FINALIZING');
           state.upload = await this.step(a, 'upload', recipeId, () =>
-            this.publish.upload(a, p, { loraPath, outputDir: folders.outputDir, logFile: folders.logFile, jobDir: folders.jobDir, samplesDir: rendered.outputs.samplesDir }),
+            this.publish.upload(a, p, { loraPath, outputDir: folders.outputDir, logFile: folders.logFile, jobDir: folders.jobDir, samplesDir: rendered.outputs.samplesDir, saves: rendered.outputs.saves }),
           );
+          // The final LoRA is stored: the engine state is of no further use.
+          if (state.resumeState) await this.storage.deleteObject('uploads', state.resumeState.key).catch((e: Error) => ctx.log.warn({ err: e }, 'could not delete the resume state after the upload'));
         } finally {
           await Promise.all(weights.map((h) => h.release().catch(() => undefined)));
         }
@@ -163,9 +179,42 @@ export class JobPipeline {
     await this.settle.fail(a, failure.userMessage, failure.failureClass);
   }
 
-  /** Time trained in this attempt (still running: until now; finished earlier: the recorded seconds). */
+  /**
+   * The recorded resume state, when this claim may continue from it: written
+   * by the same engine (recipe, version and image). Otherwise says why and
+   * returns nothing (training starts from step 0).
+   */
+  private async resumableState(a: Attempt, engine: string): Promise<ResumeStateRecord | undefined> {
+    const rec = a.state.resumeState;
+    if (!rec) return undefined;
+    if (rec.engine !== engine) {
+      a.ctx.log.warn({ recorded: rec.engine, engine, step: rec.step }, 'not resuming: the saved state was written by another engine');
+      await a.writer.logLines([`[worker] not resuming from step ${rec.step}: the saved state was written by ${rec.engine}, this worker runs ${engine}; training starts from step 0`]);
+      return undefined;
+    }
+    return rec;
+  }
+
+  /** Appends to `resumes` and moves the job's progress to the resumed step. */
+  private async recordResume(a: Attempt, step: number, totalSteps: number | undefined): Promise<void> {
+    const resumes = [...(a.state.resumes ?? []), { step, attemptId: a.ctx.lease.attemptId, at: new Date() }];
+    a.state.resumes = resumes;
+    await a.writer.setState({ resumes });
+    a.ctx.log.info({ step, resumes: resumes.length }, 'resuming training from the saved state');
+    await a.writer.resumedAt(step, totalSteps, `[worker] resuming training from the state saved at step ${step}${totalSteps ? ` of ${totalSteps}` : ''}`);
+  }
+
+  /** Training starts over: the unusable state goes, so the new run's (lower) saves can be recorded. */
+  private async dropResumeState(a: Attempt): Promise<void> {
+    const old = a.state.resumeState!;
+    delete a.state.resumeState;
+    await a.writer.setState({ resumeState: null as never });
+    await this.storage.deleteObject('uploads', old.key).catch((e: Error) => a.ctx.log.warn({ err: e, key: old.key }, 'could not delete an unusable resume state'));
+  }
+
+  /** Time trained in this platform attempt (still running: earlier claims plus until now; finished earlier: the recorded seconds). */
   private async cancelled(a: Attempt, trainStartedAt: number | undefined): Promise<void> {
-    const seconds = trainStartedAt ? (Date.now() - trainStartedAt) / 1000 : (a.state.trainSeconds ?? 0);
+    const seconds = trainStartedAt ? (a.priorTrainSeconds ?? 0) + (Date.now() - trainStartedAt) / 1000 : (a.state.trainSeconds ?? 0);
     const used = a.state.charged ? SettleStep.usedFor(a.state, seconds) : 0;
     await this.settle.cancel(a, `cancelled by user after ${Math.round(seconds)} s of training`, used);
   }

@@ -17,15 +17,16 @@ describe('quotes', () => {
   });
 
   // Sample jobs; the numbers are pinned so pricing changes are deliberate.
+  // 1.2.0 recipes: a sample set (3 default prompts) at each save and a state write per save are priced in.
   it.each([
-    ['sdxl-lora', {}, { imageCount: 20 }, 837, 1611],
-    ['sdxl-lora', { steps: 3000, batchSize: 2 }, { imageCount: 40 }, 2958, 5695],
-    ['flux-lora', {}, { imageCount: 20 }, 1638, 3154],
-    ['flux-lora', { steps: 1000 }, { imageCount: 20 }, 937, 1805],
-    ['flux-lora', { steps: 4000, blocksToSwap: 16 }, { imageCount: 30 }, 4390, 8454],
-    ['wan-lora', {}, { imageCount: 20 }, 4564, 3845],
-    ['wan-lora', {}, { imageCount: 10, videoCount: 10 }, 10149, 8550],
-    ['wan-lora', { task: 't2v-1.3B' }, { imageCount: 20 }, 1217, 1025],
+    ['sdxl-lora', {}, { imageCount: 20 }, 901, 1735],
+    ['sdxl-lora', { steps: 3000, batchSize: 2 }, { imageCount: 40 }, 3103, 5975],
+    ['flux-lora', {}, { imageCount: 20 }, 1805, 3475],
+    ['flux-lora', { steps: 1000 }, { imageCount: 20 }, 1004, 1934],
+    ['flux-lora', { steps: 4000, blocksToSwap: 16 }, { imageCount: 30 }, 4756, 9159],
+    ['wan-lora', {}, { imageCount: 20 }, 5259, 4430],
+    ['wan-lora', {}, { imageCount: 10, videoCount: 10 }, 10843, 9135],
+    ['wan-lora', { task: 't2v-1.3B' }, { imageCount: 20 }, 1365, 1150],
     ['smoke-cpu', {}, { imageCount: 6 }, 20, 13],
   ] as const)('%s %j on %j = %i points (~%i s)', (id, raw, dataset, points, seconds) => {
     const q = quote(id, raw, dataset);

@@ -383,10 +383,15 @@ export function defineRecipe<P>(spec: RecipeSpec<P>): Recipe<P> {
   return recipe;
 }
 
-/** Test runs prove the path, not the quality: two optimizer steps, whatever the production minimum (100). */
+/**
+ * Test runs prove the path, not the quality: two optimizer steps, whatever the
+ * production minimum (100). A resumed test run trains what is left of the two
+ * (sd-scripts and musubi restart their step count on resume: engine-saves.ts).
+ */
 export const TEST_RUN_TWO_STEPS: ArgvSubstitution = {
   flag: '--max_train_steps',
   action: 'replace',
   value: '2',
+  minusResumedStep: true,
   reason: 'two optimizer steps (the schema minimum is 100 for production jobs)',
 };

@@ -13,7 +13,8 @@ import { boolField, enumField, intField, numberField, stepField } from '../param
 import { quoteFromTime } from '../pricing';
 import { KohyaProgressParser } from '../progress';
 import { accelerateLaunch, CLIP_L_TOKENIZER, defineRecipe, flagsOf, modelPath, num, SD_SCRIPTS, SD_SCRIPTS_DIR, sdScriptsImage, stationthisMetadata, T5_XXL_TOKENIZER, TEST_RUN_TWO_STEPS } from './common';
-import { checkKohyaLora, kohyaCommonFlags, kohyaDatasetToml, kohyaFiles, kohyaOutputs, kohyaSamplePrompts, type KohyaCommonParams } from './kohya';
+import { checkKohyaLora, kohyaCommonFlags, kohyaDatasetToml, kohyaFiles, kohyaOutputs, kohyaSamplePrompts, kohyaSavePlan, type KohyaCommonParams } from './kohya';
+import { TEST_RUN_NO_SAMPLES } from './engine-saves';
 import { warmupIssues } from './sdxl';
 
 export const FLUX_SCRIPT = `${SD_SCRIPTS_DIR}/flux_train_network.py`;
@@ -93,13 +94,14 @@ const FLUX_ALL_FLAGS = flagsOf(
     outputName: 'x',
     dataset: { imageCount: 1 },
     baseModelFiles: {},
-    parameters: { ...fluxParameterSchema.parse({}), loraDropout: 0.1, optimizer: 'Adafactor', lrWarmupSteps: 1, blocksToSwap: 1 },
+    parameters: { ...fluxParameterSchema.parse({}), loraDropout: 0.1, optimizer: 'Adafactor', lrScheduler: 'cosine', lrWarmupSteps: 1, blocksToSwap: 1 },
+    resume: { step: 250, stateDir: 'x-step00000250-state' },
   }).slice(accelerateLaunch('bf16').length + 1),
 );
 
 export const fluxRecipe: Recipe<FluxParameters> = defineRecipe<FluxParameters>({
   id: 'flux-lora',
-  version: '1.1.0',
+  version: '1.2.0',
   family: 'FLUX',
   displayName: 'FLUX.1 [dev] LoRA',
   description:
@@ -112,7 +114,7 @@ export const fluxRecipe: Recipe<FluxParameters> = defineRecipe<FluxParameters>({
     { argv: ['accelerate', 'launch', '--help'], flags: flagsOf(accelerateLaunch('bf16')) },
   ]),
   gpu: { count: 1, minVramGb: 24, recommendedVramGb: 24 },
-  testRun: { substitutions: [TEST_RUN_TWO_STEPS] },
+  testRun: { substitutions: [TEST_RUN_TWO_STEPS, ...TEST_RUN_NO_SAMPLES] },
   datasetRequirements: { minImages: 1, recommendedImages: 20, maxImages: 1000, allowVideo: false, extensions: ['jpg', 'jpeg', 'png', 'webp'] },
   weights: FLUX_WEIGHTS,
   parameterSchema: fluxParameterSchema,
@@ -129,7 +131,9 @@ export const fluxRecipe: Recipe<FluxParameters> = defineRecipe<FluxParameters>({
         { label: 'start-up and model load (fp8 cast)', seconds: 300 },
         { label: `cache latents and text-encoder outputs (${images} images × ${resolutions.length} resolutions)`, seconds: images * resolutions.length * 1.5 + images * 0.5 },
         { label: `${p.steps} steps at batch ${p.batchSize}`, seconds: p.steps * 2.2 * meanArea * p.batchSize * swapSlowdown },
-        { label: `${saves} intermediate saves and preview`, seconds: saves * 5 + (p.samplePreview ? 60 : 0) },
+        { label: `${saves} intermediate saves with training state`, seconds: saves * 8 },
+        // One image per default prompt (3) at each save and at the end: 20 steps at the training resolution.
+        ...(p.samplePreview ? [{ label: `${saves + 1} sample sets (3 images each)`, seconds: (saves + 1) * 3 * 15 * (p.resolution / 1024) ** 2 }] : []),
       ],
       24,
     );
@@ -137,11 +141,11 @@ export const fluxRecipe: Recipe<FluxParameters> = defineRecipe<FluxParameters>({
   renderJob(input) {
     const p = input.parameters;
     const datasetToml = kohyaDatasetToml(p as KohyaCommonParams, input.triggerWord, fluxResolutions(p), 64);
-    const prompts = p.samplePreview ? kohyaSamplePrompts(input.triggerWord, p.resolution, p.seed) : undefined;
+    const prompts = p.samplePreview ? kohyaSamplePrompts(input, p.resolution, p.seed) : undefined;
     return {
       files: kohyaFiles(datasetToml, prompts),
       steps: [{ name: 'train', argv: fluxTrainArgv(input), reportsTrainingProgress: true }],
-      outputs: kohyaOutputs(input.outputName, p.samplePreview),
+      outputs: kohyaOutputs(input.outputName, p.samplePreview, kohyaSavePlan(input as Parameters<typeof kohyaSavePlan>[0])),
     };
   },
   createProgressParser: () => new KohyaProgressParser(),

@@ -3,9 +3,11 @@
  * the dataset TOML, the sample-prompt file, the common training flags and the
  * output checks.
  */
-import type { ExpectedOutputs, OutputCheckResult, RenderInput, RenderedFile, SafetensorsHeader } from '../contract';
+import type { ExpectedOutputs, OutputCheckResult, RenderInput, RenderedFile, SafetensorsHeader, SavePlan } from '../contract';
 import { CONTAINER_PATHS } from '../contract';
 import { checkLoraHeader } from '../safetensors';
+import { samplePromptsFor } from '../saves';
+import { accelerateSavePlan, cosineResumeFlags, resumeFlags, saveStateFlags, stepsToTrain } from './engine-saves';
 import { toToml, type TomlTable } from '../util/toml';
 import { jobPath, num } from './common';
 
@@ -66,9 +68,20 @@ export function kohyaDatasetToml(p: KohyaCommonParams, triggerWord: string, reso
   return toToml(table);
 }
 
-/** kohya sample-prompt file: one prompt per line with `--w/--h/--d/--s` options. */
-export function kohyaSamplePrompts(triggerWord: string, resolution: number, seed: number, extra: string[] = []): string {
-  return [[triggerWord, '--w', String(resolution), '--h', String(resolution), '--d', String(seed), '--s', '20', ...extra].join(' ')].join('\n') + '\n';
+/**
+ * kohya sample-prompt file (train_util.line_to_prompt_dict): one prompt per
+ * line, options after ` --`: `--w/--h` size, `--d` seed (fixed, so every save
+ * samples the same noise), `--s` denoising steps. The prompts are the job's
+ * (RenderInput.samplePrompts, sanitised: no ` --` of their own) or the defaults.
+ */
+export function kohyaSamplePrompts(input: { samplePrompts?: string[]; triggerWord: string }, resolution: number, seed: number, extra: string[] = []): string {
+  return samplePromptsFor(input).map((prompt) => [prompt, '--w', String(resolution), '--h', String(resolution), '--d', String(seed), '--s', '20', ...extra].join(' ')).join('\n') + '\n';
+}
+
+/** The saves of a kohya job (engine-saves.ts): checkpoint, state and, with samplePreview, PNG samples at each save. */
+export function kohyaSavePlan(input: RenderInput<KohyaCommonParams>): SavePlan | undefined {
+  const p = input.parameters;
+  return accelerateSavePlan(input.outputName, p.steps, p.saveEveryNSteps, p.samplePreview ? 'kohya-png' : undefined);
 }
 
 /** Flags both kohya training scripts take, in a stable order (golden files depend on it). */
@@ -96,10 +109,16 @@ export function kohyaCommonFlags(input: RenderInput<KohyaCommonParams>, networkM
     // Fixed LR Adafactor, as in the sd-scripts low-VRAM examples.
     argv.push('--optimizer_args', 'relative_step=False', 'scale_parameter=False', 'warmup_init=False');
   }
+  const saves = kohyaSavePlan(input);
+  const trainSteps = stepsToTrain(p.steps, input.resume);
   argv.push('--lr_scheduler', p.lrScheduler);
   if (p.lrWarmupSteps > 0) argv.push('--lr_warmup_steps', String(p.lrWarmupSteps));
-  argv.push('--max_train_steps', String(p.steps));
-  if (p.saveEveryNSteps > 0 && p.saveEveryNSteps < p.steps) argv.push('--save_every_n_steps', String(p.saveEveryNSteps));
+  // Resumed: the schedule was built for the remaining steps; bend the cosine back onto the job's (engine-saves.ts).
+  if (input.resume && p.lrScheduler === 'cosine') argv.push(...cosineResumeFlags(p.steps, trainSteps, p.lrWarmupSteps));
+  argv.push('--max_train_steps', String(trainSteps));
+  if (saves) argv.push('--save_every_n_steps', String(saves.everySteps), ...saveStateFlags(saves.everySteps));
+  // The count restarts at 0 on resume: --initial_step 0 overrides the state's train_state.json step (engine-saves.ts).
+  if (input.resume) argv.push(...resumeFlags(input.resume), '--initial_step', '0');
   argv.push(
     '--mixed_precision',
     'bf16',
@@ -120,7 +139,8 @@ export function kohyaCommonFlags(input: RenderInput<KohyaCommonParams>, networkM
     input.outputName,
   );
   if (p.samplePreview) {
-    argv.push('--sample_prompts', jobPath(SAMPLE_PROMPTS), '--sample_every_n_steps', String(p.steps));
+    // With saves: a sample set at each save (sampled just before it) and at the end when steps is a multiple; else at the end only.
+    argv.push('--sample_prompts', jobPath(SAMPLE_PROMPTS), '--sample_every_n_steps', String(saves ? saves.everySteps : trainSteps));
   }
   return argv;
 }
@@ -131,8 +151,8 @@ export function kohyaFiles(datasetToml: string, samplePrompts: string | undefine
   return files;
 }
 
-export function kohyaOutputs(outputName: string, samples: boolean): ExpectedOutputs {
-  return { lora: `${outputName}.safetensors`, ...(samples ? { samplesDir: 'sample' } : {}) };
+export function kohyaOutputs(outputName: string, samples: boolean, saves: SavePlan | undefined): ExpectedOutputs {
+  return { lora: `${outputName}.safetensors`, ...(samples ? { samplesDir: 'sample' } : {}), ...(saves ? { saves } : {}) };
 }
 
 const KOHYA_DTYPES = ['F16', 'BF16', 'F32'];

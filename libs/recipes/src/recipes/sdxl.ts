@@ -15,8 +15,10 @@ import {
   kohyaFiles,
   kohyaOutputs,
   kohyaSamplePrompts,
+  kohyaSavePlan,
   type KohyaCommonParams,
 } from './kohya';
+import { TEST_RUN_NO_SAMPLES } from './engine-saves';
 import { KohyaProgressParser } from '../progress';
 
 export const SDXL_SCRIPT = `${SD_SCRIPTS_DIR}/sdxl_train_network.py`;
@@ -75,13 +77,14 @@ const SDXL_ALL_FLAGS = flagsOf(
     outputName: 'x',
     dataset: { imageCount: 1 },
     baseModelFiles: {},
-    parameters: { ...sdxlParameterSchema.parse({}), loraDropout: 0.1, optimizer: 'Adafactor', lrWarmupSteps: 1, saveEveryNSteps: 100 },
+    parameters: { ...sdxlParameterSchema.parse({}), loraDropout: 0.1, optimizer: 'Adafactor', lrScheduler: 'cosine', lrWarmupSteps: 1, saveEveryNSteps: 100 },
+    resume: { step: 100, stateDir: 'x-step00000100-state' },
   }).slice(accelerateLaunch('bf16').length + 1),
 );
 
 export const sdxlRecipe: Recipe<SdxlParameters> = defineRecipe<SdxlParameters>({
   id: 'sdxl-lora',
-  version: '1.1.0',
+  version: '1.2.0',
   family: 'SDXL',
   displayName: 'SDXL LoRA',
   description: 'LoRA for Stable Diffusion XL 1.0 base, trained with kohya sd-scripts (U-Net only, bf16, cached latents and text-encoder outputs).',
@@ -93,7 +96,7 @@ export const sdxlRecipe: Recipe<SdxlParameters> = defineRecipe<SdxlParameters>({
     { argv: ['accelerate', 'launch', '--help'], flags: flagsOf(accelerateLaunch('bf16')) },
   ]),
   gpu: { count: 1, minVramGb: 12, recommendedVramGb: 24 },
-  testRun: { substitutions: [TEST_RUN_TWO_STEPS] },
+  testRun: { substitutions: [TEST_RUN_TWO_STEPS, ...TEST_RUN_NO_SAMPLES] },
   datasetRequirements: { minImages: 1, recommendedImages: 20, maxImages: 1000, allowVideo: false, extensions: ['jpg', 'jpeg', 'png', 'webp'] },
   weights: SDXL_WEIGHTS,
   parameterSchema: sdxlParameterSchema,
@@ -107,7 +110,9 @@ export const sdxlRecipe: Recipe<SdxlParameters> = defineRecipe<SdxlParameters>({
         { label: 'start-up and model load', seconds: 180 },
         { label: `cache latents and text-encoder outputs (${images} images)`, seconds: images * 0.8 * area + 20 },
         { label: `${p.steps} steps at batch ${p.batchSize}`, seconds: p.steps * 0.9 * area * p.batchSize * (p.optimizer === 'Adafactor' ? 1.1 : 1) },
-        { label: `${saves} intermediate saves and preview`, seconds: saves * 3 + (p.samplePreview ? 30 : 0) },
+        { label: `${saves} intermediate saves with training state`, seconds: saves * 5 },
+        // One image per default prompt (3) at each save and at the end: 20 steps with CFG.
+        ...(p.samplePreview ? [{ label: `${saves + 1} sample sets (3 images each)`, seconds: (saves + 1) * 3 * 8 * area }] : []),
       ],
       24,
     );
@@ -115,11 +120,11 @@ export const sdxlRecipe: Recipe<SdxlParameters> = defineRecipe<SdxlParameters>({
   renderJob(input) {
     const p = input.parameters;
     const datasetToml = kohyaDatasetToml(p as KohyaCommonParams, input.triggerWord, [p.resolution], 64);
-    const prompts = p.samplePreview ? kohyaSamplePrompts(input.triggerWord, p.resolution, p.seed) : undefined;
+    const prompts = p.samplePreview ? kohyaSamplePrompts(input, p.resolution, p.seed) : undefined;
     return {
       files: kohyaFiles(datasetToml, prompts),
       steps: [{ name: 'train', argv: sdxlTrainArgv(input), reportsTrainingProgress: true }],
-      outputs: kohyaOutputs(input.outputName, p.samplePreview),
+      outputs: kohyaOutputs(input.outputName, p.samplePreview, kohyaSavePlan(input as Parameters<typeof kohyaSavePlan>[0])),
     };
   },
   createProgressParser: () => new KohyaProgressParser(),

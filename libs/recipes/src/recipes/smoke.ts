@@ -7,11 +7,12 @@
  */
 import { PLATFORM_FEE } from '../pricing';
 import { z } from 'zod';
-import type { Recipe, RenderInput } from '../contract';
+import type { Recipe, RenderInput, SavePlan } from '../contract';
 import { CONTAINER_PATHS } from '../contract';
 import { choiceField, enumField, intField, numberField } from '../params';
 import { KohyaProgressParser } from '../progress';
 import { checkLoraHeader } from '../safetensors';
+import { assertResumeSafe, escapeRegExp, samplePromptsFor } from '../saves';
 import { SMOKE_TRAINER_PY, SMOKE_TRAINER_SHA256 } from '../smoke/smoke-trainer.generated';
 import { toToml } from '../util/toml';
 import { defineRecipe, jobPath, stationthisMetadata } from './common';
@@ -35,15 +36,39 @@ export const smokeParameterSchema = z.strictObject({
   loraDropout: numberField(0, 0.5, 0, 'Dropout on LoRA activations; 0 disables it.'),
   seed: intField(0, 2147483647, 42, 'Random seed (also initialises the frozen base model).'),
   sampleCount: intField(0, 2, 2, 'Sample PNGs written into samples/ at the end.'),
-  saveEveryNSteps: intField(0, 2000, 0, 'Save an intermediate LoRA every N steps; 0 saves only the final one.'),
+  saveEveryNSteps: intField(0, 2000, 0, 'Save an intermediate LoRA, samples and the training state every N steps; 0 saves only the final LoRA.'),
   savePrecision: enumField(['fp16', 'fp32'] as const, 'fp16', 'dtype of the saved LoRA.'),
   simulateFailure: enumField(['none', 'nan-loss', 'crash'] as const, 'none', 'Test hook: make the run fail half-way with a NaN loss or an exception.'),
 });
 
 export type SmokeParameters = z.infer<typeof smokeParameterSchema>;
 
+/**
+ * The trainer's intermediate saves (trainer.py main): at each multiple of
+ * save_every_n_steps below steps, `<name>-step{:08d}.safetensors`, one PNG per
+ * sample prompt `samples/<name>_{step:06d}_{k:02d}.png`, then the state folder
+ * `<name>-step{:08d}-state` (state.pt + train_state.json), each renamed into
+ * place from a hidden `.tmp-` name. The final samples (sampleCount) carry
+ * step = steps and match the same pattern.
+ */
+export function smokeSavePlan(input: RenderInput<SmokeParameters>): SavePlan | undefined {
+  const p = input.parameters;
+  if (p.saveEveryNSteps <= 0 || p.saveEveryNSteps >= p.steps) return undefined;
+  return {
+    everySteps: p.saveEveryNSteps,
+    totalSteps: p.steps,
+    checkpointTemplate: `${input.outputName}-step{step}.safetensors`,
+    stateTemplate: `${input.outputName}-step{step}-state`,
+    samples: { dir: 'samples', pattern: `^${escapeRegExp(input.outputName)}_(?<step>\\d{6,})_\\d{2}\\.png$` },
+    // The state holds the step, the epoch and the position in its order; the bar starts at the saved step.
+    stepsAfterResume: 'continues',
+  };
+}
+
 function smokeConfig(input: RenderInput<SmokeParameters>, metadata: Record<string, string>): string {
   const p = input.parameters;
+  const saves = smokeSavePlan(input);
+  if (input.resume) assertResumeSafe(input.resume);
   return toToml({
     dataset_dir: CONTAINER_PATHS.dataset,
     output_dir: CONTAINER_PATHS.output,
@@ -62,6 +87,8 @@ function smokeConfig(input: RenderInput<SmokeParameters>, metadata: Record<strin
       save_precision: p.savePrecision,
       simulate_failure: p.simulateFailure,
       threads: SMOKE_THREADS,
+      ...(saves ? { save_state: true, sample_prompts: samplePromptsFor(input) } : {}),
+      ...(input.resume ? { resume: `${CONTAINER_PATHS.output}/${input.resume.stateDir}` } : {}),
     },
     metadata,
   });
@@ -69,7 +96,7 @@ function smokeConfig(input: RenderInput<SmokeParameters>, metadata: Record<strin
 
 export const smokeRecipe: Recipe<SmokeParameters> = defineRecipe<SmokeParameters>({
   id: 'smoke-cpu',
-  version: '1.0.0',
+  version: '1.1.0',
   family: 'SMOKE',
   displayName: 'CPU smoke LoRA (internal)',
   description: 'Real LoRA training of a tiny seed-initialised diffusion model on CPU, for tests and demos. Not a product.',
@@ -128,6 +155,7 @@ export const smokeRecipe: Recipe<SmokeParameters> = defineRecipe<SmokeParameters
       jobId: input.jobId,
       outputName: input.outputName,
     });
+    const saves = smokeSavePlan(input);
     return {
       files: [{ path: SMOKE_CONFIG, content: smokeConfig(input, metadata) }],
       steps: [
@@ -139,7 +167,8 @@ export const smokeRecipe: Recipe<SmokeParameters> = defineRecipe<SmokeParameters
       ],
       outputs: {
         lora: `${input.outputName}.safetensors`,
-        ...(input.parameters.sampleCount > 0 ? { samplesDir: 'samples' } : {}),
+        ...(input.parameters.sampleCount > 0 || saves?.samples ? { samplesDir: 'samples' } : {}),
+        ...(saves ? { saves } : {}),
       },
     };
   },

@@ -15,13 +15,18 @@ import { datasetItems, quoteFromTime } from '../pricing';
 import { KohyaProgressParser } from '../progress';
 import { checkLoraHeader } from '../safetensors';
 import { toToml, tomlFloat, type TomlTable } from '../util/toml';
+import { samplePromptsFor } from '../saves';
 import { accelerateLaunch, defineRecipe, flagsOf, jobPath, modelPath, MUSUBI_DIR, MUSUBI_TUNER, musubiImage, num, stationthisMetadata, TEST_RUN_TWO_STEPS } from './common';
+import { accelerateSavePlan, resumeFlags, saveStateFlags, stepsToTrain, TEST_RUN_NO_SAMPLES } from './engine-saves';
 
 const SRC = `${MUSUBI_DIR}/src/musubi_tuner`;
 export const WAN_CACHE_LATENTS_SCRIPT = `${SRC}/wan_cache_latents.py`;
 export const WAN_CACHE_TE_SCRIPT = `${SRC}/wan_cache_text_encoder_outputs.py`;
 export const WAN_TRAIN_SCRIPT = `${SRC}/wan_train_network.py`;
 export const WAN_DATASET_TOML = 'dataset.toml';
+export const WAN_SAMPLE_PROMPTS = 'sample_prompts.txt';
+/** Denoising steps of a sample (musubi's prompt option `--s`). */
+export const WAN_SAMPLE_STEPS = 20;
 /** Caches live under the writable output mount; the worker uploads only the LoRA. */
 export const WAN_CACHE_DIR = `${CONTAINER_PATHS.output}/cache`;
 
@@ -53,7 +58,11 @@ export const wanParameterSchema = z.strictObject({
   fp8Scaled: boolField(false, 'Scaled fp8 (fp8_scaled): better quality than plain fp8; needs fp8Base.'),
   blocksToSwap: intField(0, 39, 0, 'DiT blocks offloaded to CPU (blocks_to_swap): at most 39 for 14B, 29 for 1.3B.'),
   seed: intField(0, 2147483647, 42, 'Random seed.'),
-  saveEveryNSteps: intField(0, 10000, 250, 'Save an intermediate LoRA every N steps; 0 saves only the final one.'),
+  saveEveryNSteps: intField(0, 10000, 250, 'Save an intermediate LoRA and the training state (resume point) every N steps; 0 saves only the final one.'),
+  samplePreview: boolField(
+    true,
+    'Render one still image (a single frame) per sample prompt at each save, or at the end without saves. Stills, not clips: a clip of frameCount frames costs about (frameCount+3)/4 times as much.',
+  ),
   savePrecision: enumField(['bf16', 'fp16', 'float'] as const, 'bf16', 'dtype of the saved LoRA (musubi default is fp32).'),
 });
 
@@ -161,8 +170,25 @@ function wanTrainArgv(input: RenderInput<WanParameters>): string[] {
     const [lo, hi] = WAN22_T2V_TIMESTEPS[p.wan22Expert];
     argv.push('--min_timestep', String(lo), '--max_timestep', String(hi), '--preserve_distribution_shape');
   }
-  argv.push('--max_train_steps', String(p.steps));
-  if (p.saveEveryNSteps > 0 && p.saveEveryNSteps < p.steps) argv.push('--save_every_n_steps', String(p.saveEveryNSteps));
+  // musubi restarts its step count on resume: train what is left (engine-saves.ts). The LR is constant, so the schedule needs nothing.
+  const trainSteps = stepsToTrain(p.steps, input.resume);
+  const saves = wanSavePlan(input);
+  argv.push('--max_train_steps', String(trainSteps));
+  if (saves) argv.push('--save_every_n_steps', String(saves.everySteps), ...saveStateFlags(saves.everySteps));
+  if (input.resume) argv.push(...resumeFlags(input.resume));
+  if (p.samplePreview) {
+    // Sampling encodes the prompts with T5 before the DiT loads, and decodes with the VAE (kept on the CPU between samples).
+    argv.push(
+      '--sample_prompts',
+      jobPath(WAN_SAMPLE_PROMPTS),
+      '--sample_every_n_steps',
+      String(saves ? saves.everySteps : trainSteps),
+      '--vae',
+      modelPath(input, WAN_WEIGHTS, 'vae'),
+      '--t5',
+      modelPath(input, WAN_WEIGHTS, 't5'),
+    );
+  }
   argv.push(
     '--save_precision',
     p.savePrecision,
@@ -176,6 +202,24 @@ function wanTrainArgv(input: RenderInput<WanParameters>): string[] {
     input.outputName,
   );
   return argv;
+}
+
+/** The saves of a WAN job (engine-saves.ts): checkpoint, state and, with samplePreview, one still per prompt (`_000.png`, frame 0). */
+export function wanSavePlan(input: RenderInput<WanParameters>) {
+  const p = input.parameters;
+  return accelerateSavePlan(input.outputName, p.steps, p.saveEveryNSteps, p.samplePreview ? 'musubi-frame-png' : undefined);
+}
+
+/**
+ * musubi's prompt file (training/sampling_prompts.py line_to_prompt_dict): one
+ * prompt per line, `--w/--h` size (the image training resolution), `--f 1` one
+ * frame (a still: saved as `<stem>_000.png`), `--d` fixed seed, `--s` steps.
+ * musubi adds WAN's default negative prompt, so each sample runs with CFG.
+ */
+export function wanSamplePrompts(input: RenderInput<WanParameters>): string {
+  const p = input.parameters;
+  const options = ['--w', String(p.resolution), '--h', String(p.resolution), '--f', '1', '--d', String(p.seed), '--s', String(WAN_SAMPLE_STEPS)];
+  return samplePromptsFor(input).map((prompt) => [prompt, ...options].join(' ')).join('\n') + '\n';
 }
 
 function wanCacheLatentsArgv(input: RenderInput<WanParameters>): string[] {
@@ -213,10 +257,12 @@ const WAN_ALL_PARAMS: WanParameters = {
   optimizer: 'Adafactor',
   loraDropout: 0.1,
 };
+/** Every flag the training step can emit: all options on, resumed. */
+const WAN_ALL_INPUT: RenderInput<WanParameters> = { ...SAMPLE_INPUT(WAN_ALL_PARAMS), resume: { step: 250, stateDir: 'x-step00000250-state' } };
 
 export const wanRecipe: Recipe<WanParameters> = defineRecipe<WanParameters>({
   id: 'wan-lora',
-  version: '1.1.0',
+  version: '1.2.0',
   family: 'WAN',
   displayName: 'WAN 2.1 / 2.2 T2V LoRA',
   description:
@@ -225,7 +271,7 @@ export const wanRecipe: Recipe<WanParameters> = defineRecipe<WanParameters>({
   baseModel: 'WAN',
   engine: MUSUBI_TUNER,
   image: musubiImage([
-    { argv: ['python', WAN_TRAIN_SCRIPT, '--help'], flags: flagsOf(wanTrainArgv(SAMPLE_INPUT(WAN_ALL_PARAMS)).slice(accelerateLaunch('bf16').length + 1)) },
+    { argv: ['python', WAN_TRAIN_SCRIPT, '--help'], flags: flagsOf(wanTrainArgv(WAN_ALL_INPUT).slice(accelerateLaunch('bf16').length + 1)) },
     { argv: ['python', WAN_CACHE_LATENTS_SCRIPT, '--help'], flags: flagsOf(wanCacheLatentsArgv(SAMPLE_INPUT(WAN_ALL_PARAMS)).slice(2)) },
     { argv: ['python', WAN_CACHE_TE_SCRIPT, '--help'], flags: flagsOf(wanCacheTextArgv(SAMPLE_INPUT(WAN_ALL_PARAMS)).slice(2)) },
     { argv: ['accelerate', 'launch', '--help'], flags: flagsOf(accelerateLaunch('bf16')) },
@@ -234,6 +280,8 @@ export const wanRecipe: Recipe<WanParameters> = defineRecipe<WanParameters>({
   testRun: {
     substitutions: [
       TEST_RUN_TWO_STEPS,
+      ...TEST_RUN_NO_SAMPLES,
+      // --vae and --t5 stay: without --sample_prompts musubi's training step loads neither (trainer_base._prepare_sampling), and the cache steps need theirs.
       {
         flag: '--fp8_base',
         action: 'drop',
@@ -269,27 +317,39 @@ export const wanRecipe: Recipe<WanParameters> = defineRecipe<WanParameters>({
     const meanStep = (imageWeight * imageStep + videos * videoStep) / (imageWeight + videos);
     const stepSeconds = meanStep * p.batchSize * modelScale * (1 + 0.03 * p.blocksToSwap) * (p.fp8Scaled ? 1.05 : 1);
     const saves = p.saveEveryNSteps > 0 ? Math.floor((p.steps - 1) / p.saveEveryNSteps) : 0;
+    // A still per default prompt at each save and at the end: 20 steps with CFG at the image resolution.
+    const sampleSets = p.samplePreview ? saves + 1 : 0;
+    const sampleSeconds = sampleSets * 3 * WAN_SAMPLE_STEPS * 2 * imageStep * 0.4 * modelScale;
     return quoteFromTime(
       [
         { label: 'start-up and model load', seconds: p.task === 't2v-1.3B' ? 180 : 600 },
         { label: `cache latents (${images} images, ${videos} videos)`, seconds: 60 + images * 2 + videos * 15 },
         { label: `cache text-encoder outputs (${items} captions)`, seconds: 120 + items * 0.5 },
         { label: `${p.steps} steps at batch ${p.batchSize}`, seconds: p.steps * stepSeconds },
-        { label: `${saves} intermediate saves`, seconds: saves * 5 },
+        { label: `${saves} intermediate saves with training state`, seconds: saves * 8 },
+        ...(sampleSets > 0 ? [{ label: `${sampleSets} sample sets (3 stills each)`, seconds: sampleSeconds }] : []),
       ],
       48,
     );
   },
   renderJob(input) {
+    const saves = wanSavePlan(input);
     return {
-      files: [{ path: WAN_DATASET_TOML, content: wanDatasetToml(input) }],
+      files: [
+        { path: WAN_DATASET_TOML, content: wanDatasetToml(input) },
+        ...(input.parameters.samplePreview ? [{ path: WAN_SAMPLE_PROMPTS, content: wanSamplePrompts(input) }] : []),
+      ],
       steps: [
         { name: 'cache-latents', argv: wanCacheLatentsArgv(input), reportsTrainingProgress: false },
         { name: 'cache-text-encoder', argv: wanCacheTextArgv(input), reportsTrainingProgress: false },
         { name: 'train', argv: wanTrainArgv(input), reportsTrainingProgress: true },
       ],
       // Sampling WAN video during training is VRAM-heavy (docs/sampling_during_training.md): no previews.
-      outputs: { lora: `${input.outputName}.safetensors` },
+      outputs: {
+        lora: `${input.outputName}.safetensors`,
+        ...(input.parameters.samplePreview ? { samplesDir: 'sample' } : {}),
+        ...(saves ? { saves } : {}),
+      },
     };
   },
   createProgressParser: () => new KohyaProgressParser(),

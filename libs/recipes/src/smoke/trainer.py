@@ -18,7 +18,15 @@ What it does:
   5. writes <output_name>.safetensors by hand (8-byte little-endian header
      length + JSON header + raw little-endian tensors) with kohya key names
      (lora_unet_<module>.lora_down.weight / .lora_up.weight / .alpha);
-  6. writes sample PNGs into <output_dir>/samples/.
+  6. writes sample PNGs into <output_dir>/samples/;
+  7. every save_every_n_steps: a checkpoint LoRA <name>-step{step:08d}.safetensors,
+     one fixed-seed sample PNG per sample prompt, and (save_state) a state
+     folder <name>-step{step:08d}-state that `resume` continues from exactly
+     (same steps, same final LoRA bytes as an uninterrupted run).
+
+Every file and folder is written under a hidden temporary name and renamed
+into place, so a kill at any moment never leaves a partial file under a final
+name.
 
 It writes only below the output directory and never to the dataset, so it
 runs as a non-root user on a read-only root filesystem.
@@ -66,7 +74,17 @@ DEFAULTS = {
     "save_precision": "fp16",
     "simulate_failure": "none",
     "threads": 1,
+    "sample_prompts": [],
+    "save_state": False,
+    "resume": "",
 }
+
+# Format of the state folder (train_state.json "format"); bump on any change.
+STATE_FORMAT = 1
+STATE_JSON = "train_state.json"
+STATE_TENSORS = "state.pt"
+# Temporary names start with this, so nothing the worker matches by name is half written.
+TMP_PREFIX = ".tmp-"
 
 
 def load_config(path):
@@ -116,6 +134,13 @@ def load_config(path):
         raise BadInput("train.save_precision must be 'fp16' or 'fp32'")
     if train["simulate_failure"] not in ("none", "nan-loss", "crash"):
         raise BadInput("train.simulate_failure must be 'none', 'nan-loss' or 'crash'")
+    prompts = train["sample_prompts"]
+    if not isinstance(prompts, list) or len(prompts) > 8 or not all(isinstance(x, str) and x.strip() and "\n" not in x for x in prompts):
+        raise BadInput("train.sample_prompts must be a list of at most 8 non-empty one-line strings")
+    if not isinstance(train["save_state"], bool):
+        raise BadInput("train.save_state must be true or false")
+    if not isinstance(train["resume"], str):
+        raise BadInput("train.resume must be a path to a state folder, or '' to start fresh")
     metadata = cfg.get("metadata", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise BadInput("config table 'metadata' must map keys to strings")
@@ -256,6 +281,57 @@ def add_lora(torch, model, rank, alpha, dropout):
 # ----------------------------------------------------------------------------
 
 
+def tmp_path_for(path):
+    """A hidden temporary name next to `path` (same filesystem, so the rename is atomic)."""
+    folder, base = os.path.split(path)
+    return os.path.join(folder, f"{TMP_PREFIX}{base}-{os.getpid()}")
+
+
+def fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems (and Windows) cannot fsync a directory
+    finally:
+        os.close(fd)
+
+
+def write_file_atomic(path, write):
+    """Call write(fh) on a temporary file, fsync it and rename it to `path`."""
+    tmp = tmp_path_for(path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    fsync_dir(os.path.dirname(path) or ".")
+
+
+def remove_stale_temporaries(folders):
+    """Remove temporaries a killed earlier run left behind (only names this trainer makes)."""
+    import shutil
+
+    for folder in folders:
+        if not os.path.isdir(folder):
+            continue
+        for entry in os.listdir(folder):
+            if entry.startswith(TMP_PREFIX):
+                path = os.path.join(folder, entry)
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.unlink(path)
+
+
 def save_safetensors(path, tensors, metadata, fp16):
     """tensors: list of (name, torch tensor). Header keys sorted like safetensors does."""
     import numpy as np
@@ -275,20 +351,87 @@ def save_safetensors(path, tensors, metadata, fp16):
     header["__metadata__"] = meta
     header_bytes = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     header_bytes += b" " * ((8 - len(header_bytes) % 8) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as fh:
+
+    def write(fh):
         fh.write(struct.pack("<Q", len(header_bytes)))
         fh.write(header_bytes)
         fh.write(payload)
-    os.replace(tmp, path)
+
+    write_file_atomic(path, write)
 
 
-def write_png(torch, path, img):
+def write_png(torch, path, img, prompt=None):
     import numpy as np
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
     arr = ((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    Image.fromarray(np.ascontiguousarray(arr), "RGB").save(path)
+    info = PngImagePlugin.PngInfo()
+    if prompt is not None:
+        info.add_text("prompt", prompt)
+    write_file_atomic(path, lambda fh: Image.fromarray(np.ascontiguousarray(arr), "RGB").save(fh, format="PNG", pnginfo=info))
+
+
+def prompt_seed(seed, prompt):
+    """A fixed seed per (job seed, prompt): the same prompt draws the same noise at every save."""
+    digest = hashlib.sha256(f"{seed}\n{prompt}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+# ----------------------------------------------------------------------------
+# Training state (save_state / resume)
+# ----------------------------------------------------------------------------
+
+
+def state_fingerprint(tc, image_names):
+    """What must be equal for a resumed run to continue the same training."""
+    keys = ("steps", "learning_rate", "batch_size", "resolution", "network_dim", "network_alpha", "network_dropout", "seed")
+    fp = {k: tc[k] for k in keys}
+    fp["images"] = hashlib.sha256("\n".join(image_names).encode("utf-8")).hexdigest()
+    return fp
+
+
+def save_state_dir(torch, path, tensors, info):
+    """Write the state folder under a temporary name, then rename it into place."""
+    import shutil
+
+    tmp = tmp_path_for(path)
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    try:
+        write_file_atomic(os.path.join(tmp, STATE_TENSORS), lambda fh: torch.save(tensors, fh))
+        write_file_atomic(os.path.join(tmp, STATE_JSON), lambda fh: fh.write(json.dumps(info, indent=2, sort_keys=True).encode("utf-8")))
+        if os.path.exists(path):
+            # Same step saved again (a resumed run that re-reached it): swap, then drop the old one.
+            old = tmp_path_for(path) + "-old"
+            os.rename(path, old)
+            os.rename(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(os.path.dirname(path) or ".")
+
+
+def load_state_dir(torch, path, fingerprint):
+    """Read a state folder written by save_state_dir; BadInput when it is missing, partial or another job's."""
+    json_path = os.path.join(path, STATE_JSON)
+    tensors_path = os.path.join(path, STATE_TENSORS)
+    if not os.path.isdir(path):
+        raise BadInput(f"resume state folder {path} does not exist: put the saved state folder back into the output folder, or render without resume")
+    try:
+        with open(json_path, "rb") as fh:
+            info = json.loads(fh.read().decode("utf-8"))
+        tensors = torch.load(tensors_path, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - any read error means the state is unusable
+        raise BadInput(f"resume state folder {path} is incomplete or unreadable ({exc}); resume from an earlier save or start fresh")
+    if info.get("format") != STATE_FORMAT:
+        raise BadInput(f"resume state {path} has format {info.get('format')!r}; this trainer reads format {STATE_FORMAT}")
+    if info.get("fingerprint") != fingerprint:
+        raise BadInput(f"resume state {path} was saved by a different training (parameters or dataset differ): {info.get('fingerprint')} != {fingerprint}")
+    return info, tensors
 
 
 # ----------------------------------------------------------------------------
@@ -319,8 +462,10 @@ def main(argv=None):
         image_names, images = load_dataset(cfg["dataset_dir"], tc["resolution"])
     except BadInput as exc:
         fail(str(exc))
+    samples_dir = os.path.join(out_dir, "samples")
     try:
-        os.makedirs(os.path.join(out_dir, "samples"), exist_ok=True)
+        os.makedirs(samples_dir, exist_ok=True)
+        remove_stale_temporaries([out_dir, samples_dir])
     except OSError as exc:
         fail(f"cannot create output directory {out_dir}: {exc.strerror}")
 
@@ -339,9 +484,33 @@ def main(argv=None):
     T = 100
     betas = torch.linspace(1e-4, 0.05, T)
     alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    # Data order, flips, timesteps and noise. Dropout draws from torch's global generator.
     gen = torch.Generator().manual_seed(tc["seed"])
 
     started = time.time()
+    fingerprint = state_fingerprint(tc, image_names)
+    step = 0
+    epoch = 0
+    perm = None  # the current epoch's order; None: the next step starts a new epoch
+    next_batch = 0  # position in `perm` of the next step's batch
+    loss_window = []
+    if tc["resume"]:
+        try:
+            info, saved = load_state_dir(torch, tc["resume"], fingerprint)
+        except BadInput as exc:
+            fail(str(exc))
+        lora.load_state_dict(saved["lora"])
+        optimizer.load_state_dict(saved["optimizer"])
+        gen.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        perm = saved["perm"]
+        step = int(info["step"])
+        epoch = int(info["epoch"])
+        next_batch = int(info["next_batch"])
+        loss_window = [float(x) for x in info["loss_window"]]
+        started = float(info["started"])
+        print(f"resumed from state {tc['resume']} at step {step}/{steps} (epoch {epoch})", flush=True)
+
     print("running training / 学習開始", flush=True)
     print(f"  num train images * repeats / 学習画像の数×繰り返し回数: {n_images}", flush=True)
     print(f"  num batches per epoch / 1epochのバッチ数: {batches_per_epoch}", flush=True)
@@ -379,18 +548,73 @@ def main(argv=None):
         meta.update(cfg["metadata"])
         return meta
 
+    def denoise(noise_gens):
+        """DDPM sampling, one image per generator, in eval mode (no dropout, no global RNG draws)."""
+        model.eval()
+        try:
+            with torch.no_grad():
+                shape = (3, tc["resolution"], tc["resolution"])
+                x = torch.stack([torch.randn(shape, generator=g) for g in noise_gens])
+                for i in reversed(range(T)):
+                    tt = torch.full((x.shape[0],), i, dtype=torch.long)
+                    eps = model(x, tt)
+                    alpha_t = 1 - betas[i]
+                    x = (x - betas[i] / (1 - alphas_cumprod[i]).sqrt() * eps) / alpha_t.sqrt()
+                    if i > 0:
+                        x = x + betas[i].sqrt() * torch.stack([torch.randn(shape, generator=g) for g in noise_gens])
+        finally:
+            model.train()
+        return x
+
+    def sample_path(step, k):
+        return os.path.join(samples_dir, f"{name}_{step:06d}_{k:02d}.png")
+
+    def save_samples(step):
+        """One fixed-seed PNG per sample prompt: the same noise at every save, so saves compare."""
+        prompts = tc["sample_prompts"]
+        if not prompts:
+            return
+        print(f"generating sample images at step / サンプル画像生成 ステップ: {step}", flush=True)
+        x = denoise([torch.Generator().manual_seed(prompt_seed(tc["seed"], p)) for p in prompts])
+        for k, prompt in enumerate(prompts):
+            path = sample_path(step, k)
+            write_png(torch, path, x[k], prompt)
+            print(f"sample saved: {path}", flush=True)
+
+    def save_state(step):
+        path = os.path.join(out_dir, f"{name}-step{step:08d}-state")
+        print(f"saving state: {path}", flush=True)
+        tensors = {
+            "lora": lora.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "perm": perm,
+        }
+        info = {
+            "format": STATE_FORMAT,
+            "step": step,
+            "epoch": epoch,
+            "next_batch": next_batch,
+            "loss_window": loss_window,
+            "started": started,
+            "fingerprint": fingerprint,
+        }
+        save_state_dir(torch, path, tensors, info)
+
     fp16 = tc["save_precision"] == "fp16"
-    bar = tqdm(total=steps, desc="steps", smoothing=0, file=sys.stderr, dynamic_ncols=False, ncols=None)
-    loss_window = []
-    step = 0
-    epoch = 0
-    while step < steps:
-        epoch += 1
+    # initial=step: after a resume the bar shows the job's step of the job's total.
+    bar = tqdm(total=steps, initial=step, desc="steps", smoothing=0, file=sys.stderr, dynamic_ncols=False, ncols=None)
+    if perm is not None:
         print(f"\nepoch {epoch}/{epochs}", flush=True)
-        perm = torch.randperm(n_images, generator=gen)
-        for b in range(batches_per_epoch):
-            if step >= steps:
-                break
+    while step < steps:
+        if perm is None:
+            epoch += 1
+            print(f"\nepoch {epoch}/{epochs}", flush=True)
+            perm = torch.randperm(n_images, generator=gen)
+            next_batch = 0
+        while next_batch < batches_per_epoch and step < steps:
+            b = next_batch
             idx = perm[b * batch : (b + 1) * batch]
             if idx.numel() < batch:  # top up short batches so every step sees `batch` images
                 idx = torch.cat([idx, torch.randint(0, n_images, (batch - idx.numel(),), generator=gen)])
@@ -411,6 +635,7 @@ def main(argv=None):
             loss.backward()
             optimizer.step()
             step += 1
+            next_batch += 1
             loss_value = float(loss.item())
             loss_window.append(loss_value)
             if len(loss_window) > batches_per_epoch:
@@ -424,9 +649,16 @@ def main(argv=None):
                 sys.exit(EXIT_NAN)
             every = tc["save_every_n_steps"]
             if every and step % every == 0 and step < steps:
+                if next_batch >= batches_per_epoch:
+                    perm = None  # the state resumes at the start of the next epoch
+                # Checkpoint, samples, then state: the state is the last thing a save writes.
                 ckpt = os.path.join(out_dir, f"{name}-step{step:08d}.safetensors")
                 print(f"\nsaving checkpoint: {ckpt}", flush=True)
                 save_safetensors(ckpt, lora_state(), metadata(step, epoch), fp16)
+                save_samples(step)
+                if tc["save_state"]:
+                    save_state(step)
+        perm = None
     bar.close()
 
     final = os.path.join(out_dir, f"{name}.safetensors")
@@ -435,20 +667,12 @@ def main(argv=None):
 
     if tc["sample_count"] > 0:
         print(f"generating sample images at step / サンプル画像生成 ステップ: {step}", flush=True)
-        with torch.no_grad():
-            sgen = torch.Generator().manual_seed(tc["seed"])
-            x = torch.randn((tc["sample_count"], 3, tc["resolution"], tc["resolution"]), generator=sgen)
-            for i in reversed(range(T)):
-                tt = torch.full((x.shape[0],), i, dtype=torch.long)
-                eps = model(x, tt)
-                alpha_t = 1 - betas[i]
-                x = (x - betas[i] / (1 - alphas_cumprod[i]).sqrt() * eps) / alpha_t.sqrt()
-                if i > 0:
-                    x = x + betas[i].sqrt() * torch.randn(x.shape, generator=sgen)
-            for k in range(x.shape[0]):
-                path = os.path.join(out_dir, "samples", f"{name}_{step:06d}_{k:02d}.png")
-                write_png(torch, path, x[k])
-                print(f"sample saved: {path}", flush=True)
+        # The final samples keep their historical seeds: seed, seed+1, ... one generator each.
+        x = denoise([torch.Generator().manual_seed(tc["seed"] + k) for k in range(tc["sample_count"])])
+        for k in range(x.shape[0]):
+            path = sample_path(step, k)
+            write_png(torch, path, x[k])
+            print(f"sample saved: {path}", flush=True)
 
     print("model saved.", flush=True)
     return 0

@@ -19,6 +19,10 @@ export interface Attempt {
   request: TrainingRequest;
   /** The attempt record's state, mutated as steps record progress (each change also written through `writer`). */
   state: PipelineState;
+  /** When this claim's pipeline started (ms since the epoch): the resume's time-to-first-step is measured from it. */
+  openedAt?: number;
+  /** Container seconds recorded by earlier claims of this platform attempt (summed into trainSeconds). */
+  priorTrainSeconds?: number;
 }
 
 /** The job after validation: the recipe, typed parameters, sanitized names, the dataset and the quote. */

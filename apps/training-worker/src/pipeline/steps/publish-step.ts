@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { inject, injectable } from 'tsyringe';
 import { LoraModelRepository } from '@stationthis/db';
 import { MODEL_UPLOAD_PORT, ObjectStorage, jobArtifactKey, loraKey, type ModelUploadPort } from '@stationthis/storage';
+import { sampleStepOf, type SavePlan } from '@stationthis/recipes';
 import { WorkerMetrics } from '../../observability/metrics';
 import { JobFailure } from '../failures';
 import type { UploadState } from '../pipeline-state';
@@ -29,6 +30,17 @@ export interface PublishFiles {
   logFile: string;
   jobDir: string;
   samplesDir?: string;
+  /** The job's intermediate saves: their samples share samplesDir, and the model's previews are the final ones. */
+  saves?: SavePlan;
+}
+
+/** Up to four previews: with intermediate saves, the samples of the newest step only (the final LoRA's). */
+export function finalSamples(names: string[], saves: SavePlan | undefined): string[] {
+  const sorted = [...names].sort();
+  if (!saves?.samples) return sorted.slice(0, 4);
+  const stepOf = (n: string) => sampleStepOf(saves, n) ?? -1;
+  const newest = Math.max(-1, ...sorted.map(stepOf));
+  return sorted.filter((n) => stepOf(n) === newest).slice(0, 4);
 }
 
 @injectable()
@@ -63,7 +75,7 @@ export class PublishStep {
       const sampleUrls: string[] = [];
       if (files.samplesDir) {
         const dir = join(files.outputDir, files.samplesDir);
-        const names = (await readdir(dir).catch(() => [] as string[])).filter((n) => /\.(png|jpe?g|webp)$/i.test(n)).sort().slice(0, 4);
+        const names = finalSamples((await readdir(dir).catch(() => [] as string[])).filter((n) => /\.(png|jpe?g|webp)$/i.test(n)), files.saves);
         for (const name of names) {
           const up = await this.uploader.upload({ filePath: join(dir, name), bucketAlias: 'models', key: jobArtifactKey(ctx.jobId, `samples/${name}`), contentType: name.endsWith('.png') ? 'image/png' : name.endsWith('.webp') ? 'image/webp' : 'image/jpeg' });
           sampleUrls.push(up.publicUrl);
