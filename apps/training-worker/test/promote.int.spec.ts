@@ -144,6 +144,9 @@ async function finishedJob(rawTrigger: string, steps = [10, 20], recipeId = 'flu
     createdAt: new Date(), updatedAt: new Date(),
   };
   await h.db.collection<TrainingAttemptDoc>('trainingJobAttempts').insertOne(record);
+  // The summary the worker mirrors on the job document for the platform.
+  const summary = checkpoints.map((c) => ({ step: c.step, loss: c.loss, loraUrl: c.loraUrl, sampleUrls: c.sampleUrls }));
+  await h.db.collection('trainingJobs').updateOne({ _id: new ObjectId(jobId) }, { $set: { checkpoints: summary } });
   return { jobId, owner, wallet, slug, trigger, modelId, checkpoints, stateKeys };
 }
 
@@ -330,6 +333,8 @@ describe('retention (maintenance)', () => {
       expect(await exists('models', c.loraKey)).toBe(true);
       expect(await exists('models', c.sampleKeys[0])).toBe(true);
     }
+    // The job's summary no longer links to the deleted checkpoint.
+    expect(((await h.db.collection('trainingJobs').findOne({ _id: new ObjectId(promoted.jobId) }))?.checkpoints as { step: number }[]).map((c) => c.step)).toEqual([20, 25]);
     expect(await exists('models', `loras/${promoted.slug}-s10.safetensors`)).toBe(false);
     expect(await exists('models', `loras/${promoted.slug}-s20.safetensors`)).toBe(true);
     expect(await exists('models', `loras/${promoted.slug}-v25.safetensors`)).toBe(true);
@@ -346,6 +351,7 @@ describe('retention (maintenance)', () => {
     await retention.run(new Date(now + 14 * DAY + 60_000));
     expect((await recordOf(idle.jobId)).state.checkpoints!.map((c) => Boolean(c.deletedAt))).toEqual([true, true]);
     for (const c of idle.checkpoints) expect(await exists('models', c.loraKey)).toBe(false);
+    expect((await h.db.collection('trainingJobs').findOne({ _id: new ObjectId(idle.jobId) }))?.checkpoints).toEqual([]);
     expect(await platformLoads(idle.trigger)).toMatchObject({ bytes: weights(idle.jobId, 'final').toString() });
 
     // Idempotent: a later pass finds nothing to do for either.

@@ -88,6 +88,23 @@ export class CheckpointRetentionRepository {
     });
   }
 
+  /**
+   * Drops deleted checkpoints from the summary on the job document (what the
+   * platform links to), only while the job is still in the status it was read
+   * in: a Retry in between re-queues it and the summary is then the new attempt's.
+   */
+  async pruneJobCheckpoints(jobId: string, deletedSteps: readonly number[], at: Date): Promise<boolean> {
+    if (deletedSteps.length === 0) return false;
+    const _id = toObjectIdOrString(jobId);
+    const job = await this.jobs.findOne({ _id } as Filter<TrainingJobDoc>, { projection: { status: 1, checkpoints: 1 } });
+    const summary = (job as { checkpoints?: unknown } | null)?.checkpoints;
+    if (!job || !Array.isArray(summary)) return false;
+    const kept = summary.filter((c) => !deletedSteps.includes((c as { step?: unknown }).step as number));
+    if (kept.length === summary.length) return false;
+    const r = await this.jobs.updateOne({ _id, status: job.status } as Filter<TrainingJobDoc>, { $set: { checkpoints: kept, updatedAt: at } });
+    return r.modifiedCount === 1;
+  }
+
   /** Retention is finished for this record (a later promotion re-opens it). */
   async finish(id: string, at: Date): Promise<void> {
     await this.attempts.updateOne({ _id: id }, { $set: { 'checkpointRetention.doneAt': at }, $unset: { 'checkpointRetention.claimedUntil': '', 'checkpointRetention.claimedBy': '' } });

@@ -259,8 +259,15 @@ export class LoraModelRepository {
     }
   }
 
+  /**
+   * The job's own model: the one registration gave the deterministic id. A
+   * promoted checkpoint registered as a version carries the same
+   * `trainedFrom.trainingId`, so the id decides; models imported without our
+   * id fall back to the first one trained from the job.
+   */
   async findByTrainingJobId(trainingJobId: IdLike): Promise<LoraModelDoc | null> {
-    return this.models.findOne({ 'trainedFrom.trainingId': { $in: idForms(trainingJobId) } } as Filter<LoraModelDoc>);
+    const own = await this.models.findOne({ _id: modelIdForTrainingJob(trainingJobId) } as Filter<LoraModelDoc>);
+    return own ?? this.models.findOne({ 'trainedFrom.trainingId': { $in: idForms(trainingJobId) } } as Filter<LoraModelDoc>);
   }
 
   async findById(id: IdLike): Promise<LoraModelDoc | null> {

@@ -104,12 +104,17 @@ export class CheckpointRetention {
 
     const models = await this.repo.modelsOf(jobId, state.loraModelId);
     const kept = keptCheckpointSteps(models);
+    const deletedSteps: number[] = [];
     for (const [index, cp] of (state.checkpoints ?? []).entries()) {
+      if (cp.deletedAt) deletedSteps.push(cp.step);
       if (cp.deletedAt || kept.has(cp.step) || cp.loraKey === state.upload?.loraKey) continue;
       for (const key of [cp.loraKey, ...cp.sampleKeys]) await this.storage.deleteObject('models', key);
       report.objectsDeleted += 1 + cp.sampleKeys.length;
       if (await this.repo.markCheckpointDeleted(record._id, index, cp.step, cp.loraKey, now)) report.checkpointsDeleted++;
+      deletedSteps.push(cp.step);
     }
+    // The job's summary links only to checkpoints that still exist (its current platform attempt only).
+    if (current) await this.repo.pruneJobCheckpoints(jobId, deletedSteps, now);
 
     // `loras/` copies of earlier replace promotions that no model loads now (never the final file).
     const inUse = new Set(models.map((m) => (m.publishedTo as { storageKey?: string } | undefined)?.storageKey).filter(Boolean));
