@@ -19,7 +19,7 @@ import { Readable } from 'node:stream';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { ObjectId } from 'mongodb';
-import { attemptKey, CheckpointRetentionRepository, LoraModelRepository, type CheckpointRecord, type TrainingAttemptDoc } from '@stationthis/db';
+import { attemptKey, CheckpointPromotionRepository, CheckpointRetentionRepository, LoraModelRepository, type CheckpointRecord, type TrainingAttemptDoc } from '@stationthis/db';
 import { checkpointLoraKey, checkpointSampleKey, ObjectStorage, resumeStateKey } from '@stationthis/storage';
 import { getRecipe, sanitizeOutputName, sanitizeTriggerWord } from '@stationthis/recipes';
 import { CREDIT_LEDGER_COLLECTION, LOCKS_COLLECTION, MOVEMENTS_COLLECTION } from '@stationthis/points';
@@ -54,7 +54,7 @@ beforeAll(async () => {
   const config = h.app.container.resolve(WORKER_CONFIG);
   // Every record of this suite in one pass; 14 days after completion, 24 h after a promotion (the defaults).
   expect(config.checkpointRetention).toEqual({ afterCompletionMs: 14 * DAY, afterPromotionMs: DAY, batch: 10 });
-  retention = new CheckpointRetention({ ...config, checkpointRetention: { ...config.checkpointRetention, batch: 1000 } }, h.app.container.resolve(ROOT_LOGGER), h.app.container.resolve(CheckpointRetentionRepository), storage);
+  retention = new CheckpointRetention({ ...config, checkpointRetention: { ...config.checkpointRetention, batch: 1000 } }, h.app.container.resolve(ROOT_LOGGER), h.app.container.resolve(CheckpointRetentionRepository), storage, h.app.container.resolve(CheckpointPromotionRepository));
   dir = await mkdtemp(join(tmpdir(), 'promote-'));
 }, 60_000);
 
@@ -357,6 +357,23 @@ describe('retention (maintenance)', () => {
     // Idempotent: a later pass finds nothing to do for either.
     const again = await retention.run(new Date(now + 30 * DAY));
     expect(again).toMatchObject({ checkpointsDeleted: 0, staleCopiesDeleted: 0 });
+  });
+
+  it('waits while a promotion of the job holds its lock, then deletes from what the promotion left', async () => {
+    const job = await finishedJob('lockedcat');
+    const locks = h.app.container.resolve(CheckpointPromotionRepository);
+    const token = await locks.lock(job.jobId, 'a promotion in flight', 60_000);
+    expect(token).not.toBeNull();
+    const due = Date.now() + 15 * DAY;
+    await retention.run(new Date(due));
+    // Nothing of the job's checkpoints was touched while the lock was held.
+    expect((await recordOf(job.jobId)).state.checkpoints!.every((c) => !c.deletedAt)).toBe(true);
+    for (const c of job.checkpoints) expect(await exists('models', c.loraKey)).toBe(true);
+    await locks.unlock(job.jobId, token!);
+    // Deferred by a minute, then done.
+    await retention.run(new Date(due + 2 * 60_000));
+    expect((await recordOf(job.jobId)).state.checkpoints!.every((c) => c.deletedAt)).toBe(true);
+    for (const c of job.checkpoints) expect(await exists('models', c.loraKey)).toBe(false);
   });
 
   it("the worker's maintenance pass runs retention", async () => {

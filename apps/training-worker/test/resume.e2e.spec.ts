@@ -150,6 +150,8 @@ describe('training worker: resume from engine state after SIGKILL', () => {
 
       const containerSeconds = runSeconds(rec.state.containerRuns);
       expect(containerSeconds).toBeLessThanOrEqual(bound);
+      // Billed: the resumed state's training time plus the resumed claim's, never the killed claim's time after its last state.
+      expect(rec.state.trainSeconds!).toBeLessThanOrEqual(Math.ceil(bound) + 2);
 
       const history = await h.ledger.history({ jobId });
       expect(history.filter((m) => m.kind === 'charge')).toHaveLength(1);

@@ -104,6 +104,8 @@ export interface ResumeStateRecord {
   /** The lease attemptId whose worker uploaded it (attempt-fenced: only the record's owner can record a state). */
   uploadedBy: string;
   storedAt: Date;
+  /** Training seconds of the platform attempt up to this state: what a claim resuming from it bills for the earlier work. */
+  trainSeconds?: number;
 }
 
 /** A checkpoint registered as the job's model after the job completed (ADR 0008). */

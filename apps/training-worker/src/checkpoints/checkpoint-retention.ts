@@ -17,7 +17,7 @@
  * (deleting a missing object succeeds; marks are filtered on what they mark).
  */
 import { inject, injectable } from 'tsyringe';
-import { CheckpointRetentionRepository, isTerminal, platformAttemptOf, type AttemptDocWithRetention, type LoraModelDoc } from '@stationthis/db';
+import { CheckpointPromotionRepository, CheckpointRetentionRepository, isTerminal, platformAttemptOf, type AttemptDocWithRetention, type LoraModelDoc } from '@stationthis/db';
 import { ObjectStorage, resumeStatePrefix } from '@stationthis/storage';
 import { ROOT_LOGGER, WORKER_CONFIG } from '../tokens';
 import type { WorkerConfig } from '../config/worker-config';
@@ -30,6 +30,8 @@ const CLAIM_MS = 10 * 60_000;
 const RUNNING_RECHECK_MS = 60 * 60_000;
 /** A record whose retention failed (storage down) is tried again after this long. */
 const FAILED_RETRY_MS = 10 * 60_000;
+/** A record whose job is being promoted right now is looked at again after this long. */
+const PROMOTION_BUSY_RETRY_MS = 60_000;
 
 export interface RetentionReport {
   records: number;
@@ -48,6 +50,8 @@ export class CheckpointRetention {
     @inject(ROOT_LOGGER) private readonly log: Logger,
     private readonly repo: CheckpointRetentionRepository,
     private readonly storage: ObjectStorage,
+    // The job's promotion lock: a promotion must never point a model at a file this pass is deleting.
+    private readonly promotions: CheckpointPromotionRepository,
   ) {}
 
   async run(now: Date = new Date()): Promise<RetentionReport> {
@@ -94,13 +98,39 @@ export class CheckpointRetention {
     report.objectsDeleted += stateObjects;
 
     const endedAt = (current ? (job?.completedAt ?? job?.finishedAt) : undefined) ?? record.settledAt ?? record.updatedAt;
-    const { afterCompletionMs, afterPromotionMs } = this.config.checkpointRetention;
-    const promotedAt = record.checkpointRetention?.promotedAt;
-    const dueAt = Math.min(new Date(endedAt).getTime() + afterCompletionMs, promotedAt ? new Date(promotedAt).getTime() + afterPromotionMs : Infinity);
-    if (now.getTime() < dueAt) {
-      await this.repo.defer(record._id, new Date(dueAt));
+    if (now.getTime() < this.dueAt(record, endedAt)) {
+      await this.repo.defer(record._id, new Date(this.dueAt(record, endedAt)));
       return;
     }
+    // Deletions run under the job's promotion lock, from a record read after taking it: a promotion that
+    // landed since the read above (or runs now) changes which files are in use.
+    const token = await this.promotions.lock(jobId, `retention:${this.config.workerId}`, CLAIM_MS);
+    if (!token) {
+      await this.repo.defer(record._id, new Date(now.getTime() + PROMOTION_BUSY_RETRY_MS));
+      return;
+    }
+    try {
+      const fresh = await this.repo.record(record._id);
+      if (!fresh || fresh.checkpointRetention?.doneAt) return;
+      if (now.getTime() < this.dueAt(fresh, endedAt)) {
+        await this.repo.defer(fresh._id, new Date(this.dueAt(fresh, endedAt)));
+        return;
+      }
+      await this.deleteUnused(fresh, current, now, report);
+    } finally {
+      await this.promotions.unlock(jobId, token);
+    }
+  }
+
+  /** Checkpoints are due N days after the attempt ended, or a grace period after its newest promotion. */
+  private dueAt(record: AttemptDocWithRetention, endedAt: Date | string): number {
+    const { afterCompletionMs, afterPromotionMs } = this.config.checkpointRetention;
+    const promotedAt = record.checkpointRetention?.promotedAt;
+    return Math.min(new Date(endedAt).getTime() + afterCompletionMs, promotedAt ? new Date(promotedAt).getTime() + afterPromotionMs : Infinity);
+  }
+
+  private async deleteUnused(record: AttemptDocWithRetention, current: boolean, now: Date, report: RetentionReport): Promise<void> {
+    const { jobId, state } = record;
 
     const models = await this.repo.modelsOf(jobId, state.loraModelId);
     const kept = keptCheckpointSteps(models);

@@ -36,7 +36,7 @@ import { PrepareStep } from './steps/prepare-step';
 import { PublishStep } from './steps/publish-step';
 import { SettleStep } from './steps/settle-step';
 import { testRunOf } from './steps/test-run';
-import { runSeconds, TrainStep } from './steps/train-step';
+import { TrainStep } from './steps/train-step';
 
 @injectable()
 export class JobPipeline {
@@ -61,7 +61,7 @@ export class JobPipeline {
     const ref = { jobId: ctx.jobId, platformAttempt: record.platformAttempt, owner: ctx.lease.attemptId };
     const writer = new AttemptWriter(this.jobs, this.attempts, ctx, ref, this.config.progressThrottleMs);
     const state0 = record.state ?? {};
-    const a: Attempt = { ctx, ref, writer, request: trainingRequestFromJob(ctx.job), state: state0, openedAt: Date.now(), priorTrainSeconds: runSeconds(state0.containerRuns) };
+    const a: Attempt = { ctx, ref, writer, request: trainingRequestFromJob(ctx.job), state: state0, openedAt: Date.now(), priorTrainSeconds: 0 };
     const { state } = a;
     if (record.platformAttempt > 0) ctx.log.info({ platformAttempt: record.platformAttempt }, 'platform retry: a new attempt with its own quote and charge');
     // An earlier claim of this platform attempt already decided the outcome (and may have moved points): finish it.
@@ -94,9 +94,12 @@ export class JobPipeline {
           const rendered = await this.step(a, 'render', recipeId, () => this.training.render(a, p, folders, fetched, weights, resumeState));
           if (rendered.resume) await this.recordResume(a, rendered.resume.step, rendered.outputs.saves?.totalSteps);
           else if (state.resumeState) await this.dropResumeState(a);
+          // Billed: the work the resumed state carries, plus this claim's training (ADR 0008).
+          a.priorTrainSeconds = rendered.resume ? (resumeState?.trainSeconds ?? 0) : 0;
           trainStartedAt = Date.now();
+          a.trainStartedAt = trainStartedAt;
           await this.step(a, 'train', recipeId, () => this.training.train(a, p, folders, rendered, weights, engine));
-          // Earlier claims' container time plus this claim's training (one job's work, billed once).
+          // The resumed state's training time plus this claim's (one job's work, billed once).
           state.trainSeconds = Math.round((a.priorTrainSeconds ?? 0) + (Date.now() - trainStartedAt) / 1000);
           trainStartedAt = undefined;
           await a.writer.setState({ trainSeconds: state.trainSeconds });

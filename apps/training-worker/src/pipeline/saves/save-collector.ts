@@ -227,6 +227,8 @@ export class SaveCollector {
   private async storeNewestState(): Promise<void> {
     const { a, plan, outputDir, steps, scratchDir, engine } = this.input;
     if (!plan.stateTemplate) return;
+    // A cancelled job never resumes (and a lost lease is another claim's): storing its state would only cost time.
+    if (a.ctx.stopReason === 'cancel' || a.ctx.stopReason === 'lease-lost') return;
     const recorded = a.state.resumeState?.step ?? 0;
     const candidates = this.saveSteps.filter((s) => this.complete(s) && steps.toJob(s) > recorded).reverse();
     for (const s of candidates) {

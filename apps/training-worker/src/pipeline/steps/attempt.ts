@@ -21,8 +21,15 @@ export interface Attempt {
   state: PipelineState;
   /** When this claim's pipeline started (ms since the epoch): the resume's time-to-first-step is measured from it. */
   openedAt?: number;
-  /** Container seconds recorded by earlier claims of this platform attempt (summed into trainSeconds). */
+  /**
+   * Training seconds of earlier claims that this claim builds on: the seconds
+   * recorded with the engine state it resumed from (0 when it trains from step
+   * 0). Time an earlier claim spent after its last stored state is redone
+   * here and never billed twice.
+   */
   priorTrainSeconds?: number;
+  /** When this claim's training started (ms since the epoch); set while it trains. */
+  trainStartedAt?: number;
 }
 
 /** The job after validation: the recipe, typed parameters, sanitized names, the dataset and the quote. */

@@ -24,7 +24,7 @@ import { platformCostFields } from '../training-request';
 import { containerFailureMessage, JobFailure } from '../failures';
 import { mergeSafetensorsMetadata, readSafetensorsHeader } from '../safetensors-file';
 import { stepContainerSpec } from '../step-container';
-import { ResumeStateStore } from '../saves/resume-state-store';
+import { ResumeStateStore, UnusableStateError } from '../saves/resume-state-store';
 import { SaveCollector } from '../saves/save-collector';
 import { StepMap } from '../saves/step-map';
 import type { ContainerRun } from '../pipeline-state';
@@ -124,13 +124,23 @@ export class TrainStep {
     return { ...rendered, ...(resume ? { resume } : {}) };
   }
 
-  /** Unpacks a recorded state into the output folder; on any failure says why and trains from step 0. */
+  /**
+   * Unpacks a recorded state into the output folder. A state that can never
+   * be resumed (object gone, bytes differ) is dropped: says why and trains
+   * from step 0. Any other failure (storage unreachable, disk full) keeps the
+   * state and re-queues the job (infrastructure), so a passing outage never
+   * throws away the work the state holds.
+   */
   private async restoreState(a: Attempt, record: ResumeStateRecord, outputDir: string): Promise<ResumeFrom | undefined> {
     try {
       await this.states.restore(a, record, outputDir, join(outputDir, '..'));
       return { step: record.step, stateDir: record.stateDir };
     } catch (e) {
       a.ctx.throwIfStopped();
+      if (!(e instanceof UnusableStateError) && (e as { kind?: string }).kind !== 'not-found') {
+        await rm(join(outputDir, record.stateDir), { recursive: true, force: true }).catch(() => undefined);
+        throw new JobFailure('infrastructure', `Could not restore the training state saved at step ${record.step} (${(e as Error).message}); the job is retried and resumes from it.`, { cause: e });
+      }
       a.ctx.log.warn({ err: e, step: record.step }, 'could not restore the saved training state: training starts from step 0');
       await a.writer.logLines([`[worker] could not restore the training state saved at step ${record.step} (${(e as Error).message}); training starts from step 0`]);
       await rm(join(outputDir, record.stateDir), { recursive: true, force: true }).catch(() => undefined);
