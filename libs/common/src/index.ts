@@ -3,5 +3,5 @@
  * (libs/db, libs/points, libs/storage, the worker), so each rule lives once.
  */
 export { idForms, isObjectIdHex, toObjectId, toObjectIdOrString, type IdLike } from './ids';
-export { ensureNamedIndexes, isDuplicateKeyError, type NamedIndex } from './indexes';
+export { ensureNamedIndexes, insertOnce, isDuplicateKeyError, type NamedIndex } from './indexes';
 export { redactUrl } from './redact';

@@ -1,4 +1,4 @@
-import type { Collection, CreateIndexesOptions, Document, IndexSpecification } from 'mongodb';
+import type { Collection, CreateIndexesOptions, Document, Filter, IndexSpecification, OptionalUnlessRequiredId, WithId } from 'mongodb';
 
 export interface NamedIndex {
   key: Record<string, 1 | -1>;
@@ -41,4 +41,21 @@ export async function ensureNamedIndexes<T extends Document>(collection: Collect
 export function isDuplicateKeyError(err: unknown): boolean {
   const code = (err as { code?: number } | null)?.code;
   return code === 11000 || code === 11001;
+}
+
+/**
+ * Insert `doc` once under its `_id`: the first writer creates it, a later or
+ * concurrent one gets the stored document back (`created: false`). The `_id`
+ * index is the only uniqueness FerretDB v1 enforces atomically.
+ */
+export async function insertOnce<T extends Document & { _id: unknown }>(collection: Collection<T>, doc: T): Promise<{ doc: T; created: boolean }> {
+  try {
+    await collection.insertOne(doc as OptionalUnlessRequiredId<T>);
+    return { doc, created: true };
+  } catch (err) {
+    if (!isDuplicateKeyError(err)) throw err;
+    const stored = (await collection.findOne({ _id: doc._id } as Filter<T>)) as WithId<T> | null;
+    if (!stored) throw err;
+    return { doc: stored as T, created: false };
+  }
 }

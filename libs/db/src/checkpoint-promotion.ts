@@ -15,7 +15,7 @@
 import { createHash } from 'node:crypto';
 import { ObjectId, type Collection, type Db, type Document, type Filter } from 'mongodb';
 import { inject, injectable } from 'tsyringe';
-import { isDuplicateKeyError, toObjectIdOrString } from '@stationthis/common';
+import { insertOnce, isDuplicateKeyError, toObjectIdOrString } from '@stationthis/common';
 import { MONGO_DB } from './mongo';
 import { LORA_MODELS_COLLECTION, LORA_SLUG_RESERVATIONS_COLLECTION, type LoraModelDoc } from './lora-model-repository';
 import { TRAINING_JOBS_COLLECTION, type TrainingJobDoc } from './training-job';
@@ -325,15 +325,8 @@ export class CheckpointPromotionRepository {
       createdAt: at,
       updatedAt: at,
     };
-    try {
-      await this.models.insertOne(doc);
-      return { model: doc, created: true };
-    } catch (err) {
-      if (!isDuplicateKeyError(err)) throw err;
-      const winner = await this.models.findOne({ _id });
-      if (!winner) throw err;
-      return { model: winner, created: false };
-    }
+    const { doc: model, created } = await insertOnce(this.models, doc);
+    return { model, created };
   }
 
   /**

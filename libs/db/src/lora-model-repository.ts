@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { ObjectId, type Collection, type Db, type Filter } from 'mongodb';
 import { inject, injectable } from 'tsyringe';
 import { idForms, toObjectId, toObjectIdOrString, type IdLike } from '@stationthis/common';
-import { ensureNamedIndexes, isDuplicateKeyError } from '@stationthis/common';
+import { ensureNamedIndexes, insertOnce, isDuplicateKeyError } from '@stationthis/common';
 import { MONGO_DB } from './mongo';
 
 export const LORA_MODELS_COLLECTION = 'loraModels';
@@ -248,15 +248,8 @@ export class LoraModelRepository {
     };
     stripUndefined(doc.trainedFrom as unknown as Record<string, unknown>);
     stripUndefined(doc.publishedTo as Record<string, unknown>);
-    try {
-      await this.models.insertOne(doc);
-      return { model: doc, created: true };
-    } catch (err) {
-      if (!isDuplicateKeyError(err)) throw err;
-      const winner = await this.models.findOne({ _id });
-      if (!winner) throw err;
-      return { model: winner, created: false };
-    }
+    const { doc: model, created } = await insertOnce(this.models, doc);
+    return { model, created };
   }
 
   /**

@@ -4,7 +4,7 @@
  * into `__metadata__` after training; tensor bytes are copied unchanged.
  */
 import { createReadStream, createWriteStream } from 'node:fs';
-import { open, rename, rm } from 'node:fs/promises';
+import { open, rename, rm, stat } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { parseSafetensorsHeader, SafetensorsHeader } from '@stationthis/recipes';
 
@@ -30,6 +30,31 @@ async function readRawHeader(path: string): Promise<{ length: number; json: Reco
 
 export async function readSafetensorsHeader(path: string): Promise<SafetensorsHeader> {
   return (await readRawHeader(path)).header;
+}
+
+/**
+ * True when the file holds every byte its header promises (an engine still
+ * writing, or a torn file after a crash, is shorter). Reads the header only.
+ */
+export async function safetensorsComplete(path: string): Promise<{ ok: true; bytes: number } | { ok: false; why: string }> {
+  const size = (await stat(path).catch(() => null))?.size;
+  if (size === undefined) return { ok: false, why: 'the file does not exist' };
+  let raw: Awaited<ReturnType<typeof readRawHeader>>;
+  try {
+    raw = await readRawHeader(path);
+  } catch (e) {
+    return { ok: false, why: (e as Error).message };
+  }
+  let end = 0;
+  for (const [name, t] of Object.entries(raw.json)) {
+    if (name === '__metadata__') continue;
+    const off = (t as { data_offsets?: unknown } | null)?.data_offsets;
+    if (!Array.isArray(off) || off.length !== 2) return { ok: false, why: `tensor ${name} has no data_offsets` };
+    end = Math.max(end, Number(off[1]));
+  }
+  if (end === 0) return { ok: false, why: 'it holds no tensors' };
+  if (8 + raw.length + end !== size) return { ok: false, why: `its tensors need ${8 + raw.length + end} bytes but it has ${size}` };
+  return { ok: true, bytes: size };
 }
 
 /** Merges `extra` into the file's `__metadata__` (existing engine keys win over nothing; ours override same names). */

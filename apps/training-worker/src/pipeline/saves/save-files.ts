@@ -4,11 +4,13 @@
  * state folder of a step, the sample images of a step, and whether a
  * safetensors file is whole. Paths only; the collector decides what to do.
  */
-import { open, readdir, stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { join, normalize, sep } from 'node:path';
 import { checkpointFileAt, sampleStepOf, savePlanSteps, stateDirAt, type SavePlan } from '@stationthis/recipes';
 
 export { checkpointFileAt, stateDirAt };
+// Whether a checkpoint is whole: the header reader every LoRA check uses.
+export { safetensorsComplete } from '../safetensors-file';
 
 /**
  * The engine-numbered steps that save in one container run: multiples of
@@ -46,41 +48,4 @@ export async function samplesAt(outputDir: string, plan: SavePlan, engineStep: n
     .filter((n) => /\.(png|jpe?g|webp)$/i.test(n) && sampleStepOf(plan, n) === engineStep)
     .sort()
     .map((n) => join(dir, n));
-}
-
-/**
- * True when the safetensors file holds every byte its header promises (an
- * engine still writing, or a torn file after a crash, is shorter). Reads the
- * header only.
- */
-export async function safetensorsComplete(path: string): Promise<{ ok: true; bytes: number } | { ok: false; why: string }> {
-  const fh = await open(path, 'r').catch(() => null);
-  if (!fh) return { ok: false, why: 'the file does not exist' };
-  try {
-    const size = (await fh.stat()).size;
-    const len = Buffer.alloc(8);
-    if ((await fh.read(len, 0, 8, 0)).bytesRead < 8) return { ok: false, why: 'it is shorter than the 8-byte header length' };
-    const n = Number(len.readBigUInt64LE(0));
-    if (n < 2 || n > 100 * 1024 * 1024 || 8 + n > size) return { ok: false, why: `its header length ${n} does not fit its ${size} bytes` };
-    const buf = Buffer.alloc(n);
-    await fh.read(buf, 0, n, 8);
-    let header: Record<string, { data_offsets?: [number, number] }>;
-    try {
-      header = JSON.parse(buf.toString('utf8')) as typeof header;
-    } catch {
-      return { ok: false, why: 'its header is not complete JSON' };
-    }
-    let end = 0;
-    for (const [name, t] of Object.entries(header)) {
-      if (name === '__metadata__') continue;
-      const off = t?.data_offsets;
-      if (!Array.isArray(off) || off.length !== 2) return { ok: false, why: `tensor ${name} has no data_offsets` };
-      end = Math.max(end, Number(off[1]));
-    }
-    if (end === 0) return { ok: false, why: 'it holds no tensors' };
-    if (8 + n + end !== size) return { ok: false, why: `its tensors need ${8 + n + end} bytes but it has ${size}` };
-    return { ok: true, bytes: size };
-  } finally {
-    await fh.close();
-  }
 }
