@@ -85,12 +85,15 @@ describe('training worker: the platform\'s Cancel and Retry at every stage', () 
    * worker's concurrent progress write can lose it, and a user would click again. Returns how many were sent.
    */
   async function cancelUntilSeen(id: string): Promise<number> {
+    return sendUntilSeen(id, () => platformCancel(id), 'CANCELLED', "the platform's Cancel");
+  }
+  /** A platform write of `status`, sent again (up to 5 times) while the job does not read it yet (FerretDB fact 2, as above). */
+  async function sendUntilSeen(id: string, send: () => Promise<unknown>, status: string, what: string): Promise<number> {
     for (let sent = 1; ; sent++) {
-      await platformCancel(id);
+      await send();
       await new Promise((r) => setTimeout(r, 1500));
-      const status = (await h.job(id)).status;
-      if (status === 'CANCELLED' || sent >= 5) {
-        if (sent > 1) console.warn(`the platform's Cancel was lost ${sent - 1} time(s) to a concurrent worker write (FerretDB fact 2)`);
+      if ((await h.job(id)).status === status || sent >= 5) {
+        if (sent > 1) console.warn(`${what} was lost ${sent - 1} time(s) to a concurrent worker write (FerretDB fact 2)`);
         return sent;
       }
     }
@@ -472,7 +475,8 @@ describe('training worker: the platform\'s Cancel and Retry at every stage', () 
     const { done } = h.startWorker({ WORKER_EXIT_WHEN_IDLE: 'true' });
     await h.waitFor(jobId, (j) => j.status === 'RUNNING' && (j.currentStep ?? 0) > 0, 180_000);
     // The platform's sweeper (markFailed), then the user's Retry and Cancel, all before any worker settles.
-    await h.db.collection('trainingJobs').updateOne({ _id: oid(jobId) }, { $set: { status: 'FAILED', failureReason: 'stuck (platform sweeper)', updatedAt: new Date() } });
+    const markFailed = () => h.db.collection('trainingJobs').updateOne({ _id: oid(jobId) }, { $set: { status: 'FAILED', failureReason: 'stuck (platform sweeper)', updatedAt: new Date() } });
+    await sendUntilSeen(jobId, markFailed, 'FAILED', "the platform sweeper's FAILED");
     await done; // the worker sees its lease lost, stops the container, writes nothing, and exits idle
     expect(await h.containersFor(jobId)).toEqual([]);
     expect(await decision(jobId)).toBeNull();
