@@ -3,6 +3,19 @@
 # Usage: bash tools/test-all.sh [jest args...]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
+mkdir -p .state
+
+# The browser and terminal checks (dashboard in headless Chromium, the demo in tmux)
+# need Debian's chromium and tmux; install them once, as services.sh does its packages.
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v tmux >/dev/null || missing+=(tmux)
+if ((${#missing[@]})); then
+  log "installing Debian packages for the browser and terminal tests: ${missing[*]}"
+  apt-get update -qq >/dev/null 2>&1 || true
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >.state/apt-test-tools.log 2>&1 \
+    || { tail -20 .state/apt-test-tools.log; echo "apt-get install ${missing[*]} failed (needs root and Debian's mirror)" >&2; exit 1; }
+fi
 
 log "build and type-check every project"
 npx nx run-many -t build --outputStyle=static
