@@ -22,6 +22,10 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "$want" >"$stamp"
 fi
 
-log "local services up (docker, mongo, s3, registry, base image)"
-tools/services/services.sh up
-eval "$(tools/services/services.sh env)"
+# STATIONTHIS_BOOTSTRAP_SERVICES=0: the sourcing script starts the services itself
+# (tools/demo.sh does, to show them as their own stage).
+if [[ "${STATIONTHIS_BOOTSTRAP_SERVICES:-1}" != 0 ]]; then
+  log "local services up (docker, mongo, s3, registry, base image)"
+  tools/services/services.sh up
+  eval "$(tools/services/services.sh env)"
+fi

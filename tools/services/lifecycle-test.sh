@@ -50,6 +50,8 @@ check "down a second time exits 0" bash "$SVC" down
 echo "[lifecycle] up again"
 check "up after down exits 0" bash "$SVC" up
 check "status after the second up reports every service up" bash "$SVC" status
+# `up` gives the models bucket its public-read policy (on a fresh MinIO too): check it as anyone would.
+check "after up, models is public-read and datasets/uploads private" bash "$(dirname "$SVC")/public-read-test.sh"
 
 if [[ $failures -gt 0 ]]; then echo "[lifecycle] $failures check(s) failed"; exit 1; fi
 echo "[lifecycle] all checks passed"

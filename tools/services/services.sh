@@ -130,6 +130,25 @@ create_buckets() {
     esac
   done
   say "s3: buckets ${BUCKETS[*]} present"
+  set_public_read "$endpoint" models
+}
+# A public R2 bucket (r2.dev or a custom domain) serves any object by its URL but lists
+# nothing; the platform hands out model and sample URLs on that basis. The local models
+# bucket gets the same: anonymous GetObject only (`mc anonymous set download` minus
+# GetBucketLocation), via the S3 PutBucketPolicy API. datasets and uploads stay private.
+set_public_read() {
+  local endpoint=$1 bucket=$2 code
+  local policy='{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":["*"]},"Action":["s3:GetObject"],"Resource":["arn:aws:s3:::'"$bucket"'/*"]}]}'
+  # `?policy=` (not `?policy`): curl's SigV4 signs a bare key differently from MinIO. curl
+  # 7.88 signs a body only with its hash sent as x-amz-content-sha256.
+  local body_sha; body_sha=$(printf '%s' "$policy" | sha256sum | cut -d' ' -f1)
+  code=$(curl -s -o /dev/null -w '%{http_code}' --aws-sigv4 "aws:amz:us-east-1:s3" \
+    --user "$S3_ACCESS_KEY:$S3_SECRET_KEY" -X PUT -H "x-amz-content-sha256: $body_sha" \
+    --data-binary "$policy" "$endpoint/$bucket?policy=")
+  case "$code" in
+    200|204) say "s3: bucket '$bucket' is public-read (anonymous GET of an object; no listing)" ;;
+    *) fail "could not set the public-read policy of bucket '$bucket' at $endpoint (HTTP $code); check the S3 credentials" ;;
+  esac
 }
 s3_up() {
   if s3_external; then say "s3: using S3_ENDPOINT from the environment, starting nothing"; return; fi

@@ -4,9 +4,9 @@
  * configuration and shared clients.
  */
 import 'reflect-metadata';
-import { container as rootContainer, DependencyContainer, instanceCachingFactory } from 'tsyringe';
+import { container as rootContainer, DependencyContainer, instanceCachingFactory, Lifecycle } from 'tsyringe';
 import type { Db, MongoClient } from 'mongodb';
-import { connectMongo, DatasetRepository, LoraModelRepository, registerDb, TrainingAttemptRepository, TrainingJobRepository, UserCoreReader } from '@stationthis/db';
+import { connectMongo, DatasetRepository, JobEventRecorder, JobEventStore, LoraModelRepository, registerDb, TrainingAttemptRepository, TrainingJobRepository, UserCoreReader } from '@stationthis/db';
 import { PointsLedger, POINTS_LEDGER, registerPoints } from '@stationthis/points';
 import { loadStorageConfig, registerStorage, STORAGE_BINDINGS } from '@stationthis/storage';
 import { CONTAINER_RUNTIME, GpuAllocator, registerDocker, type NvidiaSmiRunner } from '@stationthis/docker';
@@ -14,6 +14,9 @@ import { ROOT_LOGGER, WORKER_CONFIG } from './tokens';
 import type { WorkerConfig } from './config/worker-config';
 import { createLogger, Logger, redactUrl } from './observability/logger';
 import { WorkerMetrics } from './observability/metrics';
+import { JOB_EVENTS_CONFIG } from './events/tokens';
+import { loadJobEventsConfig } from './events/webhook-config';
+import { JobEventsService } from './events/job-events-service';
 
 export interface Composition {
   container: DependencyContainer;
@@ -79,6 +82,27 @@ export async function registerWorkerLibraries(container: DependencyContainer, { 
   // WORKER_MAX_ATTEMPTS reaches the job lifecycle here and nowhere else (a job document's maxAttempts is never read).
   // Configured on the container's one instance, however the db library is registered.
   container.resolve(TrainingJobRepository).configure({ maxAttempts: config.maxAttempts });
+
+  registerJobEvents(container, env);
+}
+
+/**
+ * The job event outbox and webhooks (ADR 0010): one store and one recorder per
+ * container (the store keeps this process's append order and known head), the
+ * job repository's write observer feeding the recorder, and the webhook
+ * settings from the environment (JOB_EVENTS=off turns all of it off).
+ */
+function registerJobEvents(container: DependencyContainer, env: NodeJS.ProcessEnv): void {
+  const eventsConfig = loadJobEventsConfig(env);
+  container.register(JOB_EVENTS_CONFIG, { useValue: eventsConfig });
+  const singleton = { lifecycle: Lifecycle.ContainerScoped } as const;
+  container.register(JobEventStore, { useClass: JobEventStore }, singleton);
+  container.register(JobEventRecorder, { useClass: JobEventRecorder }, singleton);
+  container.register(JobEventsService, { useClass: JobEventsService }, singleton);
+  if (!eventsConfig.enabled) return;
+  // Metrics and logs of the recorder are bound by JobEventsService (it has them); this binding needs only the db.
+  const recorder = container.resolve(JobEventRecorder);
+  container.resolve(TrainingJobRepository).observeWrites((job, kind) => recorder.onJobWritten(job, kind), JobEventRecorder.observedFields);
 }
 
 export async function ensureIndexes(c: DependencyContainer): Promise<void> {
@@ -86,6 +110,7 @@ export async function ensureIndexes(c: DependencyContainer): Promise<void> {
   await c.resolve(TrainingAttemptRepository).ensureIndexes();
   await c.resolve(LoraModelRepository).ensureIndexes();
   await c.resolve(PointsLedger).ensureIndexes();
+  await c.resolve(JobEventRecorder).ensureIndexes();
 }
 
 /** Every port the worker resolves, with the library call that binds it (named in the start-up error). */

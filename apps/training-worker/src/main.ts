@@ -9,6 +9,7 @@ import { createLogger, redactUrl } from './observability/logger';
 import { startHttpServer } from './observability/http-server';
 import { WorkerMetrics } from './observability/metrics';
 import { TrainingWorker } from './training-worker';
+import { createDashboard } from './dashboard/dashboard';
 
 async function main(): Promise<number> {
   let config;
@@ -24,14 +25,17 @@ async function main(): Promise<number> {
   await ensureIndexes(app.container);
   const worker = app.container.resolve(TrainingWorker);
   const metrics = app.container.resolve(WorkerMetrics);
+  // Before the first claim: the dashboard's activity listener sees every job from its start.
+  const dashboard = createDashboard(app.container, config, log);
   const server = await startHttpServer({
     host: config.http.host,
     port: config.http.port,
     metrics,
     isStopping: () => worker.isStopping,
     probes: [{ name: 'mongo', check: async () => void (await app.mongo.db('admin').command({ ping: 1 })) }],
+    routes: dashboard ? [dashboard.handle] : [],
   }).catch((e) => {
-    log.warn({ err: e }, `metrics endpoint disabled: cannot listen on ${config.http.host}:${config.http.port}`);
+    log.warn({ err: e }, `metrics endpoint and dashboard disabled: cannot listen on ${config.http.host}:${config.http.port}`);
     return null;
   });
   let signals = 0;
@@ -47,6 +51,7 @@ async function main(): Promise<number> {
   process.on('SIGTERM', () => onSignal('SIGTERM'));
   process.on('SIGINT', () => onSignal('SIGINT'));
   await worker.run();
+  dashboard?.close();
   server?.close();
   await app.close();
   log.info({ processed: worker.jobsProcessed }, 'worker stopped');

@@ -7,7 +7,7 @@
 import { inject, injectable } from 'tsyringe';
 import { LEASED_STATUSES, TERMINAL_STATUSES, TrainingJobRepository, type ClaimableModelTypes } from '@stationthis/db';
 import { PointsLedger } from '@stationthis/points';
-import { listRecipes, recipeForModelType, type Recipe } from '@stationthis/recipes';
+import { listRecipes, modelTypesOf, recipeForModelType, type Recipe } from '@stationthis/recipes';
 import { ObjectStorage } from '@stationthis/storage';
 import { CONTAINER_RUNTIME, ContainerRuntime, GpuAllocator, LABELS } from '@stationthis/docker';
 import { ROOT_LOGGER, WORKER_CONFIG } from './tokens';
@@ -20,6 +20,10 @@ import { SettlementSweep } from './pipeline/settlement-sweep';
 import { CheckpointRetention } from './checkpoints/checkpoint-retention';
 import { containerScope } from './pipeline/steps/train-step';
 import { LeaseLost, ShutdownRequested } from './pipeline/failures';
+import { JobEventsService } from './events/job-events-service';
+
+/** How long a stopping worker keeps delivering webhooks of events already stored. */
+const EVENTS_DRAIN_MS = 5000;
 
 @injectable()
 export class TrainingWorker {
@@ -45,6 +49,7 @@ export class TrainingWorker {
     private readonly storage: ObjectStorage,
     private readonly sweep: SettlementSweep,
     private readonly retention: CheckpointRetention,
+    private readonly events: JobEventsService,
   ) {}
 
   get isStopping(): boolean {
@@ -63,6 +68,8 @@ export class TrainingWorker {
     this.modelTypes = this.claimableModelTypes();
     this.log.info({ workerId: this.config.workerId, environment: this.config.environment, slots, claims: this.modelTypes.runnable }, 'worker started');
     await this.maintenance();
+    // Job events and webhooks run beside the loop, never awaited by a job (ADR 0010).
+    this.events.start();
     while (!this.stopping) {
       if (Date.now() - this.lastMaintenance > this.config.maintenanceMs) await this.maintenance().catch((err) => this.log.error({ err }, 'maintenance failed'));
       let claimedAny = false;
@@ -80,6 +87,8 @@ export class TrainingWorker {
     }
     await Promise.all([...this.active.values()].map((a) => a.done));
     await this.prefetching;
+    // The last jobs' events are stored and given a few seconds to reach the receivers; the next worker delivers the rest.
+    await this.events.stop(EVENTS_DRAIN_MS).catch((err) => this.log.warn({ err }, 'job event loops did not stop cleanly'));
   }
 
   /**
@@ -206,12 +215,12 @@ export class TrainingWorker {
     const known: string[] = [];
     const skipped: string[] = [];
     for (const recipe of listRecipes({ includeInternal: true })) {
-      const type = modelTypeOf(recipe);
-      if (!type) continue;
-      known.push(type);
-      const why = this.whyCannotRun(recipe);
-      if (why) skipped.push(`${type} (${why})`);
-      else runnable.push(type);
+      for (const type of modelTypesFor(recipe, this.config.recipesEnabled)) {
+        known.push(type);
+        const why = this.whyCannotRun(recipe);
+        if (why) skipped.push(`${type} (${why})`);
+        else runnable.push(type);
+      }
     }
     if (skipped.length) this.log.info({ skipped }, `this worker does not claim: ${skipped.join('; ')}`);
     return { runnable, known };
@@ -266,11 +275,13 @@ export class TrainingWorker {
   }
 }
 
-/** The platform model type that maps to `recipe` (its family, when the registry maps it back to this recipe). */
-function modelTypeOf(recipe: Recipe): string | null {
-  try {
-    return recipeForModelType(recipe.family).id === recipe.id ? recipe.family.toUpperCase() : null;
-  } catch {
-    return null;
-  }
+/** The platform model types that map to `recipe` (none for an operator-only recipe this worker has not enabled). */
+function modelTypesFor(recipe: Recipe, enabled: readonly string[]): string[] {
+  return modelTypesOf(recipe).filter((type) => {
+    try {
+      return recipeForModelType(type, { enabled }).id === recipe.id;
+    } catch {
+      return false;
+    }
+  });
 }

@@ -2,7 +2,8 @@
  * "Trained models automatically available in ComfyUI": the platform's own
  * lookup (test/platform/lora-resolution.ts, re-expressed from its source)
  * run against what the publish step uploads and registers, on the real
- * database and object store, for SDXL, FLUX and WAN. A prompt naming the
+ * database and object store, for SDXL, FLUX, WAN, Kontext and (operator-only)
+ * FLUX.2 [klein] 4B. A prompt naming the
  * trigger word must become `<lora:<slug>:1>` for a tool of the model's
  * family (and only for it), and `loras/<slug>.safetensors` (what ComfyUI
  * loads for that tag) must be our file, at the URL the platform's ComfyDeploy
@@ -84,6 +85,9 @@ describe.each([
   ['sdxl-lora', 'SDXL', 'sdxlcat'],
   ['flux-lora', 'FLUX', 'fluxcat'],
   ['wan-lora', 'WAN', 'wancat'],
+  ['kontext-lora', 'KONTEXT', 'kontextcat'],
+  // Operator-only family: its checkpoint is the recipe's registration data, never the platform's "flux" mapping.
+  ['flux2-klein-lora', 'KLEIN-4B', 'kleincat'],
 ])('%s: the platform finds and loads the trained LoRA by its trigger word', (recipeId, toolBaseModel, rawTrigger) => {
   it(`resolves "${rawTrigger}" for a ${toolBaseModel} tool to <lora:slug:1> and ComfyUI loads our file`, async () => {
     const { slug, model, trigger } = await publishJob(recipeId, rawTrigger, `${rawTrigger} model`);
@@ -101,7 +105,7 @@ describe.each([
     expect(head).toMatchObject({ bytes: LORA_BYTES.length, metadata: { [TRAINING_JOB_METADATA]: model.trainedFrom!.trainingId.toHexString() } });
 
     // Tools of another family never get it.
-    for (const other of ['SDXL', 'FLUX', 'WAN'].filter((b) => b !== toolBaseModel)) {
+    for (const other of ['SDXL', 'FLUX', 'KONTEXT', 'WAN', 'KLEIN-4B'].filter((b) => b !== toolBaseModel && !(toolBaseModel === 'FLUX' && b === 'KONTEXT'))) {
       expect((await platformResolves(`a portrait of ${trigger}`, other)).appliedLoras).toEqual([]);
     }
   });

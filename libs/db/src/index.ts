@@ -25,6 +25,7 @@ export {
   type FailInput,
   type ClaimStrategy,
   type TrainingJobRepositoryOptions,
+  type JobWriteObserver,
 } from './training-job-repository';
 export { ProgressThrottle, mergeProgress, type ProgressThrottleOptions } from './progress-throttle';
 export {
@@ -50,3 +51,6 @@ export * from './training-attempt';
 export { TrainingAttemptRepository } from './training-attempt-repository';
 export * from './checkpoint-promotion';
 export { CheckpointRetentionRepository } from './checkpoint-retention';
+export * from './job-events';
+export { JobEventStore, type ReadEventsOptions, type ReadEventsResult, type AppendResult } from './job-event-store';
+export { JobEventRecorder, type ReconcileOptions, type ReconcileResult } from './job-event-recorder';

@@ -69,6 +69,12 @@ export interface RegisterTrainedModelInput {
   triggerWord: string;
   baseModel: string;
   /**
+   * `loraModels.checkpoint`, what the platform's LoRA resolver matches a
+   * workflow's checkpoint against. Default: the platform's own mapping of
+   * `baseModel` (checkpointFor), which files any "flux…" name under FLUX.
+   */
+  checkpoint?: string;
+  /**
    * Public URL of the .safetensors file in our R2 models bucket. Becomes
    * `publishedTo.modelFileUrl` and `publishedTo.cloudflareUrl`, as the
    * platform's createTrainedLoRAModel writes an R2 upload: its ComfyDeploy
@@ -194,7 +200,7 @@ export class LoraModelRepository {
     if (existing) return { model: existing, created: false };
 
     const owner = toObjectId(input.masterAccountId, 'masterAccountId');
-    const checkpoint = checkpointFor(input.baseModel);
+    const checkpoint = input.checkpoint ?? checkpointFor(input.baseModel);
     const now = new Date();
     const job = String(input.trainingJobId);
     if (input.slug !== undefined && !(await this.holdSlug(input.slug, job))) {

@@ -4,13 +4,17 @@ import { ensureNamedIndexes, isDuplicateKeyError, toObjectIdOrString } from '@st
 import { JOB_WRITES } from './job-write-serializer';
 import { MONGO_DB } from './mongo';
 import {
+  appendLossPoints,
   attemptKey,
+  LOSS_SERIES_MAX_POINTS,
   platformAttemptOf,
   TRAINING_ATTEMPTS_COLLECTION,
   TRAINING_SETTLEMENTS_COLLECTION,
   type AttemptRef,
   type AttemptState,
   type CheckpointRecord,
+  type LossPoint,
+  type RecordedPhase,
   type ResumeStateRecord,
   type SettleDecision,
   type SettlementDecisionDoc,
@@ -153,6 +157,51 @@ export class TrainingAttemptRepository {
       );
       return r.matchedCount === 1;
     });
+  }
+
+  /**
+   * Appends loss points to `state.lossSeries` of the record the claim `owner`
+   * (a lease attemptId) owns on `jobId`, kept bounded and evenly spaced
+   * (appendLossPoints). FerretDB has no `$push` with `$slice`, so the series is
+   * read, merged and `$set`, conditioned on the owner; only the owner writes it,
+   * and this process's writes to the record are serialized. False: no record
+   * owned by `owner` (another claim owns it now, or none was opened).
+   */
+  async recordLoss(jobId: string, owner: string, points: readonly LossPoint[], max = LOSS_SERIES_MAX_POINTS): Promise<boolean> {
+    if (points.length === 0) return true;
+    const _id = await this.recordIdOwnedBy(jobId, owner);
+    if (!_id) return false;
+    return this.oneWrite(_id, async () => {
+      const rec = await this.attempts.findOne({ _id, owner }, { projection: { 'state.lossSeries': 1 } });
+      if (!rec) return false;
+      const series = appendLossPoints(rec.state?.lossSeries, points, max);
+      const r = await this.attempts.updateOne({ _id, owner }, { $set: { 'state.lossSeries': series, updatedAt: new Date() } });
+      return r.matchedCount === 1;
+    });
+  }
+
+  /**
+   * Records when the claim `owner` moved the job into `phase`. The times are
+   * the current claim's (like the job's `startedAt`): the first phase a newer
+   * claim records replaces what an earlier claim left.
+   */
+  async recordPhase(jobId: string, owner: string, phase: RecordedPhase, at: Date = new Date()): Promise<boolean> {
+    const _id = await this.recordIdOwnedBy(jobId, owner);
+    if (!_id) return false;
+    return this.oneWrite(_id, async () => {
+      const rec = await this.attempts.findOne({ _id, owner }, { projection: { 'state.phaseTimes': 1 } });
+      if (!rec) return false;
+      const current = rec.state?.phaseTimes;
+      const times = current?.claim === owner ? { ...current, [phase]: at } : { claim: owner, [phase]: at };
+      const r = await this.attempts.updateOne({ _id, owner }, { $set: { 'state.phaseTimes': times, updatedAt: new Date() } });
+      return r.matchedCount === 1;
+    });
+  }
+
+  /** The `_id` of the record the claim `owner` owns on `jobId` (owners are unique lease attemptIds), or null. */
+  private async recordIdOwnedBy(jobId: string, owner: string): Promise<string | null> {
+    const rec = await this.attempts.findOne({ jobId, owner }, { projection: { _id: 1 } });
+    return rec?._id ?? null;
   }
 
   /**

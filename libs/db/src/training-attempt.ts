@@ -144,6 +144,59 @@ export interface AttemptState {
   resumes?: { step: number; attemptId: string; at: Date }[];
   /** Checkpoints promoted after completion, newest last. */
   promotions?: PromotionRecord[];
+  /** The loss curve of this platform attempt, bounded (see appendLossPoints): what the dashboard charts. */
+  lossSeries?: LossSeries;
+  /** When the current claim (`claim`: its lease attemptId) moved the job into each phase (the job document keeps only `startedAt`). */
+  phaseTimes?: PhaseTimes;
+}
+
+/** Leased phases whose start the attempt record keeps (PROVISIONING is the job's `startedAt`, set by the claim). */
+export type RecordedPhase = 'RUNNING' | 'FINALIZING';
+
+export type PhaseTimes = { claim?: string } & Partial<Record<RecordedPhase, Date>>;
+
+/** One point of the loss curve: the job's step (continued across resumes) and the engine's reported loss. */
+export interface LossPoint {
+  step: number;
+  loss: number;
+}
+
+/**
+ * A loss curve kept to at most `LOSS_SERIES_MAX_POINTS` points at a uniform
+ * step spacing: a point is kept only `stride` steps after the previous one,
+ * and when the series is full every other point is dropped and the stride
+ * doubles. Long trainings keep their whole shape in a small, fixed record.
+ */
+export interface LossSeries {
+  stride: number;
+  points: LossPoint[];
+}
+
+export const LOSS_SERIES_MAX_POINTS = 500;
+
+/**
+ * `series` with `points` appended (pure). Non-finite losses are skipped (FerretDB
+ * rejects NaN; the NaN failure is reported elsewhere). A point at or before the
+ * last kept step replaces the tail from there: a resumed claim re-trains those
+ * steps, and its values are the ones that count.
+ */
+export function appendLossPoints(series: LossSeries | undefined, points: readonly LossPoint[], max = LOSS_SERIES_MAX_POINTS): LossSeries {
+  let stride = series?.stride && series.stride >= 1 ? series.stride : 1;
+  let kept = [...(series?.points ?? [])];
+  const limit = Math.max(2, Math.floor(max));
+  for (const p of points) {
+    if (!Number.isFinite(p.loss) || !Number.isSafeInteger(p.step) || p.step < 0) continue;
+    const last = kept[kept.length - 1];
+    if (last && p.step <= last.step) kept = kept.filter((k) => k.step < p.step);
+    const prev = kept[kept.length - 1];
+    if (prev && p.step - prev.step < stride) continue;
+    kept.push({ step: p.step, loss: p.loss });
+    while (kept.length > limit) {
+      kept = kept.filter((_, i) => i % 2 === 0);
+      stride *= 2;
+    }
+  }
+  return { stride, points: kept };
 }
 
 export interface TrainingAttemptDoc {

@@ -91,6 +91,9 @@ export class TrainingJobRepository {
   };
   private strategy: ClaimStrategy | undefined;
   private readonly candidates = new Map<string, CandidatePool>();
+  /** Told of each job document our writes leave (the job event outbox, ADR 0010); none by default. */
+  private writeObserver: JobWriteObserver | null = null;
+  private observedProjection: Record<string, 1> = {};
 
   /** One tiny document per claim or recovery decision: the unique `_id` makes the decision single-winner. */
   private readonly tokens: Collection<{ _id: string; at?: Date; [k: string]: unknown }>;
@@ -107,6 +110,18 @@ export class TrainingJobRepository {
 
   get maxAttempts(): number {
     return this.options.maxAttempts;
+  }
+
+  /**
+   * After each successful write of ours, `observer` gets the job document as
+   * that write left it, read before this process's next write of the job (so no
+   * status of ours is skipped), plus the claimed document of each claim. The
+   * observer must return at once; a failing read is ignored (the event
+   * reconciler catches up). Costs one read per write while set.
+   */
+  observeWrites(observer: JobWriteObserver | null, projection: Record<string, 1> = {}): void {
+    this.writeObserver = observer;
+    this.observedProjection = projection;
   }
 
   /** Idempotent; only plain and compound indexes (FerretDB v1 has no partial, sparse or TTL). */
@@ -186,6 +201,7 @@ export class TrainingJobRepository {
         ? await this.claimSorted(opts, attemptId)
         : await this.claimFromCandidates(opts, attemptId);
     if (!job) return null;
+    this.tellObserver(job, 'claim');
     return { job, lease: { jobId: job._id.toHexString(), attemptId, workerId: opts.workerId } };
   }
 
@@ -548,7 +564,10 @@ export class TrainingJobRepository {
     const direct = await this.jobs.updateOne({ _id, status: 'QUEUED' } as Filter<TrainingJobDoc>, {
       $set: { status: 'CANCELLED', cancelRequestedAt: now, cancelRequestedBy: by, cancelledAt: now, finishedAt: now, completedAt: now, updatedAt: now },
     });
-    if (direct.matchedCount === 1) return 'cancelled';
+    if (direct.matchedCount === 1) {
+      await this.notifyWritten(jobId);
+      return 'cancelled';
+    }
     const requested = await this.jobs.updateOne(
       { _id, status: { $in: [...LEASED_STATUSES] }, cancelRequestedAt: null } as Filter<TrainingJobDoc>,
       { $set: { cancelRequestedAt: now, cancelRequestedBy: by, updatedAt: now } },
@@ -667,7 +686,31 @@ export class TrainingJobRepository {
    * Never nest: a serialized write that awaits another on the same job waits forever.
    */
   private oneWrite<T>(jobId: string, write: () => Promise<T>): Promise<T> {
-    return JOB_WRITES.run(`${this.db.databaseName}/${String(jobId)}`, write);
+    if (!this.writeObserver) return JOB_WRITES.run(`${this.db.databaseName}/${String(jobId)}`, write);
+    return JOB_WRITES.run(`${this.db.databaseName}/${String(jobId)}`, async () => {
+      const result = await write();
+      // A write that matched nothing returns false or null: nothing changed, nothing to tell.
+      if (result !== false && result !== null) await this.notifyWritten(jobId);
+      return result;
+    });
+  }
+
+  private async notifyWritten(jobId: string): Promise<void> {
+    const observer = this.writeObserver;
+    if (!observer) return;
+    const job = await this.jobs
+      .findOne({ _id: toObjectIdOrString(jobId) } as Filter<TrainingJobDoc>, { projection: this.observedProjection })
+      .catch(() => null);
+    if (job) this.tellObserver(job, 'write');
+  }
+
+  /** An observer's failure never fails the write it observes (the event reconciler catches up). */
+  private tellObserver(job: TrainingJobDoc, kind: 'write' | 'claim'): void {
+    try {
+      this.writeObserver?.(job, kind);
+    } catch {
+      // nothing to do here: see above
+    }
   }
 
   private fenced(lease: Lease, statuses: readonly JobStatus[] = LEASED_STATUSES): Filter<TrainingJobDoc> {
@@ -752,6 +795,9 @@ export class TrainingJobRepository {
     return r.matchedCount === 1 ? outcome : null;
   }
 }
+
+/** See TrainingJobRepository.observeWrites. */
+export type JobWriteObserver = (job: TrainingJobDoc, kind: 'write' | 'claim') => void;
 
 interface CandidatePool {
   ids: ObjectId[];

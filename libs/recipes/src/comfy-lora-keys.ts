@@ -25,7 +25,13 @@
  * Pure: the caller passes the key lists (e.g. from safetensors headers).
  */
 
-export type ComfyModelFamily = 'SDXL' | 'FLUX' | 'WAN';
+/**
+ * KONTEXT: FLUX.1 Kontext [dev]'s DiT has FLUX.1's keys (double_blocks,
+ * single_blocks...) in a bare diffusion-model file, and ComfyUI detects it as
+ * a FLUX model: the FLUX rules apply unchanged. FLUX2: FLUX.2's bare DiT file,
+ * the same generic rules (lora_unet_<path>, diffusion_model.<path>).
+ */
+export type ComfyModelFamily = 'SDXL' | 'FLUX' | 'KONTEXT' | 'FLUX2' | 'WAN';
 
 export interface LoraKeyResolution {
   /** LoRA tensor key -> the base-model weight (ComfyUI state-dict key) it modifies. */

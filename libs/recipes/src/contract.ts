@@ -8,12 +8,18 @@
  */
 import type { z } from 'zod';
 
-export type ModelFamily = 'SDXL' | 'FLUX' | 'WAN' | 'SMOKE';
+export type ModelFamily = 'SDXL' | 'FLUX' | 'KONTEXT' | 'FLUX2' | 'WAN' | 'SMOKE';
 
 /** Fixed paths inside every training container. The worker mounts these. */
 export const CONTAINER_PATHS = {
   /** Dataset: images plus one caption .txt per image. Read-only. */
   dataset: '/data/dataset',
+  /**
+   * Control (reference) images of an edit model such as FLUX.1 Kontext: one per
+   * dataset image, with the same file stem (`img_0001.png` for
+   * `img_0001.jpg`). Read-only; mounted only for recipes with `controlImagesFor`.
+   */
+  control: '/data/control',
   /** Base-model weights from the host cache. Read-only. */
   models: '/data/models',
   /** Rendered config files and the job spec. Read-only. */
@@ -168,7 +174,7 @@ export interface TokenizerSpec {
   repo: string;
   subfolder?: string;
   /** transformers class the engine uses. */
-  loader: 'CLIPTokenizer' | 'T5TokenizerFast' | 'AutoTokenizer';
+  loader: 'CLIPTokenizer' | 'T5TokenizerFast' | 'T5Tokenizer' | 'Qwen2Tokenizer' | 'AutoTokenizer';
   /** Which engine code loads it, for the error message when it is missing. */
   usedBy: string;
 }
@@ -264,6 +270,12 @@ export interface RenderInput<P> {
   samplePrompts?: string[];
   /** Continue from a saved engine state (a re-claimed attempt). Absent: train from step 0. */
   resume?: ResumeFrom;
+  /**
+   * Recipes with `controlImagesFor`: the control files the worker wrote, relative
+   * to CONTAINER_PATHS.control, in dataset order (e.g. `img_0001.png`). Used
+   * for sample prompts that need a reference image; absent: no such samples.
+   */
+  controlImages?: string[];
 }
 
 /** Where a resumed run starts: the engine state the worker put back into the output folder. */
@@ -426,6 +438,40 @@ export interface TestRunProfile {
   weightOverrides?: WeightOverride[];
 }
 
+/**
+ * Control images a job needs beside its dataset (edit models: FLUX.1 Kontext).
+ * The worker writes them into CONTAINER_PATHS.control, named after the
+ * dataset image they belong to (same stem), before the container starts.
+ */
+export interface ControlImagesNeed {
+  /**
+   * `paired`: the dataset's own control images (the platform's `embellishments`
+   * of type `control`, or the legacy `controlImages` matched by
+   * `sourceFilename`), checked by `resolveControlPairs` before the charge.
+   * `blank`: the same neutral image (`BLANK_CONTROL_PNG_BASE64`) for every target, for
+   * engines that need a reference image where the training mode has none.
+   */
+  source: 'paired' | 'blank';
+}
+
+/** What the worker writes into the platform's `loraModels` document for a trained LoRA. */
+export interface RegistrationSpec {
+  /**
+   * `loraModels.checkpoint`: the base-model family the platform's LoRA
+   * resolver matches against a workflow's checkpoint, so the LoRA loads on
+   * that family's workflows only (e.g. 'KONTEXT').
+   */
+  checkpoint: string;
+}
+
+/**
+ * Whether a recipe is on the platform's menu: `menu` recipes are listed and
+ * mapped from their modelType; `operator-only` ones exist (tests, conformance,
+ * image builds) but stay off the menu and unmapped until an operator enables
+ * them by id (`RegistryOptions.enabled`, the worker's `RECIPES_ENABLED`).
+ */
+export type RecipeAvailability = 'menu' | 'operator-only';
+
 export interface Recipe<P = Record<string, unknown>> {
   /** Stable id, e.g. 'sdxl-lora'. */
   id: string;
@@ -438,6 +484,17 @@ export interface Recipe<P = Record<string, unknown>> {
   product: boolean;
   /** Base-model name recorded in loraModels (e.g. 'SDXL', 'FLUX', 'WAN'). */
   baseModel: string;
+  /**
+   * The platform's `trainingJobs.modelType` values this recipe trains (any
+   * case). Absent: `[family]`. The registry maps them; no table elsewhere.
+   */
+  modelTypes?: string[];
+  /** What registration writes into loraModels. Absent: the platform's own mapping of `baseModel`. */
+  registration?: RegistrationSpec;
+  /** @default 'menu' */
+  availability?: RecipeAvailability;
+  /** Control images this job needs beside the dataset. Absent or undefined: none. */
+  controlImagesFor?(parameters: P): ControlImagesNeed | undefined;
   engine: EngineRef;
   image: ImageSpec;
   gpu: GpuRequirement;

@@ -1,10 +1,23 @@
 /**
- * @stationthis/recipes: pure training recipes (SDXL, FLUX.1, WAN, CPU smoke).
+ * @stationthis/recipes: pure training recipes (SDXL, FLUX.1, FLUX.1 Kontext,
+ * WAN, FLUX.2 [klein] 4B behind an operator flag, CPU smoke).
  * No I/O: other platform apps import this to build forms and quote prices.
  * See README.md for the API and ADR 0003 for the engine choices.
  */
 export * from './contract';
-export { listRecipes, getRecipe, recipeForModelType, requiredWeights } from './registry';
+export { listRecipes, getRecipe, recipeForModelType, requiredWeights, modelTypesOf } from './registry';
+export type { ListRecipesOptions, RegistryOptions } from './registry';
+export { OFFERINGS, getOffering, offeringDefault } from './offerings';
+export type { Offering, OfferingDefaults, OfferingId } from './offerings';
+export {
+  resolveControlPairs,
+  checkControlSizes,
+  platformSourceFilename,
+  controlFileNameFor,
+  BLANK_CONTROL_PNG_BASE64,
+  CONTROL_ASPECT_TOLERANCE,
+} from './control-pairs';
+export type { ControlPairing, ControlImageSource, ControlPairProblem, ControlPairProblemKind, ControlPairResult, ControlDatasetDoc, ImageSize } from './control-pairs';
 export { sanitizeTriggerWord, sanitizeOutputName, TRIGGER_WORD_PATTERN, OUTPUT_NAME_PATTERN, JOB_ID_PATTERN } from './sanitize';
 export { parseSafetensorsHeader, safetensorsHeaderLength, MAX_SAFETENSORS_HEADER_BYTES } from './safetensors';
 export { comfyModelKeys, comfyLoraKeyMap, resolveComfyLoraKeys } from './comfy-lora-keys';
@@ -47,6 +60,10 @@ export { sdxlRecipe } from './recipes/sdxl';
 export type { SdxlParameters } from './recipes/sdxl';
 export { fluxRecipe } from './recipes/flux';
 export type { FluxParameters } from './recipes/flux';
+export { kontextRecipe, KONTEXT_TRAINING_MODES } from './recipes/kontext';
+export type { KontextParameters, KontextTrainingMode } from './recipes/kontext';
+export { flux2KleinRecipe } from './recipes/flux2-klein';
+export type { Flux2KleinParameters } from './recipes/flux2-klein';
 export { wanRecipe } from './recipes/wan';
 export type { WanParameters } from './recipes/wan';
 export { smokeRecipe } from './recipes/smoke';

@@ -13,7 +13,12 @@ export const PLATFORM_PARAMETER_FIELDS = {
   loraRank: 'loraRank',
   loraAlpha: 'loraAlpha',
   loraDropout: 'loraDropout',
+  /** KONTEXT only ('style_subject' | 'concept'); the platform drops it when null. */
+  trainingMode: 'trainingMode',
 } as const;
+
+/** Fields passed through as text (the others are numbers the platform may store as strings). */
+const TEXT_FIELDS: ReadonlySet<string> = new Set(['trainingMode']);
 
 function coerceNumber(v: unknown): unknown {
   if (typeof v === 'number') return v;
@@ -46,7 +51,8 @@ function isEmpty(v: unknown): boolean {
 /**
  * Build a recipe's raw parameter input from a trainingJobs document:
  * `steps, learningRate, batchSize, resolution, loraRank, loraAlpha,
- * loraDropout` (numbers or numeric strings; empty values skipped), then the
+ * loraDropout` (numbers or numeric strings; empty values skipped) and
+ * `trainingMode` (text), then the
  * optional `parameters` object (our own field, recipe parameter names)
  * overriding them. Unknown keys inside `parameters` are kept so validation
  * rejects them with their path.
@@ -56,7 +62,7 @@ export function jobParametersFromPlatformDoc(doc: Record<string, unknown>): Reco
   for (const [docField, param] of Object.entries(PLATFORM_PARAMETER_FIELDS)) {
     const v = doc[docField];
     if (isEmpty(v)) continue;
-    out[param] = docField === 'resolution' ? coerceResolution(v) : coerceNumber(v);
+    out[param] = TEXT_FIELDS.has(docField) ? (typeof v === 'string' ? v.trim() : v) : docField === 'resolution' ? coerceResolution(v) : coerceNumber(v);
   }
   const extra = doc['parameters'];
   if (extra !== undefined && extra !== null) {

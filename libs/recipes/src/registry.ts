@@ -1,23 +1,40 @@
 /** The recipe registry: look-ups by id and by the platform's modelType/baseModel. */
 import type { Recipe, WeightFile } from './contract';
+import { flux2KleinRecipe } from './recipes/flux2-klein';
 import { fluxRecipe } from './recipes/flux';
+import { kontextRecipe } from './recipes/kontext';
 import { sdxlRecipe } from './recipes/sdxl';
 import { smokeRecipe } from './recipes/smoke';
 import { wanRecipe } from './recipes/wan';
 
-/** Every recipe, in display order. Internal (product: false) recipes last. */
-const ALL: ReadonlyArray<Recipe> = [sdxlRecipe, fluxRecipe, wanRecipe, smokeRecipe] as unknown as ReadonlyArray<Recipe>;
+/** Every recipe, in display order. Internal (product: false) recipes last. Adding a family: one entry here. */
+const ALL: ReadonlyArray<Recipe> = [sdxlRecipe, fluxRecipe, kontextRecipe, wanRecipe, flux2KleinRecipe, smokeRecipe] as unknown as ReadonlyArray<Recipe>;
 
-export interface ListRecipesOptions {
-  /** Add the internal recipes (product: false), such as the CPU smoke recipe. @default false */
+export interface RegistryOptions {
+  /**
+   * Ids of `operator-only` recipes an operator has enabled (the worker reads
+   * them from RECIPES_ENABLED): they join the menu and their model types map.
+   * @default []
+   */
+  enabled?: readonly string[];
+}
+
+export interface ListRecipesOptions extends RegistryOptions {
+  /** Add the internal recipes (product: false, such as the CPU smoke recipe) and every operator-only recipe. @default false */
   includeInternal?: boolean;
+}
+
+function onMenu(r: Recipe, options: RegistryOptions): boolean {
+  return (r.availability ?? 'menu') === 'menu' || (options.enabled ?? []).includes(r.id);
 }
 
 /** Recipes offered to users, in display order. */
 export function listRecipes(options: ListRecipesOptions = {}): Recipe[] {
-  return ALL.filter((r) => r.product || options.includeInternal === true);
+  if (options.includeInternal === true) return [...ALL];
+  return ALL.filter((r) => r.product && onMenu(r, options));
 }
 
+/** Any recipe by id, operator-only ones included (tests, conformance, image builds). */
 export function getRecipe(id: string): Recipe {
   const recipe = ALL.find((r) => r.id === id);
   if (!recipe) {
@@ -26,30 +43,26 @@ export function getRecipe(id: string): Recipe {
   return recipe;
 }
 
-const BY_MODEL_TYPE: Record<string, string> = {
-  SDXL: 'sdxl-lora',
-  FLUX: 'flux-lora',
-  WAN: 'wan-lora',
-  SMOKE: 'smoke-cpu',
-};
-
-/** Platform model types that exist in trainingJobs but have no recipe here, with the reason. */
-const UNSUPPORTED: Record<string, string> = {
-  KONTEXT:
-    'FLUX.1 Kontext training is not supported by this training system yet: it needs paired control images and a Kontext engine (musubi-tuner flux_kontext_train_network.py or ai-toolkit); no recipe exists',
-};
+/** The platform model types a recipe trains (its `modelTypes`, else its family), upper-case. */
+export function modelTypesOf(recipe: Pick<Recipe, 'family' | 'modelTypes'>): string[] {
+  return (recipe.modelTypes ?? [recipe.family]).map((t) => t.trim().toUpperCase());
+}
 
 /**
- * Map the platform's `trainingJobs.modelType` / `baseModel` ('SDXL' | 'FLUX' |
- * 'WAN' | 'SMOKE', any case) to its recipe. Throws for unsupported or unknown
- * types with the list of supported ones.
+ * Map the platform's `trainingJobs.modelType` / `baseModel` (any case) to its
+ * recipe. Throws for unknown types, and for an operator-only recipe nobody
+ * enabled, with the list of supported types.
  */
-export function recipeForModelType(modelType: string): Recipe {
+export function recipeForModelType(modelType: string, options: RegistryOptions = {}): Recipe {
   const key = String(modelType ?? '').trim().toUpperCase();
-  const id = BY_MODEL_TYPE[key];
-  if (id) return getRecipe(id);
-  const supported = Object.keys(BY_MODEL_TYPE).join(', ');
-  if (UNSUPPORTED[key]) throw new Error(`${UNSUPPORTED[key]}. Supported model types: ${supported}`);
+  const available = ALL.filter((r) => onMenu(r, options));
+  const supported = available.flatMap(modelTypesOf).join(', ');
+  const recipe = available.find((r) => modelTypesOf(r).includes(key));
+  if (recipe) return recipe;
+  const off = ALL.find((r) => modelTypesOf(r).includes(key));
+  if (off) {
+    throw new Error(`${off.displayName} (${off.id}) is not offered yet: an operator enables it with RECIPES_ENABLED=${off.id}. Supported model types: ${supported}`);
+  }
   throw new Error(`unknown model type ${JSON.stringify(modelType)}; supported model types: ${supported}`);
 }
 

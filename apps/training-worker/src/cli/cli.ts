@@ -1,7 +1,8 @@
 /**
  * Operator CLI: submit a job from a local folder, list jobs with live
- * progress, follow one job's log, cancel, show a job (its checkpoints
- * included) and points history, and promote a checkpoint of a completed job.
+ * progress, follow one job with a progress bar, cancel, show a job (its
+ * checkpoints included), its result table and points history, and promote a
+ * checkpoint of a completed job.
  *
  *   node apps/training-worker/dist/cli/cli.js <command> [options]
  */
@@ -17,7 +18,6 @@ import {
   LoraModelRepository,
   platformAttemptOf,
   promotableCheckpoints,
-  TERMINAL_STATUSES,
   TrainingAttemptRepository,
   TrainingJobRepository,
   UserCoreAccounts,
@@ -32,13 +32,19 @@ import { loadWorkerConfig } from '../config/worker-config';
 import { compose, ensureIndexes } from '../composition';
 import { createLogger } from '../observability/logger';
 import { writeDemoImages } from './demo-images';
+import { followJob, JobNotFound } from './follow';
+import { readResult, readSnapshot } from './job-result';
+import { renderResultTable } from './progress-bar';
 import { CheckpointPromotion, PromotionRefused } from '../checkpoints/checkpoint-promotion';
 
 const USAGE = `Usage: cli <command> [options]
   submit   --dir DIR --owner ACCOUNT_ID [--model SMOKE|SDXL|FLUX|WAN] [--name NAME] [--trigger WORD]
            [--wallet ADDRESS] [--steps N] [--param key=value ...] [--priority N]
   list     [--status STATUS] [--watch]
-  follow   JOB_ID
+  follow   JOB_ID [--json] [--interval MS] [--worker-pid PID]
+           (a live bar in a terminal, plain lines otherwise; exit 0 COMPLETED, 1 FAILED/CANCELLED,
+            3 the worker PID exited first)
+  result   JOB_ID   (the result table: status, steps, final loss, model and sample URLs, points, balance)
   cancel   JOB_ID
   show     JOB_ID [--json]
   promote  JOB_ID --step N|final [--as-version]   (a COMPLETED job: its model loads checkpoint N, or N becomes a second model)
@@ -61,7 +67,7 @@ async function main(argv: string[]): Promise<number> {
       trigger: { type: 'string' }, wallet: { type: 'string' }, steps: { type: 'string' }, param: { type: 'string', multiple: true },
       priority: { type: 'string' }, status: { type: 'string' }, watch: { type: 'boolean' }, job: { type: 'string' },
       account: { type: 'string' }, points: { type: 'string' }, out: { type: 'string' }, count: { type: 'string' }, json: { type: 'boolean' },
-      step: { type: 'string' }, 'as-version': { type: 'boolean' },
+      step: { type: 'string' }, 'as-version': { type: 'boolean' }, interval: { type: 'string' }, 'worker-pid': { type: 'string' },
     },
   });
   if (command === 'demo-images') {
@@ -82,11 +88,41 @@ async function main(argv: string[]): Promise<number> {
     const ledger = app.container.resolve(PointsLedger);
     switch (command) {
       case 'submit':
-        return await submit(app.container.resolve(ObjectStorage), app.container.resolve(DatasetRepository), jobs, values, config.environment);
+        return await submit(app.container.resolve(ObjectStorage), app.container.resolve(DatasetRepository), jobs, values, config.environment, config.recipesEnabled);
       case 'list':
         return await list(jobs, values.status, Boolean(values.watch));
-      case 'follow':
-        return await follow(jobs, requireId(positionals[0]));
+      case 'follow': {
+        const id = requireId(positionals[0]);
+        const attempts = app.container.resolve(TrainingAttemptRepository);
+        const workerPid = values['worker-pid'] !== undefined ? Number(values['worker-pid']) : undefined;
+        if (workerPid !== undefined && !(Number.isSafeInteger(workerPid) && workerPid > 0)) throw new UsageError(`follow needs --worker-pid as a process id, got "${values['worker-pid']}"`);
+        const intervalMs = values.interval !== undefined ? Number(values.interval) : 1000;
+        if (!(Number.isFinite(intervalMs) && intervalMs >= 50)) throw new UsageError(`follow needs --interval in milliseconds (50 or more), got "${values.interval}"`);
+        // Ctrl-C: end the live line, so the shell's prompt starts on a line of its own.
+        if (process.stdout.isTTY) process.once('SIGINT', () => (process.stdout.write('\n'), process.exit(130)));
+        try {
+          return await followJob({
+            jobId: id,
+            read: () => readSnapshot({ jobs, attempts }, id),
+            out: { write: (t) => process.stdout.write(t), isTTY: Boolean(process.stdout.isTTY), columns: () => process.stdout.columns || 80 },
+            json: Boolean(values.json),
+            intervalMs,
+            workerPid,
+          });
+        } catch (err) {
+          if (err instanceof JobNotFound) throw new UsageError(err.message);
+          throw err;
+        }
+      }
+      case 'result': {
+        const id = requireId(positionals[0]);
+        const sources = { jobs, attempts: app.container.resolve(TrainingAttemptRepository), models: app.container.resolve(LoraModelRepository), ledger };
+        const result = await readResult(sources, id);
+        if (!result) throw new UsageError(`job ${id} not found`);
+        if (values.json) console.log(JSON.stringify(result, null, 2));
+        else console.log(renderResultTable(result).join('\n'));
+        return result.status === 'COMPLETED' ? 0 : 1;
+      }
       case 'cancel': {
         const id = requireId(positionals[0]);
         const result = await jobs.requestCancel(id, 'cli');
@@ -144,11 +180,19 @@ function requireId(id: string | undefined): string {
   return id;
 }
 
-async function submit(storage: ObjectStorage, datasets: DatasetRepository, jobs: TrainingJobRepository, v: Record<string, unknown>, environment: string): Promise<number> {
+async function submit(
+  storage: ObjectStorage,
+  datasets: DatasetRepository,
+  jobs: TrainingJobRepository,
+  v: Record<string, unknown>,
+  environment: string,
+  recipesEnabled: readonly string[],
+): Promise<number> {
   const dir = v.dir as string | undefined;
   const owner = v.owner as string | undefined;
   if (!dir || !owner) throw new UsageError('submit needs --dir and --owner');
-  const recipe = recipeForModelType(String(v.model));
+  // Operator-only recipes (RECIPES_ENABLED) are accepted only where this worker would train them.
+  const recipe = recipeForModelType(String(v.model), { enabled: recipesEnabled });
   // The recipe's own list: videos only for recipes that train on them (WAN).
   const allowed = new Set(recipe.datasetRequirements.extensions.map((e) => `.${e}`));
   const names = (await readdir(dir)).filter((n) => MEDIA_TYPES[extname(n).toLowerCase()] && allowed.has(extname(n).toLowerCase())).sort();
@@ -216,28 +260,6 @@ async function list(jobs: TrainingJobRepository, status: string | undefined, wat
     if (watch) await new Promise((r) => setTimeout(r, 2000));
   } while (watch);
   return 0;
-}
-
-async function follow(jobs: TrainingJobRepository, id: string): Promise<number> {
-  let seen: string[] = [];
-  for (;;) {
-    const job = await jobs.findById(id);
-    if (!job) throw new UsageError(`job ${id} not found`);
-    const tail = ((job.logTail as string[] | undefined) ?? []);
-    // Print only lines not printed before (the tail is a sliding window).
-    let overlap = 0;
-    for (let k = Math.min(seen.length, tail.length); k > 0; k--) {
-      if (seen.slice(-k).join('\n') === tail.slice(0, k).join('\n')) { overlap = k; break; }
-    }
-    for (const line of tail.slice(overlap)) console.log(line);
-    seen = tail;
-    process.stderr.write(`\r${fmtRow(job as never)}\n`);
-    if (TERMINAL_STATUSES.includes(job.status as never)) {
-      if (job.failureReason) console.log(`reason: ${job.failureReason}`);
-      return job.status === 'COMPLETED' ? 0 : 1;
-    }
-    await new Promise((r) => setTimeout(r, 2000));
-  }
 }
 
 function printHistory(history: Record<string, unknown>[]): void {

@@ -38,4 +38,10 @@ describe('worker configuration', () => {
     expect(c.weightsLocalDir).toBe('/srv/models');
     expect(() => loadWorkerConfig({ WEIGHTS_LOCAL_DIR: 'models' })).toThrow(/WEIGHTS_LOCAL_DIR: must be an absolute path/);
   });
+
+  it('enables operator-only recipes only by name, and refuses an unknown id at start-up', () => {
+    expect(loadWorkerConfig({}).recipesEnabled).toEqual([]);
+    expect(loadWorkerConfig({ RECIPES_ENABLED: ' flux2-klein-lora , ' }).recipesEnabled).toEqual(['flux2-klein-lora']);
+    expect(() => loadWorkerConfig({ RECIPES_ENABLED: 'flux2-klein-lora,qwen-image-lora' })).toThrow(/RECIPES_ENABLED: unknown recipe id "qwen-image-lora"; valid ids: /);
+  });
 });

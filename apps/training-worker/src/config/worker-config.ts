@@ -7,6 +7,7 @@
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
+import { getRecipe } from '@stationthis/recipes';
 
 const bool = z
   .enum(['1', '0', 'true', 'false', 'yes', 'no'])
@@ -39,6 +40,20 @@ const schema = z.object({
   TRAINER_SHARE: z.coerce.number().min(0).max(1).default(0.02),
   // Test hosts only: run GPU recipes on a CPU slot with each recipe's testRun profile (two steps, CPU dtypes).
   WORKER_CPU_TEST_RUNS: bool.default(false),
+  // Operator-only recipes this worker offers (comma-separated recipe ids, e.g. flux2-klein-lora): off the menu until named here.
+  RECIPES_ENABLED: z
+    .string()
+    .transform((v) => v.split(',').map((s) => s.trim()).filter((s) => s.length > 0))
+    .superRefine((ids, ctx) => {
+      for (const id of ids) {
+        try {
+          getRecipe(id);
+        } catch (e) {
+          ctx.addIssue({ code: 'custom', message: (e as Error).message });
+        }
+      }
+    })
+    .optional(),
   // Operator-provisioned base models (air-gapped hosts, the engine demo): files here are used instead of R2.
   WEIGHTS_LOCAL_DIR: z.string().refine((v) => v.startsWith('/'), 'must be an absolute path').optional(),
   // Removed: the fee lives in libs/recipes pricing and is recorded in each quote, so quote and settlement agree.
@@ -49,6 +64,10 @@ const schema = z.object({
   // Attempt records looked at per maintenance pass (bounds one pass's storage calls).
   CHECKPOINT_RETENTION_BATCH: z.coerce.number().int().min(1).max(1000).default(10),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  // The operator's dashboard on the HTTP port (src/dashboard): `auto` serves it on a loopback host, and on any host once
+  // DASHBOARD_TOKEN is set; `on` refuses to start without a token on a non-loopback host; `off` never serves it.
+  WORKER_DASHBOARD: z.enum(['auto', 'on', 'off']).default('auto'),
+  DASHBOARD_TOKEN: z.string().min(16, 'must be at least 16 characters (e.g. `openssl rand -hex 24`)').regex(/^[\x21-\x7e]+$/, 'must be printable ASCII without spaces').optional(),
 });
 
 export type WorkerConfig = ReturnType<typeof loadWorkerConfig>;
@@ -64,6 +83,7 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env) {
     throw new ConfigError(`Invalid worker configuration:\n${lines.join('\n')}\nFix the variables above (see README "Environment").`);
   }
   const c = parsed.data;
+  const dashboard = dashboardAccess(c.WORKER_DASHBOARD, c.WORKER_HTTP_HOST, c.DASHBOARD_TOKEN);
   const repoRoot = resolve(__dirname, '../../../..');
   const stateDir = resolve(c.WORKER_STATE_DIR ?? env.STATIONTHIS_STATE_DIR ?? join(repoRoot, '.state'));
   return {
@@ -91,6 +111,8 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env) {
     imageNamespace: c.IMAGE_NAMESPACE,
     shares: { datasetCreator: c.DATASET_CREATOR_SHARE, trainer: c.TRAINER_SHARE },
     cpuTestRuns: c.WORKER_CPU_TEST_RUNS,
+    /** Operator-only recipe ids enabled on this worker (libs/recipes RegistryOptions.enabled). */
+    recipesEnabled: c.RECIPES_ENABLED ?? [],
     weightsLocalDir: c.WEIGHTS_LOCAL_DIR,
     checkpointRetention: {
       afterCompletionMs: c.CHECKPOINT_RETENTION_DAYS * 24 * 3_600_000,
@@ -98,5 +120,36 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env) {
       batch: c.CHECKPOINT_RETENTION_BATCH,
     },
     logLevel: c.LOG_LEVEL,
+    dashboard,
   };
+}
+
+/** Whether the dashboard is served, and behind which token (null: none, only ever on a loopback host). */
+export interface DashboardAccess {
+  enabled: boolean;
+  token: string | null;
+  /** Why an `auto` dashboard is not served (logged at start-up), else null. */
+  disabledBecause: string | null;
+}
+
+/** True for addresses only this host can reach. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.trim().toLowerCase().replace(/^\[|\]$/g, '');
+  return h === 'localhost' || h === '::1' || /^127(\.\d{1,3}){3}$/.test(h) || /^::ffff:127(\.\d{1,3}){3}$/.test(h);
+}
+
+/**
+ * The dashboard shows every job's owner, reasons and logs: on an address others
+ * can reach it is served only behind DASHBOARD_TOKEN. `on` without one there is
+ * a configuration error; `auto` without one leaves it off and says why.
+ */
+export function dashboardAccess(mode: 'auto' | 'on' | 'off', host: string, token: string | undefined): DashboardAccess {
+  if (mode === 'off') return { enabled: false, token: null, disabledBecause: 'WORKER_DASHBOARD=off' };
+  if (token) return { enabled: true, token, disabledBecause: null };
+  if (isLoopbackHost(host)) return { enabled: true, token: null, disabledBecause: null };
+  const why = `WORKER_HTTP_HOST=${host} is not a loopback address and DASHBOARD_TOKEN is unset`;
+  if (mode === 'on') {
+    throw new ConfigError(`Invalid worker configuration:\n  - WORKER_DASHBOARD: on, but ${why}: anyone who reaches the port would see every job.\nSet DASHBOARD_TOKEN (\`openssl rand -hex 24\`), bind WORKER_HTTP_HOST=127.0.0.1, or set WORKER_DASHBOARD=off.`);
+  }
+  return { enabled: false, token: null, disabledBecause: `${why} (set DASHBOARD_TOKEN to serve it)` };
 }

@@ -1,13 +1,26 @@
-/** /healthz (process alive), /readyz (dependencies answer), /metrics (Prometheus). */
-import { createServer, Server } from 'node:http';
+/**
+ * /healthz (process alive), /readyz (dependencies answer), /metrics (Prometheus),
+ * and the routes mounted beside them (the dashboard: src/dashboard).
+ */
+import { createServer, IncomingMessage, Server, ServerResponse } from 'node:http';
 import { WorkerMetrics } from './metrics';
+
+/** A mounted route table: answers the request and returns true, or returns false to pass it on. */
+export type MountedRoutes = (req: IncomingMessage, res: ServerResponse) => Promise<boolean>;
 
 export interface HealthProbe {
   name: string;
   check(): Promise<void>;
 }
 
-export function startHttpServer(opts: { host: string; port: number; metrics: WorkerMetrics; probes: HealthProbe[]; isStopping: () => boolean }): Promise<Server> {
+export function startHttpServer(opts: {
+  host: string;
+  port: number;
+  metrics: WorkerMetrics;
+  probes: HealthProbe[];
+  isStopping: () => boolean;
+  routes?: MountedRoutes[];
+}): Promise<Server> {
   const server = createServer(async (req, res) => {
     try {
       if (req.url === '/healthz') {
@@ -28,10 +41,12 @@ export function startHttpServer(opts: { host: string; port: number; metrics: Wor
       } else if (req.url === '/metrics') {
         res.writeHead(200, { 'content-type': opts.metrics.registry.contentType }).end(await opts.metrics.registry.metrics());
       } else {
+        for (const routes of opts.routes ?? []) if (await routes(req, res)) return;
         res.writeHead(404).end();
       }
     } catch (e) {
-      res.writeHead(500).end(String((e as Error).message));
+      if (res.headersSent) res.destroy();
+      else res.writeHead(500).end(String((e as Error).message));
     }
   });
   return new Promise((resolve, reject) => {

@@ -16,6 +16,18 @@ export class WorkerMetrics {
   readonly slotsBusy = new Gauge({ name: 'training_gpu_slots_busy', help: 'Allocated GPU (or CPU) slots', registers: [this.registry] });
   readonly slotsTotal = new Gauge({ name: 'training_gpu_slots_total', help: 'GPU (or CPU) slots on this host', registers: [this.registry] });
   readonly bytesMoved = new Counter({ name: 'training_bytes_moved_total', help: 'Bytes downloaded or uploaded', labelNames: ['direction', 'kind'], registers: [this.registry] });
+  // Job event outbox and webhooks (ADR 0010).
+  readonly jobEventsStored = new Counter({ name: 'training_job_events_stored_total', help: 'Job events this worker stored in the outbox, by type and path (worker or reconciler)', labelNames: ['type', 'source'], registers: [this.registry] });
+  readonly jobEventStoreErrors = new Counter({ name: 'training_job_event_store_errors_total', help: 'Failed attempts to store job events right after a write (the reconciler stores them later)', registers: [this.registry] });
+  readonly webhookDeliveries = new Counter({ name: 'training_webhook_deliveries_total', help: 'Webhook delivery attempts by subscription and outcome (delivered or failed)', labelNames: ['subscription', 'outcome'], registers: [this.registry] });
+  readonly webhookLag = new Gauge({ name: 'training_webhook_lag_events', help: 'Events stored but not yet delivered (or skipped by the filter) per subscription', labelNames: ['subscription'], registers: [this.registry] });
+  readonly webhookDeliverySeconds = new Histogram({
+    name: 'training_webhook_delivery_seconds',
+    help: 'Duration of each webhook request',
+    labelNames: ['subscription'],
+    buckets: [0.01, 0.05, 0.25, 1, 5, 15, 60],
+    registers: [this.registry],
+  });
 
   constructor() {
     collectDefaultMetrics({ register: this.registry });

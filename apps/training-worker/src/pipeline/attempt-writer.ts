@@ -17,6 +17,7 @@ import {
   type TrainingJobRepository,
 } from '@stationthis/db';
 import type { ProgressEvent } from '@stationthis/recipes';
+import type { AttemptActivity } from './attempt-activity';
 import type { JobContext } from './job-context';
 import type { PipelineState } from './pipeline-state';
 
@@ -33,6 +34,8 @@ export class AttemptWriter {
     private readonly ctx: JobContext,
     private readonly ref: AttemptRef,
     private readonly progressThrottleMs: number,
+    /** In-process listeners (the dashboard); told after our writes, never awaited. */
+    private readonly activity?: Pick<AttemptActivity, 'lines' | 'progress' | 'phase'>,
   ) {}
 
   /** State into the attempt record (`open` marks it for settlement before a charge). */
@@ -55,6 +58,7 @@ export class AttemptWriter {
     if (at < 0 || at >= ACTIVE_STATUSES.indexOf(to)) return;
     if (!(await this.jobs.transition(this.ctx.lease, to, fields))) await this.refusedOnJob();
     this.ctx.job.status = to as TrainingJobDoc['status'];
+    this.activity?.phase(this.ctx.lease, to, new Date());
   }
 
   /**
@@ -94,7 +98,9 @@ export class AttemptWriter {
 
   /** A marker line in the job's log tail; best effort (the step runs either way). */
   async stepMarker(name: string): Promise<void> {
-    await this.jobs.updateProgress(this.ctx.lease, { logLines: [`[worker] ${new Date().toISOString()} ${name}`] }).catch(() => undefined);
+    const line = `[worker] ${new Date().toISOString()} ${name}`;
+    this.activity?.lines(this.ctx.lease, [line]);
+    await this.jobs.updateProgress(this.ctx.lease, { logLines: [line] }).catch(() => undefined);
   }
 
   /**
@@ -104,11 +110,13 @@ export class AttemptWriter {
   async resumedAt(step: number, totalSteps: number | undefined, line: string): Promise<void> {
     const update: ProgressUpdate = { currentStep: step, logLines: [line] };
     if (totalSteps) Object.assign(update, { totalSteps, progress: Math.min(99, Math.floor((step / totalSteps) * 100)) });
+    this.activity?.lines(this.ctx.lease, [line]);
     await this.jobs.updateProgress(this.ctx.lease, update).catch(() => undefined);
   }
 
   /** Worker lines in the job's log tail (e.g. test-run argv changes); best effort. */
   async logLines(lines: string[]): Promise<void> {
+    this.activity?.lines(this.ctx.lease, lines);
     await this.jobs.updateProgress(this.ctx.lease, { logLines: lines }).catch(() => undefined);
   }
 
@@ -128,10 +136,13 @@ export class AttemptWriter {
         .then((ok) => {
           // Refused: a cancel (the platform's CANCELLED keeps our lease) or a lost lease; tell them apart.
           if (ok === false) return this.jobs.leaseState(this.ctx.lease).then((state) => this.ctx.stop(state === 'cancelled' ? 'cancel' : 'lease-lost'));
+          this.activity?.progress(this.ctx.lease, update);
           return undefined;
         })
         .catch((e) => this.ctx.log.warn({ err: e }, 'progress write failed'));
     };
+    const activity = this.activity;
+    const lease = this.ctx.lease;
     return {
       event(ev: ProgressEvent) {
         if (ev.kind !== 'step') return;
@@ -145,7 +156,9 @@ export class AttemptWriter {
         write(throttle.offer(update));
       },
       line(line: string) {
-        write(throttle.offer({ logLines: [line.slice(0, MAX_LINE_CHARS)] }));
+        const clipped = line.slice(0, MAX_LINE_CHARS);
+        activity?.lines(lease, [clipped]);
+        write(throttle.offer({ logLines: [clipped] }));
       },
       async flush() {
         write(throttle.flush());

@@ -25,6 +25,7 @@ import { TrainingAttemptRepository, TrainingJobDoc, TrainingJobRepository } from
 import { WORKER_CONFIG } from '../tokens';
 import type { WorkerConfig } from '../config/worker-config';
 import { WorkerMetrics } from '../observability/metrics';
+import { AttemptActivity } from './attempt-activity';
 import { AttemptWriter } from './attempt-writer';
 import { CancelRequested, FAILURE_POLICY, JobFailure, LeaseLost } from './failures';
 import { JobContext } from './job-context';
@@ -52,6 +53,7 @@ export class JobPipeline {
     private readonly publish: PublishStep,
     private readonly settle: SettleStep,
     private readonly storage: ObjectStorage,
+    private readonly activity: AttemptActivity,
   ) {}
 
   /** Runs the attempt to a terminal state, or throws LeaseLost / ShutdownRequested. */
@@ -59,7 +61,7 @@ export class JobPipeline {
     const record = await this.attempts.open(ctx.lease, ctx.job);
     if (!record) throw new LeaseLost('a newer claim owns this platform attempt');
     const ref = { jobId: ctx.jobId, platformAttempt: record.platformAttempt, owner: ctx.lease.attemptId };
-    const writer = new AttemptWriter(this.jobs, this.attempts, ctx, ref, this.config.progressThrottleMs);
+    const writer = new AttemptWriter(this.jobs, this.attempts, ctx, ref, this.config.progressThrottleMs, this.activity);
     const state0 = record.state ?? {};
     const a: Attempt = { ctx, ref, writer, request: trainingRequestFromJob(ctx.job), state: state0, openedAt: Date.now(), priorTrainSeconds: 0 };
     const { state } = a;

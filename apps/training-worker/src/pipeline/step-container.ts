@@ -4,8 +4,9 @@
  * (tools/conformance) both build their specs here, so the suite proves the
  * engines run under exactly the production sandbox: no network unless the
  * recipe states why, non-root (the runtime's default uid 1000), read-only root
- * filesystem with a /tmp tmpfs, and only these mounts (dataset, job files and
- * each base-model file read-only; the output folder writable).
+ * filesystem with a /tmp tmpfs, and only these mounts (dataset, control images
+ * when the recipe has them, job files and each base-model file read-only; the
+ * output folder writable).
  */
 import type { ContainerRunSpec } from '@stationthis/docker';
 import { CONTAINER_PATHS, type CommandStep, type Recipe } from '@stationthis/recipes';
@@ -14,6 +15,8 @@ export interface StepFolders {
   datasetDir: string;
   jobDir: string;
   outputDir: string;
+  /** Control images of an edit model (FLUX.1 Kontext), mounted read-only at CONTAINER_PATHS.control; absent: no such mount. */
+  controlDir?: string;
   /** Host paths of the base-model files, mounted one by one under CONTAINER_PATHS.models. */
   weights: { fileName: string; path: string }[];
   logFile: string;
@@ -43,6 +46,7 @@ export function stepContainerSpec(input: StepContainerInput): ContainerRunSpec {
     env: { HOME: CONTAINER_PATHS.scratch, PYTHONUNBUFFERED: '1', STATIONTHIS_JOB_ID: input.jobId },
     mounts: [
       { hostPath: f.datasetDir, containerPath: CONTAINER_PATHS.dataset, readOnly: true },
+      ...(f.controlDir ? [{ hostPath: f.controlDir, containerPath: CONTAINER_PATHS.control, readOnly: true }] : []),
       { hostPath: f.jobDir, containerPath: CONTAINER_PATHS.job, readOnly: true },
       { hostPath: f.outputDir, containerPath: CONTAINER_PATHS.output, readOnly: false },
       ...f.weights.map((w) => ({ hostPath: w.path, containerPath: `${CONTAINER_PATHS.models}/${w.fileName}`, readOnly: true })),

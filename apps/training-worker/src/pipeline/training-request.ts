@@ -24,6 +24,8 @@ export interface TrainingRequest {
   walletAddress?: string;
   datasetId?: string;
   captionSetId?: string;
+  /** The control set (an embellishment id) of a KONTEXT concept job; unset: the platform's choice (first completed). */
+  controlSetId?: string;
   /** The trigger word as written (sanitized by the prepare step). */
   rawTriggerWord: string;
   /** The model name as written, if any. */
@@ -76,6 +78,7 @@ export function trainingRequestFromJob(job: TrainingJobDoc): TrainingRequest {
     walletAddress: text(job.walletAddress),
     datasetId: text(job.datasetId),
     captionSetId: text(job.captionSetId),
+    controlSetId: text((job as unknown as Record<string, unknown>)['controlSetId']),
     rawTriggerWord,
     rawModelName: text(job.modelName) ?? text(job.name),
     description: text(job.description),

@@ -59,6 +59,16 @@ describe('ComfyUI LoRA key resolution', () => {
     expect(r.unmatched).toEqual([]);
   });
 
+  it('resolves musubi Kontext keys under the FLUX rules (Kontext DiT keys are FLUX.1 keys)', () => {
+    // flux1-kontext-dev.safetensors: BFL names, no prefix; the LoRA: musubi networks.lora_flux.
+    const kontext = [...flux, 'single_blocks.37.linear2.weight'];
+    const keys = [...lora('lora_unet_double_blocks_0_img_attn_qkv'), ...lora('lora_unet_single_blocks_37_linear2')];
+    const r = resolveComfyLoraKeys('KONTEXT', kontext, keys);
+    expect(r.unmatched).toEqual([]);
+    expect(r.matched).toEqual(resolveComfyLoraKeys('FLUX', kontext, keys).matched);
+    expect(resolveComfyLoraKeys('KONTEXT', kontext, lora('lora_unet_blocks_0_self_attn_q')).unmatched).toHaveLength(3);
+  });
+
   it('resolves musubi WAN keys, and refuses a module whose up weight is missing', () => {
     const wan = ['blocks.0.self_attn.q.weight', 'blocks.0.ffn.0.weight', 'blocks.0.cross_attn.k.weight', 'head.head.weight'];
     const ok = [...lora('lora_unet_blocks_0_self_attn_q'), ...lora('lora_unet_blocks_0_ffn_0')];

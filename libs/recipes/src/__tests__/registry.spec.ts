@@ -12,22 +12,41 @@ import {
 } from '../index';
 
 describe('registry', () => {
-  it('lists product recipes; includeInternal adds smoke', () => {
+  it('lists menu recipes; includeInternal adds smoke and the operator-only ones', () => {
     expect(LIB_NAME).toBe('@stationthis/recipes');
-    expect(listRecipes().map((r) => r.id)).toEqual(['sdxl-lora', 'flux-lora', 'wan-lora']);
-    expect(listRecipes({ includeInternal: true }).map((r) => r.id)).toEqual(['sdxl-lora', 'flux-lora', 'wan-lora', 'smoke-cpu']);
+    expect(listRecipes().map((r) => r.id)).toEqual(['sdxl-lora', 'flux-lora', 'kontext-lora', 'wan-lora']);
+    expect(listRecipes({ includeInternal: true }).map((r) => r.id)).toEqual(['sdxl-lora', 'flux-lora', 'kontext-lora', 'wan-lora', 'flux2-klein-lora', 'smoke-cpu']);
     expect(getRecipe('smoke-cpu').product).toBe(false);
   });
   it('getRecipe names the valid ids', () => {
-    expect(() => getRecipe('sd15-lora')).toThrow('unknown recipe id "sd15-lora"; valid ids: sdxl-lora, flux-lora, wan-lora, smoke-cpu');
+    expect(() => getRecipe('sd15-lora')).toThrow('unknown recipe id "sd15-lora"; valid ids: sdxl-lora, flux-lora, kontext-lora, wan-lora, flux2-klein-lora, smoke-cpu');
   });
-  it('maps platform model types case-insensitively and refuses KONTEXT clearly', () => {
+  it('maps platform model types case-insensitively, KONTEXT included', () => {
     expect(recipeForModelType('SDXL').id).toBe('sdxl-lora');
     expect(recipeForModelType('flux').id).toBe('flux-lora');
     expect(recipeForModelType(' Wan ').id).toBe('wan-lora');
     expect(recipeForModelType('smoke').id).toBe('smoke-cpu');
-    expect(() => recipeForModelType('KONTEXT')).toThrow(/Kontext training is not supported.*Supported model types: SDXL, FLUX, WAN, SMOKE/);
-    expect(() => recipeForModelType('SD1.5')).toThrow(/unknown model type "SD1.5"/);
+    expect(recipeForModelType('KONTEXT').id).toBe('kontext-lora');
+    expect(recipeForModelType('kontext').id).toBe('kontext-lora');
+    expect(() => recipeForModelType('SD1.5')).toThrow(/unknown model type "SD1.5"; supported model types: SDXL, FLUX, KONTEXT, WAN, SMOKE$/);
+  });
+  it('keeps an operator-only family off the menu and unmapped until an operator enables it', () => {
+    // Flag off (the default): listed nowhere users look, and its model type is refused with how to enable it.
+    expect(listRecipes().map((r) => r.id)).not.toContain('flux2-klein-lora');
+    expect(() => recipeForModelType('FLUX2_KLEIN_4B')).toThrow(/FLUX\.2 \[klein\] 4B LoRA \(flux2-klein-lora\) is not offered yet: an operator enables it with RECIPES_ENABLED=flux2-klein-lora\. Supported model types: SDXL, FLUX, KONTEXT, WAN, SMOKE$/);
+    // It still exists for tests, conformance and image builds.
+    expect(getRecipe('flux2-klein-lora').availability).toBe('operator-only');
+    // Flag on.
+    const enabled = ['flux2-klein-lora'];
+    expect(listRecipes({ enabled }).map((r) => r.id)).toEqual(['sdxl-lora', 'flux-lora', 'kontext-lora', 'wan-lora', 'flux2-klein-lora']);
+    expect(recipeForModelType('flux2_klein_4b', { enabled }).id).toBe('flux2-klein-lora');
+    // Enabling an unknown id changes nothing.
+    expect(listRecipes({ enabled: ['nope'] }).map((r) => r.id)).toEqual(['sdxl-lora', 'flux-lora', 'kontext-lora', 'wan-lora']);
+  });
+  it('every model type maps to exactly one recipe', () => {
+    const all = listRecipes({ includeInternal: true });
+    const types = all.flatMap((r) => (r.modelTypes ?? [r.family]).map((t) => t.toUpperCase()));
+    expect(new Set(types).size).toBe(types.length);
   });
   it('every recipe pins a full 40-hex engine commit and a non-latest image', () => {
     for (const r of listRecipes({ includeInternal: true })) {

@@ -40,6 +40,7 @@ for (const r of listRecipes({ includeInternal: true })) {
 CASES.push({ name: 'wan-lora-video-only', recipe: 'wan-lora', parameters: () => ({}), dataset: { imageCount: 0, videoCount: 6 } });
 CASES.push({ name: 'wan-lora-mixed', recipe: 'wan-lora', parameters: () => ({}), dataset: { imageCount: 12, videoCount: 4 } });
 CASES.push({ name: 'wan-lora-wan22-high', recipe: 'wan-lora', parameters: () => ({ task: 't2v-A14B', wan22Expert: 'high-noise', fp8Scaled: true }) });
+CASES.push({ name: 'kontext-lora-concept', recipe: 'kontext-lora', parameters: () => ({ trainingMode: 'concept' }) });
 CASES.push({ name: 'flux-lora-24gb-low-vram', recipe: 'flux-lora', parameters: () => ({ blocksToSwap: 16, optimizer: 'Adafactor', multiResolution: false, resolution: 768 }) });
 
 describe.each(CASES)('render golden: $name', (c) => {

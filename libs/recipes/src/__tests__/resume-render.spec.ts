@@ -18,7 +18,10 @@ function flag(argv: string[], name: string): string | undefined {
   return i < 0 ? undefined : argv[i + 1];
 }
 
-describe.each(['sdxl-lora', 'flux-lora', 'wan-lora'])('%s saves and resume', (id) => {
+/** The musubi-tuner recipes: samples named `_000` (frame 0), no `--initial_step`. */
+const MUSUBI = ['wan-lora', 'kontext-lora', 'flux2-klein-lora'];
+
+describe.each(['sdxl-lora', 'flux-lora', 'wan-lora', 'kontext-lora', 'flux2-klein-lora'])('%s saves and resume', (id) => {
   const resume: ResumeFrom = { step: 500, stateDir: 'my_lora_v1-step00000500-state' };
 
   it('saves checkpoint, state and samples at each interval, keeping three states', () => {
@@ -35,9 +38,10 @@ describe.each(['sdxl-lora', 'flux-lora', 'wan-lora'])('%s saves and resume', (id
     expect(argv).not.toContain('--resume');
     const prompts = job.files.find((f) => f.path === 'sample_prompts.txt')!.content.trim().split('\n');
     expect(prompts).toHaveLength(3);
-    for (const line of prompts) expect(line).toMatch(/^[^-]*sks_dog.* --w \d+ --h \d+ .*--d 42 --s 20$/);
+    // Kontext and FLUX.2 add their guidance (`--g`) after the steps.
+    for (const line of prompts) expect(line).toMatch(/^[^-]*sks_dog.* --w \d+ --h \d+ .*--d 42 --s \d+( --g [\d.]+)?$/);
     // The engines' own names: kohya `<name>_<step:06d>_<i:02d>_<ts>_<seed>.png`, musubi adds `_000` (frame 0).
-    const sample = id === 'wan-lora' ? 'my_lora_v1_000250_01_20261207021500_42_000.png' : 'my_lora_v1_000250_01_20261207021500_42.png';
+    const sample = MUSUBI.includes(id) ? 'my_lora_v1_000250_01_20261207021500_42_000.png' : 'my_lora_v1_000250_01_20261207021500_42.png';
     expect(sampleStepOf(plan, sample)).toBe(250);
     expect(sampleStepOf(plan, 'my_lora_v1_e000002_01_20261207021500_42.png')).toBeNull();
   });
@@ -53,7 +57,7 @@ describe.each(['sdxl-lora', 'flux-lora', 'wan-lora'])('%s saves and resume', (id
     const argv = trainArgv(job);
     expect(flag(argv, '--resume')).toBe('/data/output/my_lora_v1-step00000500-state');
     expect(flag(argv, '--max_train_steps')).toBe('500');
-    if (id !== 'wan-lora') expect(flag(argv, '--initial_step')).toBe('0');
+    if (!MUSUBI.includes(id)) expect(flag(argv, '--initial_step')).toBe('0');
     // The plan stays the job's; the engine's step 250 after resuming at 500 is the job's 750.
     expect(job.outputs.saves!.totalSteps).toBe(1000);
     expect(jobStepOf(job.outputs.saves!, 250, resume)).toBe(750);
@@ -86,7 +90,7 @@ describe('kohya cosine schedule after a resume', () => {
 });
 
 describe('no saves', () => {
-  it.each(['sdxl-lora', 'flux-lora', 'wan-lora', 'smoke-cpu'])('%s renders no SavePlan and no state when saveEveryNSteps is 0', (id) => {
+  it.each(['sdxl-lora', 'flux-lora', 'wan-lora', 'kontext-lora', 'flux2-klein-lora', 'smoke-cpu'])('%s renders no SavePlan and no state when saveEveryNSteps is 0', (id) => {
     const job = render(id, { saveEveryNSteps: 0 });
     expect(job.outputs.saves).toBeUndefined();
     expect(trainArgv(job)).not.toContain('--save_state');

@@ -254,9 +254,27 @@ export const MUSUBI_REQUIREMENTS: string[] = [
   'zipp==4.1.2',
 ];
 
-export function musubiImage(flagChecks: ImageSpec['flagChecks']): ImageSpec {
+/** Tokenizers musubi's FLUX code loads by repository id (flux/flux_utils.py CLIP_L_TOKENIZER_ID, T5_XXL_TOKENIZER_ID; T5 as the slow T5Tokenizer). */
+export const MUSUBI_FLUX_TOKENIZERS: TokenizerSpec[] = [
+  { repo: 'openai/clip-vit-large-patch14', loader: 'CLIPTokenizer', usedBy: 'musubi-tuner flux/flux_utils.py load_clip_l (CLIP_L_TOKENIZER_ID)' },
+  { repo: 'google/t5-v1_1-xxl', loader: 'T5Tokenizer', usedBy: 'musubi-tuner flux/flux_utils.py load_t5xxl (T5_XXL_TOKENIZER_ID)' },
+];
+
+export interface MusubiImageOptions {
+  /**
+   * Image repository name. Recipes on the same engine version independently,
+   * so each has its own repository (tags are recipe versions and must not collide).
+   * @default 'musubi-tuner' (WAN)
+   */
+  name?: string;
+  /** @default [UMT5_TOKENIZER] (WAN) */
+  tokenizers?: TokenizerSpec[];
+}
+
+/** One musubi-tuner image per recipe: the same torch layer, requirements and engine archive; its own flag checks and tokenizers. */
+export function musubiImage(flagChecks: ImageSpec['flagChecks'], options: MusubiImageOptions = {}): ImageSpec {
   return {
-    name: 'musubi-tuner',
+    name: options.name ?? 'musubi-tuner',
     ...ENGINE_BASES,
     builderAptPackages: [...ENGINE_BASES.builderAptPackages],
     runtimeAptPackages: [...ENGINE_BASES.runtimeAptPackages],
@@ -264,7 +282,7 @@ export function musubiImage(flagChecks: ImageSpec['flagChecks']): ImageSpec {
     pipRequirements: [...MUSUBI_REQUIREMENTS],
     // The scripts import `musubi_tuner.*`: src/ on PYTHONPATH stands in for `pip install -e .`.
     engineSource: { kind: 'git', archive: MUSUBI_ARCHIVE, pythonPath: ['src'] },
-    tokenizers: [UMT5_TOKENIZER],
+    tokenizers: options.tokenizers ?? [UMT5_TOKENIZER],
     flagChecks,
     cudaFreeImports: [{ module: 'musubi_tuner.wan.modules.t5', why: 'wan/modules/t5.py T5EncoderModel.__init__ default argument device=torch.cuda.current_device()' }],
     healthcheck: ['python', '-c', 'import torch, accelerate, musubi_tuner'],

@@ -5,7 +5,7 @@
  * after the prepare step, the validated job.
  */
 import type { AttemptRef, DatasetRepository } from '@stationthis/db';
-import type { Quote, Recipe } from '@stationthis/recipes';
+import type { ControlImagesNeed, ControlPairing, Quote, Recipe } from '@stationthis/recipes';
 import type { AttemptWriter } from '../attempt-writer';
 import type { JobContext } from '../job-context';
 import type { PipelineState } from '../pipeline-state';
@@ -47,6 +47,8 @@ export interface Prepared {
   payer: Payer;
   /** Lines for the job log: the job runs (e.g. fewer images than recommended). */
   warnings: string[];
+  /** Control images the recipe needs beside the dataset (FLUX.1 Kontext), with the pairs checked before the charge. */
+  controls?: { need: ControlImagesNeed; pairing?: ControlPairing };
 }
 
 /** The paying account and the wallet its points are keyed on, as userCore links them. */

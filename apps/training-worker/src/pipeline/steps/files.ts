@@ -10,3 +10,8 @@ export async function makeReadable(dir: string): Promise<void> {
     else await chmod(full, 0o644);
   }
 }
+
+/** The control folder of a job: beside its dataset folder, mounted read-only at CONTAINER_PATHS.control. */
+export function controlDirBeside(datasetDir: string): string {
+  return join(datasetDir, '..', 'control');
+}

@@ -17,18 +17,29 @@ import {
   type PlatformDatasetDoc,
   type WeightCachePort,
 } from '@stationthis/storage';
-import { requiredWeights, testRunWeights, trainingCaption, type WeightFile } from '@stationthis/recipes';
+import {
+  BLANK_CONTROL_PNG_BASE64,
+  checkControlSizes,
+  controlFileNameFor,
+  requiredWeights,
+  testRunWeights,
+  trainingCaption,
+  type WeightFile,
+} from '@stationthis/recipes';
 import { WORKER_CONFIG } from '../../tokens';
 import type { WorkerConfig } from '../../config/worker-config';
 import { WorkerMetrics } from '../../observability/metrics';
 import { JobFailure } from '../failures';
 import type { JobContext } from '../job-context';
 import type { Prepared, WeightHandle } from './attempt';
-import { makeReadable } from './files';
+import { controlDirBeside, makeReadable } from './files';
 import { testRunOf } from './test-run';
 
 /** Storage error kinds caused by the dataset itself, not by our infrastructure. */
 const DATASET_ERROR_KINDS = new Set(['disallowed-url', 'invalid-name', 'invalid-content', 'too-large', 'not-found']);
+
+/** The dataset as fetched, plus the control images written beside it (file names relative to the control folder, in dataset order). */
+export type FetchedInputs = FetchedDataset & { controlImages?: string[] };
 
 @injectable()
 export class InputsStep {
@@ -43,7 +54,13 @@ export class InputsStep {
     return join(this.config.jobsDir, jobId, 'dataset');
   }
 
-  async fetchDataset(ctx: JobContext, p: Prepared, captionSetId: string | undefined): Promise<FetchedDataset> {
+  async fetchDataset(ctx: JobContext, p: Prepared, captionSetId: string | undefined): Promise<FetchedInputs> {
+    const fetched = await this.fetchImages(ctx, p, captionSetId);
+    if (!p.controls) return fetched;
+    return { ...fetched, controlImages: await this.fetchControls(ctx, p.controls, fetched) };
+  }
+
+  private async fetchImages(ctx: JobContext, p: Prepared, captionSetId: string | undefined): Promise<FetchedDataset> {
     // What prepare found worth saying but not worth refusing (e.g. fewer images than recommended).
     for (const warning of p.warnings) ctx.log.warn({ jobId: ctx.jobId }, warning);
     const datasetDir = this.datasetDir(ctx.jobId);
@@ -57,15 +74,70 @@ export class InputsStep {
       ctx.log.info({ images: fetched.images.length, bytes: fetched.totalBytes }, 'dataset fetched');
       return fetched;
     } catch (e) {
-      if (e instanceof JobFailure) throw e;
-      ctx.throwIfStopped();
-      const kind = e instanceof StorageError ? e.kind : 'unavailable';
-      // Problems with what the user gave us are final; problems on our side are retried.
-      if (DATASET_ERROR_KINDS.has(kind)) {
-        throw new JobFailure('dataset', `The dataset could not be used: ${(e as Error).message} Fix or remove that image and retry.`, { cause: e });
-      }
-      throw new JobFailure('infrastructure', `Downloading the dataset failed: ${(e as Error).message}`, { cause: e });
+      throw this.datasetFailure(ctx, e, 'the dataset');
     }
+  }
+
+  /**
+   * The control images beside the dataset, each named after its target's stem
+   * (musubi pairs them by stem): the dataset's own controls (fetched by the
+   * same rules as its images, as an image list in dataset order, so the i-th
+   * control gets the i-th image's stem), or the blank control for every
+   * target. A pair whose shapes differ fails here, before any training.
+   */
+  private async fetchControls(ctx: JobContext, need: NonNullable<Prepared['controls']>, fetched: FetchedDataset): Promise<string[]> {
+    const controlDir = controlDirBeside(this.datasetDir(ctx.jobId));
+    await rm(controlDir, { recursive: true, force: true });
+    await mkdir(controlDir, { recursive: true });
+    const pairing = need.pairing;
+    if (need.need.source === 'blank') {
+      const blank = Buffer.from(BLANK_CONTROL_PNG_BASE64, 'base64');
+      const names = fetched.images.map((img) => controlFileNameFor(img.fileName, 'png'));
+      for (const name of names) await writeFile(join(controlDir, name), blank, { mode: 0o644 });
+      await makeReadable(controlDir);
+      ctx.log.info({ controls: names.length }, 'blank control images written (style/subject mode)');
+      return names;
+    }
+    // The prepare step pairs every concept job before the charge: no pairing here is a worker bug, never a reason for blanks.
+    if (!pairing) throw new JobFailure('engine', 'The concept job reached the download without its checked control pairs. This is a worker bug.');
+    let controls: FetchedDataset;
+    try {
+      controls = await this.fetcher.fetch({ images: pairing.pairs.map((x) => x.controlUrl) }, controlDir, { signal: ctx.signal, allowVideo: false });
+    } catch (e) {
+      throw this.datasetFailure(ctx, e, 'a control image');
+    }
+    this.metrics.bytesMoved.inc({ direction: 'down', kind: 'dataset' }, controls.totalBytes);
+    const names = controls.images.map((c, i) => {
+      const expected = controlFileNameFor(fetched.images[i]?.fileName ?? '', c.fileName.slice(c.fileName.lastIndexOf('.') + 1));
+      if (expected !== c.fileName) throw new JobFailure('engine', `Control image ${i + 1} was stored as ${c.fileName}, not ${expected}: its target's stem. This is a worker bug.`);
+      return c.fileName;
+    });
+    const mismatched = checkControlSizes(
+      pairing.pairs.map((x, i) => ({ index: x.index, target: sizeOf(fetched.images[i]), control: sizeOf(controls.images[i]) })),
+    );
+    if (mismatched.length > 0) {
+      throw new JobFailure(
+        'dataset',
+        `Each control image must have the same shape as its image (the trainer resizes the control to the image, which would distort it): ${mismatched.join('; ')}. Replace those control images and submit again.`,
+      );
+    }
+    await makeReadable(controlDir);
+    ctx.log.info({ controls: names.length, source: pairing.source }, 'control images fetched');
+    return names;
+  }
+
+  /** A failure fetching user-given files: final when the file is at fault, retried when we are. */
+  private datasetFailure(ctx: JobContext, e: unknown, what: 'the dataset' | 'a control image'): JobFailure {
+    if (e instanceof JobFailure) return e;
+    ctx.throwIfStopped();
+    const kind = e instanceof StorageError ? e.kind : 'unavailable';
+    // Problems with what the user gave us are final; problems on our side are retried.
+    if (DATASET_ERROR_KINDS.has(kind)) {
+      const control = what === 'a control image';
+      const message = control ? (e as Error).message.replace(/^Image /, 'Control image ') : (e as Error).message;
+      return new JobFailure('dataset', `The dataset could not be used: ${message} Fix or remove that ${control ? 'control image' : 'image'} and retry.`, { cause: e });
+    }
+    return new JobFailure('infrastructure', `Downloading ${what} failed: ${(e as Error).message}`, { cause: e });
   }
 
   async fetchWeights(p: Prepared): Promise<WeightHandle[]> {
@@ -105,10 +177,12 @@ export class InputsStep {
   private async download(datasetDir: string, p: Prepared, captionSetId: string | undefined, opts: Pick<FetchOptions, 'signal' | 'onProgress'> = {}): Promise<FetchedDataset> {
     await rm(datasetDir, { recursive: true, force: true });
     await mkdir(datasetDir, { recursive: true });
+    // Concept pairs train on the control set's transformation prompt when it has one, as the platform does.
+    const conceptPrompt = p.controls?.pairing?.prompt;
     const fetched = await this.fetcher.fetch(p.dataset as unknown as PlatformDatasetDoc, datasetDir, {
       ...opts,
       captionSetId,
-      captionFor: (caption) => trainingCaption(caption, p.triggerWord),
+      captionFor: (caption) => trainingCaption(conceptPrompt ?? caption, p.triggerWord),
       allowVideo: p.recipe.datasetRequirements.allowVideo,
     });
     this.metrics.bytesMoved.inc({ direction: 'down', kind: 'dataset' }, fetched.totalBytes);
@@ -120,19 +194,25 @@ export class InputsStep {
   /** The marker sits beside the dataset folder (never inside the container mount). */
   private async writePrefetchMarker(datasetDir: string, p: Prepared, fetched: FetchedDataset): Promise<void> {
     // The caption files carry the trigger word: a changed trigger word invalidates the prefetch.
-    const marker = { images: p.dataset.images, triggerWord: p.triggerWord, captionSetId: null as string | null, fetched };
+    const marker = { images: p.dataset.images, triggerWord: p.triggerWord, conceptPrompt: p.controls?.pairing?.prompt ?? null, captionSetId: null as string | null, fetched };
     await writeFile(`${datasetDir}.json`, JSON.stringify(marker));
   }
 
   /** A complete earlier fetch of the same image list, or null. */
   private async readPrefetched(datasetDir: string, p: Prepared): Promise<FetchedDataset | null> {
     try {
-      const marker = JSON.parse(await readFile(`${datasetDir}.json`, 'utf8')) as { images: unknown; triggerWord?: string; fetched: FetchedDataset };
+      const marker = JSON.parse(await readFile(`${datasetDir}.json`, 'utf8')) as { images: unknown; triggerWord?: string; conceptPrompt?: string | null; fetched: FetchedDataset };
       if (JSON.stringify(marker.images) !== JSON.stringify(p.dataset.images) || marker.triggerWord !== p.triggerWord) return null;
+      // The captions carry the concept prompt: another prompt (or none) means other captions.
+      if ((marker.conceptPrompt ?? null) !== (p.controls?.pairing?.prompt ?? null)) return null;
       for (const img of marker.fetched.images) await stat(join(datasetDir, img.fileName));
       return marker.fetched;
     } catch {
       return null;
     }
   }
+}
+
+function sizeOf(img: { width?: number; height?: number } | undefined): { width: number; height: number } | undefined {
+  return img && img.width !== undefined && img.height !== undefined ? { width: img.width, height: img.height } : undefined;
 }

@@ -117,10 +117,13 @@ describe('parameters of the wrong shape are a user error, named', () => {
   });
 
   it("the platform's own default hyper-parameters pass for SDXL, FLUX and WAN", async () => {
-    for (const modelType of ['SDXL', 'FLUX', 'WAN']) {
+    for (const modelType of ['SDXL', 'FLUX', 'KONTEXT', 'WAN']) {
       const p = await prepare(gpuJob(modelType), { ...bobDataset, images: images(20) });
       expect(p.recipe.baseModel).toBe(modelType);
     }
+    // A Kontext job from the platform: its own fields override the offering's defaults; the mode comes along.
+    const k = await prepare(gpuJob('KONTEXT', { trainingMode: 'style_subject' }), { ...bobDataset, images: images(20) });
+    expect(k.parameters).toMatchObject({ trainingMode: 'style_subject', steps: 1000, loraRank: 16, loraAlpha: 32, resolution: 1024 });
   });
 });
 
@@ -185,6 +188,13 @@ describe('hostile datasets are refused by the offline checks, before the charge'
     expect(e.userMessage).toMatch(reason);
     expect(e.userMessage).toMatch(/Nothing was charged\.$/);
     expect(e.userMessage).not.toMatch(/hunter2/);
+  });
+
+  it('a concept job whose control image points at the metadata address is refused the same way', async () => {
+    const controls = { type: 'control', status: 'completed', results: [...images(3).map((u) => ({ value: u.replace('img', 'ctl') })), { value: 'http://169.254.169.254/latest/meta-data/' }] };
+    const e = await refusal(gpuJob('KONTEXT', { trainingMode: 'concept' }), { ...bobDataset, images: images(4), embellishments: [controls] });
+    expect(e.failureClass).toBe('dataset');
+    expect(e.userMessage).toMatch(/^A control image cannot be used: Control image 4 .*cloud metadata address.*Nothing was charged\.$/);
   });
 
   it('declared sizes and image lists of the wrong shape', async () => {

@@ -9,7 +9,17 @@
 import { inject, injectable } from 'tsyringe';
 import { DatasetRepository, UserCoreReader } from '@stationthis/db';
 import { DATASET_FETCH_PORT, type DatasetFetchPort } from '@stationthis/storage';
-import { datasetSizeCheck, recipeForModelType, sanitizeOutputName, sanitizeTriggerWord, summarizeDataset, type Recipe } from '@stationthis/recipes';
+import {
+  datasetSizeCheck,
+  recipeForModelType,
+  resolveControlPairs,
+  sanitizeOutputName,
+  sanitizeTriggerWord,
+  summarizeDataset,
+  type Recipe,
+} from '@stationthis/recipes';
+import { WORKER_CONFIG } from '../../tokens';
+import type { WorkerConfig } from '../../config/worker-config';
 import { JobFailure } from '../failures';
 import type { TrainingRequest } from '../training-request';
 import type { Payer, Prepared } from './attempt';
@@ -22,12 +32,14 @@ export class PrepareStep {
     private readonly datasets: DatasetRepository,
     private readonly users: UserCoreReader,
     @inject(DATASET_FETCH_PORT) private readonly sources: Pick<DatasetFetchPort, 'checkSources'>,
+    // Optional: the unit tests build this step without a config (no operator-only recipes enabled).
+    @inject(WORKER_CONFIG) private readonly config?: Pick<WorkerConfig, 'recipesEnabled'>,
   ) {}
 
   async run(request: TrainingRequest): Promise<Prepared> {
     let recipe: Recipe;
     try {
-      recipe = recipeForModelType(request.modelType);
+      recipe = recipeForModelType(request.modelType, { enabled: this.config?.recipesEnabled ?? [] });
     } catch (e) {
       throw new JobFailure('user-input', `Unsupported model type "${request.modelType}": ${(e as Error).message}`);
     }
@@ -73,8 +85,30 @@ export class PrepareStep {
       const more = problems.length > 1 ? ` (${problems.length - 1} more problem${problems.length > 2 ? 's' : ''} after this one)` : '';
       throw new JobFailure('dataset', `The dataset cannot be used: ${problems[0].message}${more} ${NOTHING_CHARGED}`);
     }
+    const controls = this.checkControls(recipe, validated.value, dataset, request.controlSetId);
     const quote = recipe.quote(validated.value as never, summary);
-    return { recipe, parameters: validated.value as Record<string, unknown>, triggerWord, outputName, dataset, quote, payer, warnings: size.warnings };
+    return { recipe, parameters: validated.value as Record<string, unknown>, triggerWord, outputName, dataset, quote, payer, warnings: size.warnings, ...(controls ? { controls } : {}) };
+  }
+
+  /**
+   * A recipe that trains on pairs (Kontext concept mode): every image has
+   * exactly one control image and every control URL passes the same offline
+   * rules as the dataset's, before the charge. Sizes are checked once the
+   * files' headers are read (inputs step).
+   */
+  private checkControls(recipe: Recipe, parameters: unknown, dataset: Prepared['dataset'], controlSetId: string | undefined): Prepared['controls'] {
+    const need = recipe.controlImagesFor?.(parameters as never);
+    if (!need) return undefined;
+    if (need.source !== 'paired') return { need };
+    const paired = resolveControlPairs(dataset as never, controlSetId);
+    if (!paired.ok) {
+      throw new JobFailure('dataset', `The dataset cannot be used for ${recipe.displayName} concept training: ${paired.problems.map((p) => p.message).join(' ')} ${NOTHING_CHARGED}`);
+    }
+    const problems = this.sources.checkSources({ images: paired.pairing.pairs.map((x) => x.controlUrl) });
+    if (problems.length > 0) {
+      throw new JobFailure('dataset', `A control image cannot be used: ${problems[0].message.replace(/^Image /, 'Control image ')} ${NOTHING_CHARGED}`);
+    }
+    return { need, pairing: paired.pairing };
   }
 
   /**

@@ -128,6 +128,8 @@ export class PublishStep {
       slug: state.slug!,
       triggerWord: p.triggerWord,
       baseModel: p.recipe.baseModel,
+      // The recipe's own registration data (e.g. KONTEXT); absent: the platform's mapping of baseModel.
+      ...(p.recipe.registration ? { checkpoint: p.recipe.registration.checkpoint } : {}),
       modelFileUrl: upload.loraUrl,
       storageKey: upload.loraKey,
       description: request.description ?? `Trained LoRA model with trigger word: ${p.triggerWord}`,

@@ -124,6 +124,48 @@ describe('PrepareStep', () => {
   });
 });
 
+describe('PrepareStep: Kontext and operator-only families', () => {
+  const ctl = (n: number) => `https://cdn.example/ctl-${n}.png`;
+  const base = { _id: DATASET, ownerAccountId: new ObjectId(OWNER), images: images(3), visibility: 'private' };
+  const controlSet = (values: (string | null)[], extra: Record<string, unknown> = {}) => ({ _id: 'c1', type: 'control', status: 'completed', results: values.map((v) => (v ? { value: v } : null)), ...extra });
+  const kontext = (doc: Record<string, unknown>, over: Record<string, unknown> = {}) =>
+    new PrepareStep(datasets(doc), accounts, sources).run(trainingRequestFromJob(job({ modelType: 'KONTEXT', ...over } as never)));
+
+  it('takes a KONTEXT job: style_subject by default, with the blank control', async () => {
+    const p = await kontext(base);
+    expect(p.recipe.id).toBe('kontext-lora');
+    expect(p.parameters).toMatchObject({ trainingMode: 'style_subject', steps: 3000, loraRank: 16 });
+    expect(p.controls).toEqual({ need: { source: 'blank' } });
+  });
+
+  it('pairs a concept job before the charge, from the requested control set, with its prompt', async () => {
+    const doc = { ...base, embellishments: [controlSet([ctl(1), ctl(2), ctl(3)], { config: { prompt: 'turn it to winter' } })] };
+    const p = await kontext(doc, { trainingMode: 'concept', controlSetId: 'c1' });
+    expect(p.controls?.need).toEqual({ source: 'paired' });
+    expect(p.controls?.pairing).toMatchObject({ source: 'embellishment:c1 (requested)', prompt: 'turn it to winter' });
+    expect(p.controls?.pairing?.pairs.map((x) => x.controlUrl)).toEqual([ctl(1), ctl(2), ctl(3)]);
+  });
+
+  it.each([
+    ['no control images', {}, /concept training: Concept training needs a control image for every dataset image.*Nothing was charged\./],
+    ['a missing control', { embellishments: [controlSet([ctl(1), null, ctl(3)])] }, /1 of 3 images have no control image .*image 2 \(002\.png\).*Nothing was charged\./],
+    ['an extra control', { embellishments: [controlSet([ctl(1), ctl(2), ctl(3), ctl(4)])] }, /has 4 results for 3 images.*Nothing was charged\./],
+    ['a control on a host outside the allow-list', { embellishments: [controlSet([ctl(1), 'https://evil.example/x.png', ctl(3)])] }, /A control image cannot be used: Control image 2 .*Nothing was charged\./],
+  ] as const)('refuses a concept job with %s before anything is charged', async (_what, extra, message) => {
+    const err = await kontext({ ...base, ...extra }, { trainingMode: 'concept' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(JobFailure);
+    expect((err as JobFailure).failureClass).toBe('dataset');
+    expect((err as JobFailure).userMessage).toMatch(message);
+  });
+
+  it('refuses an operator-only family unless the worker enables it', async () => {
+    const run = (enabled: string[]) => new PrepareStep(datasets(base), accounts, sources, { recipesEnabled: enabled }).run(trainingRequestFromJob(job({ modelType: 'FLUX2_KLEIN_4B' } as never)));
+    const err = await run([]).catch((e: unknown) => e);
+    expect((err as JobFailure).userMessage).toMatch(/Unsupported model type "FLUX2_KLEIN_4B": .*RECIPES_ENABLED=flux2-klein-lora/);
+    await expect(run(['flux2-klein-lora'])).resolves.toMatchObject({ recipe: { id: 'flux2-klein-lora' } });
+  });
+});
+
 describe('ChargeStep', () => {
   const prepared = async () => new PrepareStep(datasets({ ownerAccountId: OWNER, images: images(6) }), accounts, sources).run(trainingRequestFromJob(job()));
 

@@ -29,7 +29,7 @@ import { SaveCollector } from '../saves/save-collector';
 import { StepMap } from '../saves/step-map';
 import type { ContainerRun } from '../pipeline-state';
 import type { Attempt, Prepared, WeightHandle } from './attempt';
-import { makeReadable } from './files';
+import { controlDirBeside, makeReadable } from './files';
 import { testRunOf } from './test-run';
 
 /** Containers are judged only by workers of the same job store (database and environment). */
@@ -89,7 +89,14 @@ export class TrainStep {
     return { datasetDir: join(workDir, 'dataset'), jobDir: join(attemptDir, 'job'), outputDir: join(attemptDir, 'output'), logFile: join(attemptDir, 'train.log') };
   }
 
-  async render(a: Attempt, p: Prepared, folders: AttemptFolders, fetched: { images: { mime: string }[] }, weights: WeightHandle[], resumeState?: ResumeStateRecord): Promise<RenderResult> {
+  async render(
+    a: Attempt,
+    p: Prepared,
+    folders: AttemptFolders,
+    fetched: { images: { mime: string }[]; controlImages?: string[] },
+    weights: WeightHandle[],
+    resumeState?: ResumeStateRecord,
+  ): Promise<RenderResult> {
     const { jobDir, outputDir } = folders;
     await rm(join(jobDir, '..'), { recursive: true, force: true });
     await mkdir(jobDir, { recursive: true });
@@ -103,6 +110,7 @@ export class TrainStep {
       // Videos and images are separate engine datasets (musubi): the split comes from the sniffed types.
       dataset: summarizeDataset(fetched.images),
       baseModelFiles: Object.fromEntries(weights.map((h) => [h.role, h.fileName])),
+      ...(fetched.controlImages ? { controlImages: fetched.controlImages } : {}),
       ...(resume ? { resume } : {}),
     });
     for (const f of rendered.files) {
@@ -202,7 +210,8 @@ export class TrainStep {
             image,
             recipe: p.recipe,
             step,
-            folders: { ...folders, weights },
+            // The control folder beside the dataset, only for recipes that train on control images (inputs step wrote it).
+            folders: { ...folders, weights, ...(p.controls ? { controlDir: controlDirBeside(folders.datasetDir) } : {}) },
             jobId: ctx.jobId,
             gpuDeviceIds: allocation.deviceIds,
             memoryBytes: this.config.containerMemoryBytes,

@@ -1,0 +1,132 @@
+/**
+ * Webhook subscriptions and event loop settings, from the environment
+ * (operator guide, "Job events and webhooks"):
+ *
+ *   WEBHOOK_SUBSCRIPTIONS  JSON array: [{"id": "platform", "url": "https://…",
+ *                          "secretEnv": "WEBHOOK_SECRET_PLATFORM" (or "secret": "…"),
+ *                          "types": ["job.status", …] (absent: every type),
+ *                          "from": "now" | "start" (where a new subscription begins; default now)}]
+ *   WEBHOOK_TIMEOUT_MS     per request (default 10000)
+ *   WEBHOOK_RETRY_BASE_MS  first retry delay (default 1000), doubled per failure with jitter,
+ *   WEBHOOK_RETRY_MAX_MS   capped here (default 300000)
+ *   WEBHOOK_POLL_MS        how often a caught-up subscription looks for new events (default 1000)
+ *   JOB_EVENTS             "off" disables the outbox writes and every loop (default on)
+ *   JOB_EVENTS_RECONCILE_MS  reconciler period (default 15000)
+ *   JOB_EVENTS_STALL_MINUTES RUNNING without a new step this long emits job.stalled (default 30; 0 = off)
+ *
+ * A secret is never logged: it lives in a private field of WebhookSubscription,
+ * which serializes (JSON, pino) without it.
+ */
+import { isJobEventType, JOB_EVENT_TYPES, type JobEventType } from '@stationthis/db';
+import { signWebhook } from './webhook-signature';
+
+export class WebhookConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'WebhookConfigError';
+  }
+}
+
+export class WebhookSubscription {
+  readonly #secret: string;
+
+  constructor(
+    readonly id: string,
+    readonly url: string,
+    secret: string,
+    /** Empty: every type. */
+    readonly types: readonly JobEventType[],
+    readonly from: 'now' | 'start',
+  ) {
+    this.#secret = secret;
+  }
+
+  wants(type: JobEventType): boolean {
+    return this.types.length === 0 || this.types.includes(type);
+  }
+
+  sign(timestamp: number, body: string): string {
+    return signWebhook(this.#secret, timestamp, body);
+  }
+
+  toJSON(): Record<string, unknown> {
+    return { id: this.id, url: this.url, types: this.types, from: this.from };
+  }
+}
+
+export interface JobEventsConfig {
+  enabled: boolean;
+  subscriptions: WebhookSubscription[];
+  timeoutMs: number;
+  retryBaseMs: number;
+  retryMaxMs: number;
+  pollMs: number;
+  reconcileMs: number;
+  stallMs: number;
+}
+
+export function loadJobEventsConfig(env: NodeJS.ProcessEnv = process.env): JobEventsConfig {
+  const enabled = !/^(off|false|0|no)$/i.test(env['JOB_EVENTS'] ?? 'on');
+  const config: JobEventsConfig = {
+    enabled,
+    subscriptions: enabled ? parseSubscriptions(env) : [],
+    timeoutMs: int(env, 'WEBHOOK_TIMEOUT_MS', 10_000, 100),
+    retryBaseMs: int(env, 'WEBHOOK_RETRY_BASE_MS', 1000, 10),
+    retryMaxMs: int(env, 'WEBHOOK_RETRY_MAX_MS', 300_000, 10),
+    pollMs: int(env, 'WEBHOOK_POLL_MS', 1000, 10),
+    reconcileMs: int(env, 'JOB_EVENTS_RECONCILE_MS', 15_000, 100),
+    stallMs: int(env, 'JOB_EVENTS_STALL_MINUTES', 30, 0) * 60_000,
+  };
+  if (config.retryMaxMs < config.retryBaseMs) throw new WebhookConfigError(`WEBHOOK_RETRY_MAX_MS (${config.retryMaxMs}) is below WEBHOOK_RETRY_BASE_MS (${config.retryBaseMs}); raise the cap.`);
+  return config;
+}
+
+function parseSubscriptions(env: NodeJS.ProcessEnv): WebhookSubscription[] {
+  const raw = env['WEBHOOK_SUBSCRIPTIONS']?.trim();
+  if (!raw) return [];
+  let list: unknown;
+  try {
+    list = JSON.parse(raw);
+  } catch (e) {
+    throw new WebhookConfigError(`WEBHOOK_SUBSCRIPTIONS is not valid JSON (${(e as Error).message}); expected [{"id","url","secretEnv","types"}].`);
+  }
+  if (!Array.isArray(list)) throw new WebhookConfigError('WEBHOOK_SUBSCRIPTIONS must be a JSON array of subscriptions.');
+  const seen = new Set<string>();
+  return list.map((item, i) => {
+    const s = (item ?? {}) as Record<string, unknown>;
+    const where = `WEBHOOK_SUBSCRIPTIONS[${i}]`;
+    const id = s['id'];
+    if (typeof id !== 'string' || !/^[A-Za-z0-9_.-]{1,64}$/.test(id)) throw new WebhookConfigError(`${where}.id must be 1-64 characters of letters, digits, "_", "." or "-" (it names the delivery cursor).`);
+    if (seen.has(id)) throw new WebhookConfigError(`${where}.id "${id}" is used twice; each subscription needs its own id.`);
+    seen.add(id);
+    const url = s['url'];
+    const parsed = typeof url === 'string' && URL.canParse(url) ? new URL(url) : null;
+    if (!parsed || !/^https?:$/.test(parsed.protocol)) throw new WebhookConfigError(`${where} (${id}): url must be an http(s) URL.`);
+    let secret: string | undefined;
+    if (typeof s['secretEnv'] === 'string') {
+      secret = env[s['secretEnv']];
+      if (!secret) throw new WebhookConfigError(`${where} (${id}): the environment variable ${s['secretEnv']} named by secretEnv is not set; set it to the shared signing secret.`);
+    } else if (typeof s['secret'] === 'string' && s['secret']) {
+      secret = s['secret'];
+    }
+    if (!secret) throw new WebhookConfigError(`${where} (${id}): give "secretEnv" (the name of a variable holding the signing secret) or "secret".`);
+    if (secret.length < 16) throw new WebhookConfigError(`${where} (${id}): the signing secret is shorter than 16 characters; use a random one of 32 or more.`);
+    const typesRaw = s['types'] ?? [];
+    if (!Array.isArray(typesRaw)) throw new WebhookConfigError(`${where} (${id}): types must be an array of event types.`);
+    const types = typesRaw.map((t) => {
+      if (!isJobEventType(t)) throw new WebhookConfigError(`${where} (${id}): unknown event type ${JSON.stringify(t)}; known: ${JOB_EVENT_TYPES.join(', ')}.`);
+      return t;
+    });
+    const from = s['from'] ?? 'now';
+    if (from !== 'now' && from !== 'start') throw new WebhookConfigError(`${where} (${id}): from must be "now" or "start".`);
+    return new WebhookSubscription(id, parsed.toString(), secret, types, from);
+  });
+}
+
+function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number(raw);
+  if (!Number.isSafeInteger(n) || n < min) throw new WebhookConfigError(`${name}=${JSON.stringify(raw)} must be a whole number of at least ${min}.`);
+  return n;
+}

@@ -1,0 +1,263 @@
+/**
+ * Signed webhooks against real local HTTP receivers and the real outbox on
+ * FerretDB: the signature verifies with the secret and not without it; a
+ * receiver that is down, then up, gets every event after retries (at least
+ * once, each with its event id); a slow receiver is timed out and retried
+ * while another subscription is served at once; type filters; two workers on
+ * one subscription deliver each event with one id.
+ */
+import { createServer, type IncomingMessage, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { JobEventRecorder, JobEventStore, type JobEventDraft } from '@stationthis/db';
+import type { WorkerConfig } from '../src/config/worker-config';
+import { JobEventsService } from '../src/events/job-events-service';
+import { loadJobEventsConfig, type JobEventsConfig } from '../src/events/webhook-config';
+import { WEBHOOK_CURSORS_COLLECTION } from '../src/events/webhook-cursors';
+import { verifyWebhook } from '../src/events/webhook-signature';
+import { createLogger } from '../src/observability/logger';
+import { WorkerMetrics } from '../src/observability/metrics';
+import { openTestDb, type TestDb } from '../../../tools/testing/support';
+
+jest.setTimeout(60_000);
+
+const SECRET = 'test-secret-0123456789abcdef';
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+interface Received {
+  id: string | undefined;
+  timestamp: string | undefined;
+  signature: string | undefined;
+  body: string;
+  at: number;
+}
+
+/** A real HTTP receiver on 127.0.0.1. `behave` decides each answer: a status, or 'hang' for a slow receiver. */
+class Receiver {
+  readonly received: Received[] = [];
+  private server: Server | null = null;
+  port = 0;
+  behave: (n: number) => number | 'hang' = () => 200;
+
+  async start(port = 0): Promise<this> {
+    this.server = createServer((req: IncomingMessage, res) => {
+      let body = '';
+      req.on('data', (c: Buffer) => (body += c.toString('utf8')));
+      req.on('end', () => {
+        const n = this.received.length;
+        this.received.push({
+          id: req.headers['x-stationthis-event-id'] as string | undefined,
+          timestamp: req.headers['x-stationthis-timestamp'] as string | undefined,
+          signature: req.headers['x-stationthis-signature'] as string | undefined,
+          body,
+          at: Date.now(),
+        });
+        const answer = this.behave(n);
+        if (answer === 'hang') setTimeout(() => res.writeHead(200).end('late'), 1500).unref();
+        else res.writeHead(answer).end();
+      });
+    });
+    await new Promise<void>((r) => this.server!.listen(port, '127.0.0.1', () => r()));
+    this.port = (this.server!.address() as AddressInfo).port;
+    return this;
+  }
+
+  get url(): string {
+    return `http://127.0.0.1:${this.port}/hooks`;
+  }
+
+  /** Ids of the accepted (2xx) deliveries, in arrival order. */
+  acceptedIds(): string[] {
+    return this.received.filter((_, n) => {
+      const a = this.behave(n);
+      return typeof a === 'number' && a < 300;
+    }).map((r) => r.id!);
+  }
+
+  async stop(): Promise<void> {
+    const s = this.server;
+    this.server = null;
+    if (s) await new Promise<void>((r) => { s.closeAllConnections(); s.close(() => r()); });
+  }
+}
+
+/** A free port that nothing listens on (yet). */
+async function closedPort(): Promise<number> {
+  const r = await new Receiver().start();
+  const port = r.port;
+  await r.stop();
+  return port;
+}
+
+describe('job event webhooks (real receivers, real outbox)', () => {
+  let t: TestDb;
+  let store: JobEventStore;
+  const receivers: Receiver[] = [];
+  const services: JobEventsService[] = [];
+  const log = createLogger('silent');
+  let n = 0;
+
+  beforeAll(async () => {
+    t = await openTestDb('worker_webhooks');
+    store = new JobEventStore(t.db);
+    await store.ensureIndexes();
+  });
+  afterEach(async () => {
+    for (const s of services.splice(0)) await s.stop().catch(() => undefined);
+    for (const r of receivers.splice(0)) await r.stop();
+  });
+  afterAll(() => t.drop());
+
+  async function receiver(): Promise<Receiver> {
+    const r = await new Receiver().start();
+    receivers.push(r);
+    return r;
+  }
+
+  function events(count: number, type: JobEventDraft['type'] = 'job.status'): JobEventDraft[] {
+    return Array.from({ length: count }, () => {
+      n++;
+      return { id: `job-${n}:0:${type}:${n}`, type, jobId: `job-${n}`, attempt: 0, at: new Date(), payload: { n } };
+    });
+  }
+
+  function service(subscriptions: object[], extra: Record<string, string> = {}, workerId = 'w1'): { svc: JobEventsService; metrics: WorkerMetrics; config: JobEventsConfig } {
+    const config = loadJobEventsConfig({
+      WEBHOOK_SUBSCRIPTIONS: JSON.stringify(subscriptions),
+      WEBHOOK_POLL_MS: '50',
+      WEBHOOK_RETRY_BASE_MS: '50',
+      WEBHOOK_RETRY_MAX_MS: '400',
+      WEBHOOK_TIMEOUT_MS: '300',
+      JOB_EVENTS_RECONCILE_MS: '60000',
+      ...extra,
+    });
+    const metrics = new WorkerMetrics();
+    const svc = new JobEventsService(config, { workerId } as WorkerConfig, log, t.db, store, new JobEventRecorder(t.db, store), metrics);
+    services.push(svc);
+    return { svc, metrics, config };
+  }
+
+  async function until(what: string, pred: () => boolean, timeoutMs = 20_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!pred()) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for: ${what}`);
+      await sleep(25);
+    }
+  }
+
+  const sub = (id: string, url: string, extra: object = {}) => ({ id, url, secret: SECRET, from: 'now', ...extra });
+  const metric = async (m: WorkerMetrics, name: string, labels: Record<string, string>) =>
+    (await m.registry.getSingleMetric(name)!.get()).values.find((v) => Object.entries(labels).every(([k, val]) => v.labels[k] === val))?.value ?? 0;
+
+  it('signs each delivery: verifies with the secret, fails with a wrong one or a changed body', async () => {
+    const r = await receiver();
+    const { svc } = service([sub('signed', r.url)]);
+    svc.start();
+    await sleep(200); // the cursor starts at the head ("from": "now")
+    const drafts = events(2);
+    await store.append(drafts, 'test');
+    await until('2 deliveries', () => r.received.length >= 2);
+    for (const [i, got] of r.received.entries()) {
+      const body = JSON.parse(got.body);
+      expect(got.id).toBe(drafts[i]!.id);
+      expect(body).toMatchObject({ id: drafts[i]!.id, type: 'job.status', jobId: drafts[i]!.jobId, attempt: 0, payload: { n: drafts[i]!.payload['n'] } });
+      expect(typeof body.seq).toBe('number');
+      expect(got.signature).toMatch(/^sha256=[0-9a-f]{64}$/);
+      expect(verifyWebhook({ secret: SECRET, timestamp: got.timestamp, body: got.body, signature: got.signature })).toBe(true);
+      expect(verifyWebhook({ secret: 'another-secret-0123456789', timestamp: got.timestamp, body: got.body, signature: got.signature })).toBe(false);
+      expect(verifyWebhook({ secret: SECRET, timestamp: got.timestamp, body: got.body.replace('"attempt":0', '"attempt":1'), signature: got.signature })).toBe(false);
+      expect(verifyWebhook({ secret: SECRET, timestamp: String(Number(got.timestamp) + 1), body: got.body, signature: got.signature })).toBe(false);
+      // A replay of an old delivery is refused by its timestamp.
+      expect(verifyWebhook({ secret: SECRET, timestamp: got.timestamp, body: got.body, signature: got.signature, nowSeconds: Number(got.timestamp) + 3600 })).toBe(false);
+    }
+  });
+
+  it('a receiver down, then answering 500, then up gets every event, in order, each with its id', async () => {
+    const port = await closedPort();
+    const url = `http://127.0.0.1:${port}/hooks`;
+    const { svc, metrics } = service([sub('flaky', url, { from: 'start' })]);
+    const head = await store.head();
+    // Start from the current head so earlier tests' events are not part of this one.
+    await t.db.collection(WEBHOOK_CURSORS_COLLECTION).insertOne({ _id: 'flaky' as never, position: head, owner: null, leaseExpiresAt: new Date(0), updatedAt: new Date() });
+    const drafts = events(3);
+    await store.append(drafts, 'test');
+    svc.start();
+    await sleep(700); // down: connection refused, retried with backoff
+    const failedWhileDown = await metric(metrics, 'training_webhook_deliveries_total', { subscription: 'flaky', outcome: 'failed' });
+    expect(failedWhileDown).toBeGreaterThanOrEqual(2);
+    const r = new Receiver();
+    r.behave = (k) => (k < 2 ? 500 : 200);
+    await r.start(port);
+    receivers.push(r);
+    await until('all 3 accepted', () => r.acceptedIds().length >= 3);
+    expect(r.acceptedIds()).toEqual(drafts.map((d) => d.id));
+    // The two 500s were the first event, sent again with the same id.
+    expect(r.received.slice(0, 3).map((x) => x.id)).toEqual([drafts[0]!.id, drafts[0]!.id, drafts[0]!.id]);
+    expect(await metric(metrics, 'training_webhook_deliveries_total', { subscription: 'flaky', outcome: 'delivered' })).toBe(3);
+    await svc.stop(); // the round in flight finishes: cursor and lag are written
+    const cursor = await t.db.collection(WEBHOOK_CURSORS_COLLECTION).findOne({ _id: 'flaky' as never });
+    expect(cursor).toMatchObject({ position: head + 3, consecutiveFailures: 0, lastError: null, owner: null });
+    expect(await metric(metrics, 'training_webhook_lag_events', { subscription: 'flaky' })).toBe(0);
+  });
+
+  it('times out a slow receiver and retries it, while another subscription is served at once', async () => {
+    const slow = await receiver();
+    slow.behave = (k) => (k < 3 ? 'hang' : 200);
+    const fast = await receiver();
+    const { svc, metrics } = service([sub('slow', slow.url), sub('fast', fast.url)]);
+    svc.start();
+    await sleep(300);
+    const drafts = events(3);
+    const stored = Date.now();
+    await store.append(drafts, 'test');
+    await until('fast got all 3', () => fast.received.length >= 3, 5000);
+    const fastDone = Date.now() - stored;
+    await until('slow got all 3', () => slow.acceptedIds().length >= 3);
+    expect(slow.acceptedIds()).toEqual(drafts.map((d) => d.id));
+    // Three timed-out tries of the first event (300 ms each, then a backoff), the same id each time...
+    expect(slow.received.slice(0, 3).map((x) => x.id)).toEqual([drafts[0]!.id, drafts[0]!.id, drafts[0]!.id]);
+    // ...while the other subscription had everything before the slow one got its first event through.
+    expect(Math.max(...fast.received.map((x) => x.at))).toBeLessThan(slow.received[3]!.at);
+    expect(fast.received.map((x) => x.id)).toEqual(drafts.map((d) => d.id));
+    expect(fastDone).toBeLessThan(1500);
+    expect(await metric(metrics, 'training_webhook_deliveries_total', { subscription: 'slow', outcome: 'failed' })).toBe(3);
+    expect(await metric(metrics, 'training_webhook_deliveries_total', { subscription: 'fast', outcome: 'failed' })).toBe(0);
+  });
+
+  it('delivers only the types a subscription asked for, and moves its cursor past the others', async () => {
+    const r = await receiver();
+    const { svc } = service([sub('ckpt-only', r.url, { types: ['checkpoint.stored', 'settlement.settled'] })]);
+    svc.start();
+    await sleep(200);
+    const mixed = [...events(1), ...events(1, 'checkpoint.stored'), ...events(1, 'job.failed'), ...events(1, 'settlement.settled')];
+    await store.append(mixed, 'test');
+    const head = await store.head();
+    const deadline = Date.now() + 5000;
+    let cursor: { position?: number } | null = null;
+    while (Date.now() < deadline) {
+      cursor = await t.db.collection<{ _id: string; position: number }>(WEBHOOK_CURSORS_COLLECTION).findOne({ _id: 'ckpt-only' });
+      if (cursor?.position === head) break;
+      await sleep(50);
+    }
+    expect(cursor?.position).toBe(head);
+    expect(r.received.map((x) => JSON.parse(x.body).type)).toEqual(['checkpoint.stored', 'settlement.settled']);
+  });
+
+  it('two workers on one subscription: one delivers, each event arrives with one id', async () => {
+    const r = await receiver();
+    const subscriptions = [sub('shared', r.url)];
+    const a = service(subscriptions, {}, 'worker-a');
+    const b = service(subscriptions, {}, 'worker-b');
+    a.svc.start();
+    b.svc.start();
+    await sleep(300);
+    const drafts = events(10);
+    await store.append(drafts, 'test');
+    await until('10 distinct ids', () => new Set(r.received.map((x) => x.id)).size >= 10);
+    await sleep(300);
+    expect([...new Set(r.received.map((x) => x.id))]).toEqual(drafts.map((d) => d.id));
+    const cursor = await t.db.collection(WEBHOOK_CURSORS_COLLECTION).findOne({ _id: 'shared' as never });
+    expect(['worker-a', 'worker-b']).toContain(cursor?.['owner']);
+    // For the report: duplicates (allowed, same id) from the two workers.
+    console.log(`two workers: ${r.received.length} deliveries for ${drafts.length} events`);
+  });
+});
