@@ -183,6 +183,12 @@ follow_rc=0
 # The points are settled after COMPLETED is written: the worker exits once it
 # has settled and the queue is empty, so wait for it before reading the result.
 worker_rc=0
+if [[ $follow_rc == 4 ]]; then
+  # follow could not read the job for a minute (the database is gone): the worker cannot
+  # settle without it either, so stop it (it exits at its next safe point) instead of waiting.
+  printf '  the database stopped answering; stopping the worker\n'
+  kill -TERM "$WORKER_PID" 2>/dev/null || true
+fi
 wait "$WORKER_PID" || worker_rc=$?
 WORKER_PID=""
 echo "worker exited with $worker_rc" >>"$DEMO_LOG"

@@ -209,14 +209,22 @@ export class TrainingWorker {
    * count and VRAM; CPU recipes on CPU slots; GPU recipes on CPU slots only
    * with WORKER_CPU_TEST_RUNS and a test-run profile). Types no recipe knows
    * are claimed by anyone, to fail them with the list of supported types.
+   * An operator-only recipe's types are known whether or not this worker
+   * enabled it: a worker without RECIPES_ENABLED leaves those jobs to the
+   * workers that offer them instead of claiming and failing them.
    */
   private claimableModelTypes(): ClaimableModelTypes {
     const runnable: string[] = [];
     const known: string[] = [];
     const skipped: string[] = [];
     for (const recipe of listRecipes({ includeInternal: true })) {
-      for (const type of modelTypesFor(recipe, this.config.recipesEnabled)) {
+      const enabledTypes = modelTypesFor(recipe, this.config.recipesEnabled);
+      for (const type of modelTypesOf(recipe)) {
         known.push(type);
+        if (!enabledTypes.includes(type)) {
+          skipped.push(`${type} (operator-only recipe ${recipe.id}; RECIPES_ENABLED does not name it)`);
+          continue;
+        }
         const why = this.whyCannotRun(recipe);
         if (why) skipped.push(`${type} (${why})`);
         else runnable.push(type);

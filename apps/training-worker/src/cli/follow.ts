@@ -5,7 +5,9 @@
  * pipe or file it writes plain lines (phase changes, checkpoints, every tenth
  * of the steps); `--json` writes one JSON object per change. Exit 0 when the
  * job COMPLETED, 1 when it FAILED or was CANCELLED (the reason is printed), 3
- * when the worker named by `--worker-pid` exited before the job ended.
+ * when the worker named by `--worker-pid` exited before the job ended, 4 when
+ * the job could not be read for `readRetryMs` (the database is down: the job
+ * itself may be fine). A failed read is retried with backoff meanwhile.
  */
 import {
   formatDuration,
@@ -37,9 +39,12 @@ export interface FollowOptions {
   now?: () => Date;
   sleep?: (ms: number) => Promise<void>;
   alive?: (pid: number) => boolean;
+  /** How long reads may keep failing before giving up with exit 4. @default 60 s */
+  readRetryMs?: number;
 }
 
 export const WORKER_GONE_EXIT = 3;
+export const UNREADABLE_EXIT = 4;
 
 export class JobNotFound extends Error {}
 
@@ -71,6 +76,10 @@ export async function followJob(o: FollowOptions): Promise<number> {
   let phaseSince = now();
   let tick = 0;
   let liveShown = false;
+  const readRetryMs = o.readRetryMs ?? 60_000;
+  let failingSince: Date | null = null;
+  let failures = 0;
+  const backoff = (n: number) => Math.min(5000, 500 * 2 ** n);
   const clearLive = () => {
     if (liveShown) o.out.write('\r\x1b[2K');
     liveShown = false;
@@ -78,7 +87,24 @@ export async function followJob(o: FollowOptions): Promise<number> {
   for (;;) {
     // Read the worker's liveness before the job: a job that ended just before the worker exited is seen ended.
     const workerGone = o.workerPid !== undefined && !alive(o.workerPid);
-    const s = await o.read();
+    let s: FollowSnapshot | null;
+    try {
+      s = await o.read();
+      failingSince = null;
+    } catch (err) {
+      // A database restart or a network blip is not the job's outcome: say so, and keep trying for a while.
+      failingSince ??= now();
+      const failingMs = now().getTime() - failingSince.getTime();
+      clearLive();
+      if (failingMs >= readRetryMs) {
+        o.out.write(`cannot read job ${o.jobId} for ${formatDuration(failingMs / 1000)}: ${(err as Error).message}. The job itself may still be running; check the database (MONGO_URL) and run follow again.\n`);
+        return UNREADABLE_EXIT;
+      }
+      o.out.write(`reading job ${o.jobId} failed (${(err as Error).message}); retrying\n`);
+      await sleep(Math.min(readRetryMs - failingMs, backoff(failures++)));
+      continue;
+    }
+    failures = 0;
     if (!s) {
       clearLive();
       throw new JobNotFound(`job ${o.jobId} not found (check the id, and MONGO_URL / MONGO_DB_NAME: the job must be in the database this CLI reads)`);

@@ -3,7 +3,7 @@
  * the terminal at every width, plain lines come at phase changes, checkpoints
  * and every tenth of the steps, and the result table stays short.
  */
-import { followJob, WORKER_GONE_EXIT } from './follow';
+import { followJob, UNREADABLE_EXIT, WORKER_GONE_EXIT } from './follow';
 import {
   etaNow,
   formatDuration,
@@ -188,6 +188,26 @@ describe('followJob', () => {
     const code = await followJob({ ...s.opts, workerPid: 12345, alive: () => polls++ < 1, out: { write: (t) => s.out.push(t), isTTY: false, columns: () => 80 } });
     expect(code).toBe(WORKER_GONE_EXIT);
     expect(s.out.at(-1)).toMatch(/worker \(pid 12345\) has exited/);
+  });
+
+  it('rides out a database blip: failed reads are retried, the job is followed to its end', async () => {
+    const s = script(running);
+    let calls = 0;
+    const flaky = async () => {
+      calls++;
+      if (calls === 2 || calls === 3) throw new Error('connection reset');
+      return s.opts.read();
+    };
+    const code = await followJob({ ...s.opts, read: flaky, out: { write: (t) => s.out.push(t), isTTY: false, columns: () => 80 } });
+    expect(code).toBe(0);
+    expect(s.out.filter((l) => l.includes('retrying'))).toHaveLength(2);
+  });
+
+  it('exits 4, not 1, when the job cannot be read for the whole retry window', async () => {
+    const s = script([snap()]);
+    const code = await followJob({ ...s.opts, readRetryMs: 10_000, read: async () => Promise.reject(new Error('ECONNREFUSED')), out: { write: (t) => s.out.push(t), isTTY: false, columns: () => 80 } });
+    expect(code).toBe(UNREADABLE_EXIT);
+    expect(s.out.at(-1)).toMatch(/cannot read job j1 for .*ECONNREFUSED.*may still be running/);
   });
 
   it('throws for a job that does not exist', async () => {

@@ -75,6 +75,13 @@ export function bearerMatches(header: string | undefined, token: string): boolea
   return timingSafeEqual(a, b);
 }
 
+/** Whether a Host header names a loopback address (any port): 127.0.0.1 (127/8), localhost, [::1]. */
+export function isLoopbackHostHeader(host: string | undefined): boolean {
+  if (!host) return false;
+  const name = host.startsWith('[') ? host.slice(0, host.indexOf(']') + 1) : host.replace(/:\d+$/, '');
+  return name === 'localhost' || name === '[::1]' || /^127(\.\d{1,3}){3}$/.test(name);
+}
+
 export function createDashboardRoutes(opts: DashboardRoutesOptions): DashboardRoutes {
   const files = staticFiles();
   const cache = new Map<string, Buffer>();
@@ -86,7 +93,17 @@ export function createDashboardRoutes(opts: DashboardRoutesOptions): DashboardRo
   };
 
   const authorized = (req: IncomingMessage, res: ServerResponse): boolean => {
-    if (opts.token === null || bearerMatches(req.headers.authorization, opts.token)) return true;
+    if (opts.token === null) {
+      // No token is allowed on a loopback host only; a browser page on another site could still reach
+      // 127.0.0.1 through a rebound DNS name, so the request must also name a loopback host.
+      if (isLoopbackHostHeader(req.headers.host)) return true;
+      json(res, 403, {
+        error: 'forbidden',
+        message: 'Without DASHBOARD_TOKEN the dashboard API answers only requests addressed to 127.0.0.1, localhost or [::1]. Open it at one of those, or set DASHBOARD_TOKEN.',
+      });
+      return false;
+    }
+    if (bearerMatches(req.headers.authorization, opts.token)) return true;
     res.setHeader('www-authenticate', 'Bearer realm="training-worker dashboard"');
     json(res, 401, {
       error: 'unauthorized',

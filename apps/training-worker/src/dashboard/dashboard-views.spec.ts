@@ -6,7 +6,9 @@ import { ObjectId } from 'mongodb';
 import { appendLossPoints, type TrainingAttemptDoc, type TrainingJobDoc } from '@stationthis/db';
 import { ConfigError, dashboardAccess, isLoopbackHost, loadWorkerConfig } from '../config/worker-config';
 import { parseFreeVram } from './dashboard-data';
-import { bearerMatches } from './dashboard-routes';
+import { createServer, request, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { bearerMatches, createDashboardRoutes, isLoopbackHostHeader } from './dashboard-routes';
 import { eta, isServableImageKey, jobDetail, plainReason, queueView, slotsView, timeline } from './dashboard-views';
 import { JobActivity } from './job-activity';
 
@@ -221,6 +223,37 @@ describe('dashboard: access and token', () => {
     expect(bearerMatches(`Bearer ${token}x`, token)).toBe(false);
     expect(bearerMatches(token, token)).toBe(false);
     expect(bearerMatches(undefined, token)).toBe(false);
+  });
+
+  it('tells loopback Host headers from others (DNS rebinding)', () => {
+    for (const h of ['127.0.0.1', '127.0.0.1:9464', 'localhost:9464', '[::1]:9464', '127.1.2.3']) expect(isLoopbackHostHeader(h)).toBe(true);
+    for (const h of [undefined, '', 'rebound.example:9464', 'localhost.example', '127.0.0.1.nip.io', '[::2]:9464', '10.0.0.1']) expect(isLoopbackHostHeader(h)).toBe(false);
+  });
+
+  it('without a token, answers the API only for requests addressed to a loopback name', async () => {
+    const overview = { queue: [], slots: [] };
+    const routes = createDashboardRoutes({ data: { overview: async () => overview } as never, token: null, log: { info() {}, warn() {}, debug() {}, error() {} } as never });
+    const server: Server = createServer((req, res) => void routes.handle(req, res).then((handled) => handled || res.writeHead(404).end()));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    const get = (host: string) =>
+      new Promise<number>((resolve, reject) => {
+        request({ host: '127.0.0.1', port, path: '/api/overview', headers: { host } }, (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        })
+          .on('error', reject)
+          .end();
+      });
+    try {
+      expect(await get(`127.0.0.1:${port}`)).toBe(200);
+      expect(await get(`localhost:${port}`)).toBe(200);
+      expect(await get(`rebound.example:${port}`)).toBe(403);
+    } finally {
+      routes.close();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    }
   });
 });
 
