@@ -70,7 +70,8 @@ export interface WorkerLibrariesOptions {
  */
 export async function registerWorkerLibraries(container: DependencyContainer, { config, env, db, smi }: WorkerLibrariesOptions): Promise<void> {
   // Repositories, attempt records and the points ledger share the one platform database.
-  registerDb(container, { db });
+  // WORKER_MAX_ATTEMPTS reaches the job lifecycle here and nowhere else (a job document's maxAttempts is never read).
+  registerDb(container, { db, trainingJobs: { maxAttempts: config.maxAttempts } });
   registerPoints(container, { db });
 
   const storageConfig = loadStorageConfig({ ...env, WEIGHT_CACHE_DIR: env.WEIGHT_CACHE_DIR ?? `${config.stateDir}/weights` });
@@ -78,10 +79,6 @@ export async function registerWorkerLibraries(container: DependencyContainer, { 
 
   // Docker client, hardened runtime, GPU inventory (nvidia-smi or GPU_DEVICES/CPU_SLOTS) and allocator.
   await registerDocker(container, env, smi);
-
-  // WORKER_MAX_ATTEMPTS reaches the job lifecycle here and nowhere else (a job document's maxAttempts is never read).
-  // Configured on the container's one instance, however the db library is registered.
-  container.resolve(TrainingJobRepository).configure({ maxAttempts: config.maxAttempts });
 
   registerJobEvents(container, env);
 }

@@ -15,18 +15,17 @@ export {
   type JobStatus,
 } from './job-status';
 export * from './training-job';
+export { TrainingJobRepository, LOG_TAIL_LINES, type FailInput, type JobWriteObserver } from './training-job-repository';
 export {
-  TrainingJobRepository,
   DEFAULT_MAX_ATTEMPTS,
-  CLAIM_TOKENS_COLLECTION,
-  LOG_TAIL_LINES,
-  environmentFilter,
-  modelTypeFilter,
-  type FailInput,
-  type ClaimStrategy,
+  TRAINING_JOB_OPTIONS,
+  resolveTrainingJobOptions,
+  type ResolvedTrainingJobOptions,
   type TrainingJobRepositoryOptions,
-  type JobWriteObserver,
-} from './training-job-repository';
+} from './training-job-options';
+export { CLAIM_TOKENS_COLLECTION } from './decision-tokens';
+export { environmentFilter, modelTypeFilter } from './claim-filters';
+export { type ClaimStrategy } from './job-claims';
 export { ProgressThrottle, mergeProgress, type ProgressThrottleOptions } from './progress-throttle';
 export {
   DatasetRepository,

@@ -1,8 +1,11 @@
 import { randomUUID } from 'node:crypto';
-import type { Collection, Db, Filter, ObjectId, UpdateFilter } from 'mongodb';
+import type { Collection, Db, Filter, UpdateFilter } from 'mongodb';
 import { inject, injectable } from 'tsyringe';
 import { idForms, toObjectIdOrString } from '@stationthis/common';
-import { ensureNamedIndexes, isDuplicateKeyError } from '@stationthis/common';
+import { ensureNamedIndexes } from '@stationthis/common';
+import { CLAIM_SORT, environmentFilter, modelTypeFilter } from './claim-filters';
+import { DecisionTokens } from './decision-tokens';
+import { JobClaims } from './job-claims';
 import {
   allowedFrom,
   InvalidTransitionError,
@@ -35,38 +38,13 @@ import {
   type TrainingJobDoc,
   type TrainingJobFilter,
 } from './training-job';
+import { resolveTrainingJobOptions, TRAINING_JOB_OPTIONS, type ResolvedTrainingJobOptions, type TrainingJobRepositoryOptions } from './training-job-options';
 
-export const DEFAULT_MAX_ATTEMPTS = 3;
 export const LOG_TAIL_LINES = 50;
 const MAX_LOG_LINE_CHARS = 500;
 
 /** Fields a caller may never set through `fields`: they belong to the lifecycle itself. */
 const RESERVED_FIELDS = new Set(['_id', 'status', 'lease', 'attempts', 'cancelRequestedAt', 'refundDue']);
-
-/** Our collection of claim / recovery tokens (see claimFromCandidates). */
-export const CLAIM_TOKENS_COLLECTION = 'trainingJobClaims';
-
-/** Priority first (higher wins), then FIFO; `_id` breaks ties deterministically. */
-const CLAIM_SORT = { priority: -1, createdAt: 1, _id: 1 } as const;
-
-export type ClaimStrategy = 'sorted-find-and-modify' | 'candidate-batch';
-
-export interface TrainingJobRepositoryOptions {
-  /** 'auto' (default) detects FerretDB via buildInfo. */
-  claimStrategy?: ClaimStrategy | 'auto';
-  /**
-   * Worker attempts per platform attempt (the worker's WORKER_MAX_ATTEMPTS,
-   * passed in by its composition: the one place it is read). A job document's
-   * own `maxAttempts` is never read: any client can write it.
-   */
-  maxAttempts?: number;
-  /** A claim or recovery token older than this whose decision never landed may be taken over (default 30 s). */
-  tokenStaleMs?: number;
-  /** Candidate ids fetched per scan in the candidate-batch strategy (default 128). */
-  claimBatch?: number;
-  /** Max age of the candidate list before a rescan (default 5000 ms). */
-  candidateTtlMs?: number;
-}
 
 export interface FailInput {
   failureReason: string;
@@ -79,31 +57,38 @@ export interface FailInput {
  * cancel requests and recovery of expired leases. Every write is a single
  * conditional `updateOne`/`findOneAndUpdate` (no transactions, FerretDB-safe),
  * and every write made on behalf of a worker filters on its `lease.attemptId`.
+ * How a job is claimed lives in job-claims.ts; the single-winner claim and
+ * recovery decisions in decision-tokens.ts.
  */
 @injectable()
 export class TrainingJobRepository {
   private readonly jobs: Collection<TrainingJobDoc>;
-  private readonly options: Required<Omit<TrainingJobRepositoryOptions, 'claimStrategy'>> = {
-    claimBatch: 128,
-    candidateTtlMs: 5000,
-    maxAttempts: DEFAULT_MAX_ATTEMPTS,
-    tokenStaleMs: 30_000,
-  };
-  private strategy: ClaimStrategy | undefined;
-  private readonly candidates = new Map<string, CandidatePool>();
+  private readonly options: ResolvedTrainingJobOptions;
+  /** Claim strategy and candidate pools: one per repository, so one cache per process. */
+  private readonly claims: JobClaims;
   /** Told of each job document our writes leave (the job event outbox, ADR 0010); none by default. */
   private writeObserver: JobWriteObserver | null = null;
   private observedProjection: Record<string, 1> = {};
 
   /** One tiny document per claim or recovery decision: the unique `_id` makes the decision single-winner. */
-  private readonly tokens: Collection<{ _id: string; at?: Date; [k: string]: unknown }>;
+  private readonly tokens: DecisionTokens;
   /** Read only here: the worker's attempt records and decisions decide how recovery ends a job. */
   private readonly attemptRecords: Collection<TrainingAttemptDoc>;
   private readonly decisions: Collection<{ _id: string }>;
 
-  constructor(@inject(MONGO_DB) private readonly db: Db) {
+  /**
+   * Options are optional so `new TrainingJobRepository(db)` and a container
+   * holding only MONGO_DB both work (every default); registerDb binds them.
+   * They are fixed for the repository's lifetime.
+   */
+  constructor(
+    @inject(MONGO_DB) private readonly db: Db,
+    @inject(TRAINING_JOB_OPTIONS, { isOptional: true }) options?: TrainingJobRepositoryOptions,
+  ) {
+    this.options = resolveTrainingJobOptions(options);
     this.jobs = db.collection<TrainingJobDoc>(TRAINING_JOBS_COLLECTION);
-    this.tokens = db.collection(CLAIM_TOKENS_COLLECTION);
+    this.tokens = new DecisionTokens(db, this.options.tokenStaleMs);
+    this.claims = new JobClaims(db, this.jobs, this.tokens, this.options);
     this.attemptRecords = db.collection<TrainingAttemptDoc>(TRAINING_ATTEMPTS_COLLECTION);
     this.decisions = db.collection(TRAINING_SETTLEMENTS_COLLECTION);
   }
@@ -178,165 +163,15 @@ export class TrainingJobRepository {
   }
 
   /**
-   * Tune the claim path. `auto` (default) asks the server once: MongoDB gets
-   * one sorted findOneAndUpdate; FerretDB v1 (which pushes down only `_id`
-   * filters and sorts in memory, so a sorted claim scans the whole collection)
-   * gets the candidate-batch claim below.
-   */
-  configure(options: TrainingJobRepositoryOptions): this {
-    Object.assign(this.options, options);
-    if (options.claimStrategy && options.claimStrategy !== 'auto') this.strategy = options.claimStrategy;
-    return this;
-  }
-
-  /**
    * Atomically take the next QUEUED job of this environment: priority desc,
    * then FIFO. A fresh attemptId fences out whoever held the job before.
    */
   async claimNext(opts: ClaimOptions): Promise<{ job: TrainingJobDoc; lease: Lease } | null> {
-    const strategy = this.strategy ?? (this.strategy = await this.detectStrategy());
     const attemptId = randomUUID();
-    const job =
-      strategy === 'sorted-find-and-modify'
-        ? await this.claimSorted(opts, attemptId)
-        : await this.claimFromCandidates(opts, attemptId);
+    const job = await this.claims.claim(opts, attemptId);
     if (!job) return null;
     this.tellObserver(job, 'claim');
     return { job, lease: { jobId: job._id.toHexString(), attemptId, workerId: opts.workerId } };
-  }
-
-  /** The claim update, shared by both strategies. */
-  private claimUpdate(opts: ClaimOptions, attemptId: string, claimSeq?: number): UpdateFilter<TrainingJobDoc> {
-    const now = new Date();
-    const set: Record<string, unknown> = {
-      status: 'PROVISIONING',
-      lease: { workerId: opts.workerId, attemptId, expiresAt: new Date(now.getTime() + opts.leaseMs), claimedAt: now },
-      startedAt: now,
-      heartbeatAt: now,
-      updatedAt: now,
-    };
-    const update: Record<string, unknown> = { $set: set, $inc: { attempts: 1 } };
-    if (claimSeq === undefined) (update['$inc'] as Record<string, number>)['claimSeq'] = 1;
-    else set['claimSeq'] = claimSeq;
-    return update as unknown as UpdateFilter<TrainingJobDoc>;
-  }
-
-  /** MongoDB: one atomic sorted findOneAndUpdate served by the st_claim_sort index. */
-  private claimSorted(opts: ClaimOptions, attemptId: string): Promise<TrainingJobDoc | null> {
-    return this.jobs.findOneAndUpdate(
-      { status: 'QUEUED', ...environmentFilter(opts.environment), ...modelTypeFilter(opts.modelTypes) } as Filter<TrainingJobDoc>,
-      this.claimUpdate(opts, attemptId),
-      { sort: CLAIM_SORT, returnDocument: 'after' },
-    );
-  }
-
-  /**
-   * FerretDB v1. Two of its properties shape this path (both measured, see the
-   * ADR): it pushes down only `_id` filters (a sorted claim scans and sorts the
-   * whole collection in memory), and a conditional update is NOT atomic under
-   * concurrency (read-modify-write: two writers can both pass the filter). The
-   * one primitive it does make atomic is a unique `_id` on insert.
-   *
-   * So: one sorted scan fetches the next `claimBatch` candidates (shared by
-   * every claimer in this process); for each, the claimer inserts the token
-   * `<jobId>:<claimSeq+1>` into trainingJobClaims. Exactly one claimer per
-   * generation can insert it; only that winner then updates the job. The list
-   * is refreshed when empty or older than `candidateTtlMs`, which bounds how
-   * long a newly queued higher-priority job can wait behind it.
-   */
-  private async claimFromCandidates(opts: ClaimOptions, attemptId: string): Promise<TrainingJobDoc | null> {
-    const filter = { status: 'QUEUED', ...environmentFilter(opts.environment), ...modelTypeFilter(opts.modelTypes) };
-    const pool = this.candidatePool(`${opts.environment}|${JSON.stringify(opts.modelTypes ?? null)}`);
-    // One scan per call at most: when every candidate of a fresh scan is taken or blocked, report "nothing"
-    // instead of rescanning forever (the caller polls again later).
-    let scanned = false;
-    for (;;) {
-      if (pool.ids.length === 0 || (!scanned && Date.now() - pool.fetchedAt > this.options.candidateTtlMs)) {
-        if (scanned) return null;
-        await this.refreshCandidates(pool, filter);
-        scanned = true;
-        if (pool.lastScanCount === 0) return null; // nothing QUEUED at all
-        continue;
-      }
-      const id = pool.ids.shift();
-      if (!id) continue;
-      const current = await this.jobs.findOne({ _id: id } as Filter<TrainingJobDoc>, { projection: { status: 1, claimSeq: 1 } });
-      if (current?.status !== 'QUEUED') continue;
-      const seq = typeof current['claimSeq'] === 'number' ? (current['claimSeq'] as number) : 0;
-      const token = `claim:${id.toHexString()}:${seq + 1}`;
-      if (!(await this.takeToken(token, { workerId: opts.workerId }))) continue;
-      const job = await this.jobs.findOneAndUpdate(
-        { _id: id, ...filter } as Filter<TrainingJobDoc>,
-        this.claimUpdate(opts, attemptId, seq + 1),
-        { returnDocument: 'after' },
-      );
-      if (job) return job;
-      // The job changed between our read and our write (cancelled, or someone's write raced it): give the
-      // generation back, so the token never blocks a job that is still QUEUED.
-      await this.tokens.deleteOne({ _id: token }).catch(() => undefined);
-    }
-  }
-
-  /**
-   * Insert a single-winner token. A token whose holder never finished (it died
-   * between the token and its write, or its write missed) is taken over once it
-   * is older than `tokenStaleMs`: a one-time token must never wedge a job.
-   */
-  private async takeToken(id: string, fields: Record<string, unknown>): Promise<boolean> {
-    if (await this.insertToken(id, { ...fields, at: new Date() })) return true;
-    const held = await this.tokens.findOne({ _id: id });
-    if (!held) return this.insertToken(id, { ...fields, at: new Date() });
-    const at = held.at instanceof Date ? held.at.getTime() : 0;
-    if (Date.now() - at < this.options.tokenStaleMs) return false;
-    await this.tokens.deleteOne({ _id: id, at: held.at } as Filter<{ _id: string }>);
-    return this.insertToken(id, { ...fields, at: new Date(), tookOverFrom: held.at ?? null });
-  }
-
-  /** True if we inserted the token (we won the decision), false if it already existed. */
-  private async insertToken(id: string, fields: Record<string, unknown>): Promise<boolean> {
-    try {
-      await this.tokens.insertOne({ _id: id, ...fields });
-      return true;
-    } catch (err) {
-      if (isDuplicateKeyError(err)) return false;
-      throw err;
-    }
-  }
-
-  private candidatePool(key: string): CandidatePool {
-    let pool = this.candidates.get(key);
-    if (!pool) this.candidates.set(key, (pool = { ids: [], fetchedAt: 0, lastScanCount: -1 }));
-    return pool;
-  }
-
-  /** One scan at a time per pool; concurrent claimers wait for it. */
-  private async refreshCandidates(pool: CandidatePool, filter: Record<string, unknown>): Promise<void> {
-    if (!pool.loading) {
-      pool.loading = (async () => {
-        try {
-          const docs = await this.jobs
-            .find(filter as Filter<TrainingJobDoc>, { projection: { _id: 1 } })
-            .sort(CLAIM_SORT)
-            .limit(this.options.claimBatch)
-            .toArray();
-          pool.ids = docs.map((d) => d._id);
-          pool.lastScanCount = docs.length;
-          pool.fetchedAt = Date.now();
-        } finally {
-          pool.loading = undefined;
-        }
-      })();
-    }
-    await pool.loading;
-  }
-
-  private async detectStrategy(): Promise<ClaimStrategy> {
-    try {
-      const info = await this.db.admin().command({ buildInfo: 1 });
-      return 'ferretdbVersion' in info ? 'candidate-batch' : 'sorted-find-and-modify';
-    } catch {
-      return 'sorted-find-and-modify';
-    }
   }
 
   /**
@@ -615,11 +450,11 @@ export class TrainingJobRepository {
       // One recoverer per expired lease (a heartbeat changes expiresAt, hence the token), even where
       // conditional updates are not atomic (FerretDB v1). A holder that died is taken over after tokenStaleMs.
       const token = `recover:${job.lease?.attemptId ?? job._id.toHexString()}:${job.lease?.expiresAt?.getTime() ?? 0}`;
-      if (!(await this.takeToken(token, {}))) continue; // another recoverer holds it
+      if (!(await this.tokens.take(token, {}))) continue; // another recoverer holds it
       const outcome = await this.oneWrite(String(job._id), () => this.giveUp(job, 'expired', 'the worker stopped renewing its lease', now));
       // The write missed (a cancel or a late heartbeat changed the job since the read): hand the token back
       // so the next pass decides again from a fresh read.
-      if (outcome === null) await this.tokens.deleteOne({ _id: token }).catch(() => undefined);
+      if (outcome === null) await this.tokens.giveBack(token);
       if (outcome === 'QUEUED') result.requeued.push(job._id.toHexString());
       else if (outcome === 'FAILED') result.failed.push(job._id.toHexString());
       else if (outcome === 'CANCELLED') result.cancelled.push(job._id.toHexString());
@@ -679,7 +514,6 @@ export class TrainingJobRepository {
       .toArray();
   }
 
-  /** The fencing filter: this job, this attempt, and still in a leased state. */
   /**
    * This process's writes to one job, one at a time (FerretDB v1 can lose one
    * of two concurrent updates of a document: see job-write-serializer.ts).
@@ -713,6 +547,7 @@ export class TrainingJobRepository {
     }
   }
 
+  /** The fencing filter: this job, this attempt, and still in a leased state. */
   private fenced(lease: Lease, statuses: readonly JobStatus[] = LEASED_STATUSES): Filter<TrainingJobDoc> {
     return {
       _id: toObjectIdOrString(lease.jobId),
@@ -798,43 +633,6 @@ export class TrainingJobRepository {
 
 /** See TrainingJobRepository.observeWrites. */
 export type JobWriteObserver = (job: TrainingJobDoc, kind: 'write' | 'claim') => void;
-
-interface CandidatePool {
-  ids: ObjectId[];
-  fetchedAt: number;
-  lastScanCount: number;
-  loading?: Promise<void>;
-}
-
-/**
- * The claim's hardware scope: a worker takes only jobs whose model type it can
- * run, plus jobs of types no recipe knows (any worker fails those at once with
- * the list of supported types). `modelType` is read first, `baseModel` when it
- * is missing, as the worker's request mapper does; each type matches in upper,
- * lower and capitalised case (the platform writes upper case).
- */
-export function modelTypeFilter(types: ClaimableModelTypes | undefined): Record<string, unknown> {
-  if (!types) return {};
-  const forms = (list: string[]) => [...new Set(list.flatMap((t) => [t.toUpperCase(), t.toLowerCase(), t.charAt(0).toUpperCase() + t.slice(1).toLowerCase()]))];
-  const runnable = forms(types.runnable);
-  const known = forms(types.known);
-  const none = [null, ''];
-  return {
-    $or: [
-      { modelType: { $in: runnable } },
-      { modelType: { $exists: true, $nin: [...known, ...none] } },
-      { modelType: { $in: none }, baseModel: { $in: runnable } },
-      { modelType: { $in: none }, baseModel: { $nin: known } },
-    ],
-  };
-}
-
-/** The platform's environment scope (trainingDb.fetchQueued): production also matches missing/null. */
-export function environmentFilter(environment: TrainingEnvironment): Record<string, unknown> {
-  return environment === 'development'
-    ? { environment: 'development' }
-    : { environment: { $in: ['production', null] } };
-}
 
 function ownedFields(fields: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = {};

@@ -26,7 +26,7 @@ describe('attempt loss series and phase times (real server)', () => {
   });
   beforeEach(async () => {
     for (const c of ['trainingJobs', 'trainingJobAttempts', 'trainingJobClaims']) await t.db.collection(c).deleteMany({});
-    repo = new TrainingJobRepository(t.db).configure({ candidateTtlMs: 0 });
+    repo = new TrainingJobRepository(t.db, { candidateTtlMs: 0 });
     attempts = new TrainingAttemptRepository(t.db);
     await attempts.ensureIndexes();
   });

@@ -36,12 +36,15 @@ describe('attempt records and recovery (real server)', () => {
     );
   };
 
+  // Short token staleness so the take-over tests wait seconds, not 30 s.
+  const options = { candidateTtlMs: 0, maxAttempts: 2, tokenStaleMs: 2500 } as const;
+
   beforeAll(async () => {
     t = await openTestDb('db_attempts');
   });
   beforeEach(async () => {
     for (const c of ['trainingJobs', 'trainingJobAttempts', 'trainingJobSettlements', CLAIM_TOKENS_COLLECTION]) await t.db.collection(c).deleteMany({});
-    repo = new TrainingJobRepository(t.db).configure({ candidateTtlMs: 0, maxAttempts: 2, tokenStaleMs: 2500 });
+    repo = new TrainingJobRepository(t.db, options);
     attempts = new TrainingAttemptRepository(t.db);
     await repo.ensureIndexes();
     await attempts.ensureIndexes();
@@ -199,7 +202,7 @@ describe('attempt records and recovery (real server)', () => {
   });
 
   it('recovery re-queues an attempt past its point of no return (model registered) even with no attempts left', async () => {
-    repo.configure({ maxAttempts: 1 });
+    repo = new TrainingJobRepository(t.db, { ...options, maxAttempts: 1 });
     const id = await enqueue();
     const a = (await claim('A', 30))!;
     await attempts.open(a.lease, a.job);
@@ -230,7 +233,7 @@ describe('attempt records and recovery (real server)', () => {
   });
 
   it.each<ClaimStrategy>(['candidate-batch', 'sorted-find-and-modify'])('a claim token without its job update does not wedge the job, and claimNext returns (%s)', async (claimStrategy) => {
-    repo.configure({ claimStrategy });
+    repo = new TrainingJobRepository(t.db, { ...options, claimStrategy });
     const id = await enqueue();
     // A claimer won generation 1 and died before updating the job.
     await t.db.collection(CLAIM_TOKENS_COLLECTION).insertOne({ _id: `claim:${id}:1` as never, at: new Date() });

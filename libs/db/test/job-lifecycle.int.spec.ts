@@ -18,7 +18,7 @@ describe('TrainingJobRepository lifecycle (real server)', () => {
   });
   beforeEach(async () => {
     await jobs().deleteMany({});
-    repo = new TrainingJobRepository(t.db).configure({ candidateTtlMs: 0 });
+    repo = new TrainingJobRepository(t.db, { candidateTtlMs: 0 });
     await repo.ensureIndexes();
   });
   afterAll(() => t.drop());
@@ -44,7 +44,7 @@ describe('TrainingJobRepository lifecycle (real server)', () => {
   it.each<ClaimStrategy>(['candidate-batch', 'sorted-find-and-modify'])(
     'claims by priority, then FIFO, within the environment (%s)',
     async (claimStrategy) => {
-      repo.configure({ claimStrategy });
+      repo = new TrainingJobRepository(t.db, { candidateTtlMs: 0, claimStrategy });
       const low1 = await enqueue({ name: 'low1' });
       await sleep(5);
       const dev = await enqueue({ name: 'dev', environment: 'development', priority: 100 });
@@ -112,7 +112,7 @@ describe('TrainingJobRepository lifecycle (real server)', () => {
   });
 
   it('fails with refundDue when the worker\'s attempts are used up (a job document\'s maxAttempts is never read)', async () => {
-    repo.configure({ maxAttempts: 1 });
+    repo = new TrainingJobRepository(t.db, { candidateTtlMs: 0, maxAttempts: 1 });
     const exhausted = await enqueue({ maxAttempts: 50 });
     const other = await enqueue();
     const a = (await claim('A', 30))!;

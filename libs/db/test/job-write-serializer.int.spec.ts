@@ -15,7 +15,7 @@ describe('one write at a time per job (real server)', () => {
 
   beforeAll(async () => {
     t = await openTestDb('db_job_writes');
-    repo = new TrainingJobRepository(t.db).configure({ candidateTtlMs: 0 });
+    repo = new TrainingJobRepository(t.db, { candidateTtlMs: 0 });
     await repo.ensureIndexes();
   });
   afterAll(() => t.drop());

@@ -7,8 +7,8 @@
  * The platform's two stores (DatasetDownloader.js on the platform, :71-133 and
  * `_downloadControlImages`):
  * - current: an `embellishments` entry of type `control` (the job's
- *   `controlSetId` if it names a completed one, else the first completed one),
- *   whose `results[i].value` is the control URL of `images[i]`;
+ *   `controlSetId`, which must name a completed one; without it, the first
+ *   completed one), whose `results[i].value` is the control URL of `images[i]`;
  * - legacy: `controlImages: [{ sourceFilename, url }]`, where `sourceFilename`
  *   is the platform's download name of the target (`001.jpg`, `002.png`: the
  *   1-based index padded to 3 digits plus the URL path's extension, `.jpg`
@@ -16,6 +16,10 @@
  * The embellishment wins when it has any result, as on the platform.
  *
  * Rules (the platform only logged these and trained on whatever matched):
+ * - a requested control set (`controlSetId`) that is not a completed control
+ *   set of the dataset is an error naming the set and its state: the platform
+ *   silently trained on the first completed set instead, i.e. on other pairs
+ *   than the user chose;
  * - every target image needs exactly one control image: a missing one is an
  *   error naming the images;
  * - two legacy entries for the same target are an error (which one is meant?);
@@ -42,14 +46,29 @@ export interface ControlPairing {
   /** Where the controls came from, for the job log, e.g. 'embellishment:<id> (requested)'. */
   source: string;
   /**
-   * The control set's transformation prompt (`embellishment.config.prompt`),
-   * when it has one: the platform trains every pair on it instead of the
-   * captions (its DatasetDownloader `_writeConceptCaptions`).
+   * The control set's transformation prompt, when it has one: the platform
+   * trains every pair on it instead of the captions (its DatasetDownloader
+   * `_writeConceptCaptions`). Taken, as there, from the first linked
+   * generation output's request (`ControlPairOptions.generationPrompt`), else
+   * from `embellishment.config.prompt`.
    */
   prompt?: string;
+  /** Where `prompt` came from, for the job log. */
+  promptSource?: 'generation-output' | 'control-set-config';
 }
 
-export type ControlPairProblemKind = 'no-control-set' | 'missing-control' | 'duplicate-control' | 'unmatched-control' | 'invalid-control-url';
+/** What the worker read beside the dataset document. */
+export interface ControlPairOptions {
+  /**
+   * The prompt of the first generation output linked from the chosen control
+   * set's results that has one (`generationOutputs.requestPayload`, see
+   * `conceptPromptOutputIds` and `promptOfRequestPayload`). Wins over
+   * `config.prompt`, as on the platform.
+   */
+  generationPrompt?: string;
+}
+
+export type ControlPairProblemKind = 'control-set-unavailable' | 'no-control-set' | 'missing-control' | 'duplicate-control' | 'unmatched-control' | 'invalid-control-url';
 
 export interface ControlPairProblem {
   kind: ControlPairProblemKind;
@@ -102,17 +121,84 @@ function asArray(v: unknown): unknown[] {
   return Array.isArray(v) ? v : [];
 }
 
-/** The platform's choice of control embellishment: the requested completed one, else the first completed one. */
-function chooseControlSet(doc: ControlDatasetDoc, controlSetId: string | undefined): { set: EmbellishmentLike; why: string } | undefined {
-  const completed = asArray(doc.embellishments).filter(
-    (e): e is EmbellishmentLike => !!e && typeof e === 'object' && (e as EmbellishmentLike).type === 'control' && (e as EmbellishmentLike).status === 'completed',
-  );
-  if (controlSetId) {
-    const asked = completed.find((e) => e._id !== undefined && e._id !== null && String(e._id) === controlSetId);
-    if (asked) return { set: asked, why: 'requested' };
+function isControlSet(e: EmbellishmentLike): boolean {
+  return e.type === 'control';
+}
+
+function idOf(e: EmbellishmentLike): string | undefined {
+  return e._id !== undefined && e._id !== null ? String(e._id) : undefined;
+}
+
+/** A value from the dataset document, made safe and short for a message. */
+function shown(v: unknown): string {
+  return JSON.stringify(String(v).slice(0, 64));
+}
+
+type ControlSetChoice = { set: EmbellishmentLike; why: string } | { problem: ControlPairProblem } | undefined;
+
+/**
+ * The control set to train on: the requested one, which must be a completed
+ * control set of this dataset (anything else is refused, naming the set and
+ * its state), or, when none was requested, the first completed one (the
+ * platform's default). undefined: no request and no completed set.
+ */
+function chooseControlSet(doc: ControlDatasetDoc, controlSetId: string | undefined): ControlSetChoice {
+  const all = asArray(doc.embellishments).filter((e): e is EmbellishmentLike => !!e && typeof e === 'object');
+  const completed = all.filter((e) => isControlSet(e) && e.status === 'completed');
+  if (!controlSetId) {
+    const first = completed[0];
+    return first ? { set: first, why: 'first completed' } : undefined;
   }
-  const first = completed[0];
-  return first ? { set: first, why: controlSetId ? `first completed; requested ${controlSetId} not found or not completed` : 'first completed' } : undefined;
+  const asked = all.find((e) => idOf(e) === controlSetId);
+  if (asked && isControlSet(asked) && asked.status === 'completed') return { set: asked, why: 'requested' };
+  const state = !asked
+    ? 'is not a control set of this dataset'
+    : !isControlSet(asked)
+      ? `is a ${shown(asked.type ?? 'untyped')} set, not a control set`
+      : `is ${asked.status === undefined || asked.status === null ? 'without a status' : shown(asked.status)}, not completed`;
+  const ids = completed.map(idOf).filter((id): id is string => id !== undefined);
+  const others = ids.length > 0 ? `This dataset's completed control sets: ${list(ids.map(shown))}.` : 'This dataset has no completed control set.';
+  const wait = asked && isControlSet(asked) ? 'Wait until it has completed, or choose' : 'Choose';
+  return {
+    problem: {
+      kind: 'control-set-unavailable',
+      message: `The requested control set ${shown(controlSetId)} ${state}, so there are no pairs to train on. ${others} ${wait} a completed control set (or none, to train on the first completed one) and submit again.`,
+    },
+  };
+}
+
+/**
+ * The generation outputs whose request may carry the concept prompt: the
+ * `generationOutputId` of each result of the control set `resolveControlPairs`
+ * would choose, in result order (the platform takes the first one that has a
+ * prompt: DatasetDownloader `_extractControlPromptFromGenerationOutputs`).
+ * [] for the legacy `controlImages`, which link none.
+ */
+export function conceptPromptOutputIds(doc: ControlDatasetDoc, controlSetId?: string): string[] {
+  const chosen = chooseControlSet(doc, controlSetId);
+  if (!chosen || 'problem' in chosen) return [];
+  const ids: string[] = [];
+  for (const r of asArray(chosen.set.results)) {
+    const id = r && typeof r === 'object' ? (r as { generationOutputId?: unknown }).generationOutputId : undefined;
+    // An ObjectId or its hex string; anything else cannot name a document.
+    const text = id !== undefined && id !== null && typeof id !== 'boolean' ? String(id) : '';
+    if (text && !ids.includes(text)) ids.push(text);
+  }
+  return ids;
+}
+
+/**
+ * The prompt of a generation output's `requestPayload`: `input_prompt`, else
+ * `prompt`, else `text` (the platform's order), the first non-blank string.
+ */
+export function promptOfRequestPayload(payload: unknown): string | undefined {
+  if (!payload || typeof payload !== 'object') return undefined;
+  const p = payload as Record<string, unknown>;
+  for (const field of ['input_prompt', 'prompt', 'text']) {
+    const v = p[field];
+    if (typeof v === 'string' && v.trim()) return v.trim();
+  }
+  return undefined;
 }
 
 /**
@@ -120,14 +206,14 @@ function chooseControlSet(doc: ControlDatasetDoc, controlSetId: string | undefin
  * everything that is wrong. Offline: no URL is fetched (the URL rules and
  * sizes are checked by the dataset fetcher's own checks and `checkControlSizes`).
  */
-export function resolveControlPairs(doc: ControlDatasetDoc, controlSetId?: string): ControlPairResult {
+export function resolveControlPairs(doc: ControlDatasetDoc, controlSetId?: string, options: ControlPairOptions = {}): ControlPairResult {
   const images = asArray(doc.images).map((u) => String(u));
   const chosen = chooseControlSet(doc, controlSetId);
+  if (chosen && 'problem' in chosen) return { ok: false, problems: [chosen.problem] };
   const results = chosen ? asArray(chosen.set.results) : [];
   if (chosen && results.some((r) => r !== null && r !== undefined)) {
     const paired = pairFromEmbellishment(images, results, `embellishment:${String(chosen.set._id ?? '?')} (${chosen.why})`);
-    const prompt = (chosen.set.config as { prompt?: unknown } | undefined)?.prompt;
-    if (paired.ok && typeof prompt === 'string' && prompt.trim()) paired.pairing.prompt = prompt.trim();
+    if (paired.ok) Object.assign(paired.pairing, conceptPrompt(chosen.set, options));
     return paired;
   }
   const legacy = asArray(doc.controlImages);
@@ -142,6 +228,15 @@ export function resolveControlPairs(doc: ControlDatasetDoc, controlSetId?: strin
       },
     ],
   };
+}
+
+/** The set's transformation prompt: the linked generation's, else `config.prompt` (DatasetDownloader.js, concept mode). */
+function conceptPrompt(set: EmbellishmentLike, options: ControlPairOptions): Pick<ControlPairing, 'prompt' | 'promptSource'> {
+  const generated = options.generationPrompt?.trim();
+  if (generated) return { prompt: generated, promptSource: 'generation-output' };
+  const configured = (set.config as { prompt?: unknown } | undefined)?.prompt;
+  if (typeof configured === 'string' && configured.trim()) return { prompt: configured.trim(), promptSource: 'control-set-config' };
+  return {};
 }
 
 function controlUrlOf(v: unknown): string {
@@ -234,10 +329,11 @@ export const CONTROL_ASPECT_TOLERANCE = 0.02;
 
 /**
  * Pairs whose target and control differ in shape, as one message per pair
- * (at most NAMES_SHOWN, then a count), or [] when all agree. Sizes come from
- * the downloaded files' headers; a pair without both sizes is not judged.
+ * (at most `maxShown`, then a count), or [] when all agree. Sizes come from
+ * the files' headers (read before the charge, and again after the download);
+ * a pair without both sizes is not judged.
  */
-export function checkControlSizes(pairs: { index: number; target?: ImageSize; control?: ImageSize }[]): string[] {
+export function checkControlSizes(pairs: { index: number; target?: ImageSize; control?: ImageSize }[], maxShown: number = NAMES_SHOWN): string[] {
   const bad: string[] = [];
   for (const p of pairs) {
     if (!p.target || !p.control || p.target.height <= 0 || p.control.height <= 0) continue;
@@ -248,8 +344,8 @@ export function checkControlSizes(pairs: { index: number; target?: ImageSize; co
     }
   }
   if (bad.length === 0) return [];
-  const shown = bad.slice(0, NAMES_SHOWN);
-  if (bad.length > NAMES_SHOWN) shown.push(`and ${bad.length - NAMES_SHOWN} more pairs`);
+  const shown = bad.slice(0, maxShown);
+  if (bad.length > maxShown) shown.push(`and ${bad.length - maxShown} more pairs`);
   return shown;
 }
 

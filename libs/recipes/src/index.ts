@@ -11,13 +11,15 @@ export { OFFERINGS, getOffering, offeringDefault } from './offerings';
 export type { Offering, OfferingDefaults, OfferingId } from './offerings';
 export {
   resolveControlPairs,
+  conceptPromptOutputIds,
+  promptOfRequestPayload,
   checkControlSizes,
   platformSourceFilename,
   controlFileNameFor,
   BLANK_CONTROL_PNG_BASE64,
   CONTROL_ASPECT_TOLERANCE,
 } from './control-pairs';
-export type { ControlPairing, ControlImageSource, ControlPairProblem, ControlPairProblemKind, ControlPairResult, ControlDatasetDoc, ImageSize } from './control-pairs';
+export type { ControlPairing, ControlPairOptions, ControlImageSource, ControlPairProblem, ControlPairProblemKind, ControlPairResult, ControlDatasetDoc, ImageSize } from './control-pairs';
 export { sanitizeTriggerWord, sanitizeOutputName, TRIGGER_WORD_PATTERN, OUTPUT_NAME_PATTERN, JOB_ID_PATTERN } from './sanitize';
 export { parseSafetensorsHeader, safetensorsHeaderLength, MAX_SAFETENSORS_HEADER_BYTES } from './safetensors';
 export { comfyModelKeys, comfyLoraKeyMap, resolveComfyLoraKeys } from './comfy-lora-keys';

@@ -15,7 +15,7 @@
  */
 import { promises as fsp, createWriteStream } from 'node:fs';
 import * as path from 'node:path';
-import { Readable, Transform } from 'node:stream';
+import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { inject, injectable } from 'tsyringe';
 import { selectCaptions, type PlatformDatasetDoc } from './captions';
@@ -24,20 +24,18 @@ import type { DatasetFetchPort, FetchOptions, FetchedDataset, FetchedImage, Sour
 import {
   assertDatasetSourcesOffline,
   checkDatasetSourcesOffline,
-  checkSourceUrl,
   datasetSourcePolicy,
   identifyMedia,
   mediaLabel,
   type DatasetSourcePolicy,
   type DatasetSourceProblem,
   type DatasetSources,
-  type FetchLimits,
 } from './dataset-policy';
+import { openDatasetSource } from './dataset-source';
 import { StorageError } from './errors';
 import { MAX_DIMENSION_HEADER_BYTES, type SniffedType } from './magic';
 import { ObjectStorage } from './object-storage';
 
-const MAX_REDIRECTS = 3;
 /** @default for FetchOptions.concurrency */
 const DEFAULT_CONCURRENCY = 4;
 /** @default for FetchOptions.fileTimeoutMs */
@@ -197,66 +195,8 @@ export class DatasetFetcher implements DatasetFetchPort {
     return { fileName, bytes, type: t, dimensions };
   }
 
-  /** Opens the body of one image URL; every URL and redirect hop passes `checkSourceUrl`. */
-  private async openSource(url: string, index: number, label: string, policy: DatasetSourcePolicy, signal: AbortSignal): Promise<Readable> {
-    const limits: FetchLimits = policy.limits;
-    const first = checkSourceUrl(url, index, policy);
-    if ('problem' in first) throw new StorageError(first.problem.kind, first.problem.message, { url });
-    if (first.own) {
-      const { bucketAlias, key } = first.own;
-      const r = await this.storage.getObjectStream(bucketAlias, key, { signal }).catch((err: unknown) => {
-        if (err instanceof StorageError) {
-          throw new StorageError(err.kind, `${label}: ${err.message}`, { bucket: err.bucket, key: err.key, status: err.status, cause: err });
-        }
-        throw err;
-      });
-      if (r.totalBytes > limits.maxFileBytes) {
-        r.body.destroy();
-        throw new StorageError('too-large', `${label} is ${r.totalBytes} bytes, over the per-file limit of ${limits.maxFileBytes}. Use a smaller file.`, {
-          bucket: this.storage.bucket(bucketAlias).bucket,
-          key,
-        });
-      }
-      return r.body;
-    }
-    let u = new URL(url);
-    for (let hop = 0; ; hop++) {
-      let res: Response;
-      try {
-        res = await fetch(u, { redirect: 'manual', signal, headers: { accept: 'image/*,video/*;q=0.9,*/*;q=0.1' } });
-      } catch (err) {
-        throw new StorageError('unavailable', `${label} could not be fetched: ${(err as Error).message}.`, { url, cause: err });
-      }
-      if (res.status >= 300 && res.status < 400) {
-        await res.body?.cancel().catch(() => undefined);
-        const loc = res.headers.get('location');
-        if (!loc) throw new StorageError('rejected', `${label}: redirect ${res.status} without a Location header.`, { url, status: res.status });
-        const nextUrl = new URL(loc, u);
-        if (nextUrl.origin !== u.origin) {
-          throw new StorageError('disallowed-url', `${label} redirects to another host (${nextUrl.host}); redirects are followed only within the same host.`, {
-            url,
-            status: res.status,
-          });
-        }
-        if (hop + 1 > MAX_REDIRECTS) throw new StorageError('disallowed-url', `${label}: more than ${MAX_REDIRECTS} redirects.`, { url });
-        const hopCheck = checkSourceUrl(nextUrl.href, index, policy);
-        if ('problem' in hopCheck) throw new StorageError(hopCheck.problem.kind, `${hopCheck.problem.message} (reached by a redirect)`, { url });
-        u = nextUrl;
-        continue;
-      }
-      if (!res.ok || !res.body) {
-        await res.body?.cancel().catch(() => undefined);
-        throw new StorageError(res.status === 404 ? 'not-found' : res.status >= 500 || res.status === 429 ? 'unavailable' : 'rejected', `${label}: the server answered HTTP ${res.status}.`, {
-          url,
-          status: res.status,
-        });
-      }
-      const len = Number(res.headers.get('content-length') ?? NaN);
-      if (Number.isFinite(len) && len > limits.maxFileBytes) {
-        await res.body.cancel().catch(() => undefined);
-        throw new StorageError('too-large', `${label} is ${len} bytes, over the per-file limit of ${limits.maxFileBytes}. Use a smaller file.`, { url });
-      }
-      return Readable.fromWeb(res.body as import('node:stream/web').ReadableStream);
-    }
+  /** Opens the body of one image URL under the dataset rules (dataset-source.ts, shared with the header probe). */
+  private openSource(url: string, index: number, label: string, policy: DatasetSourcePolicy, signal: AbortSignal): Promise<Readable> {
+    return openDatasetSource(this.storage, url, index, label, policy, { signal });
   }
 }

@@ -22,7 +22,22 @@ export {
 export { S3_CLIENT, ThreadPoolSha256, createS3Client, type S3ClientOptions } from './client';
 export { backoffDelayMs, createRetryStrategy, withRetries, type RetryListener } from './retry';
 export { StorageError, redactUrl, toStorageError, type StorageErrorKind } from './errors';
-export { MAX_KEY_BYTES, assertSafeKey, checkpointLoraKey, checkpointSampleKey, encodeKeyForUrl, jobArtifactKey, loraKey, resumeStateKey, resumeStatePrefix, unsafeKeyReason } from './keys';
+export {
+  MAX_KEY_BYTES,
+  assertSafeKey,
+  attemptLogKey,
+  attemptLogPrefix,
+  checkpointLoraKey,
+  checkpointSampleKey,
+  encodeKeyForUrl,
+  finalSampleKey,
+  jobArtifactKey,
+  jobSpecKey,
+  loraKey,
+  resumeStateKey,
+  resumeStatePrefix,
+  unsafeKeyReason,
+} from './keys';
 export { ObjectStorage } from './object-storage';
 export type { PutOptions, UploadFileOptions, UploadStreamOptions } from './object-upload';
 export type { DownloadOptions, DownloadResult, ObjectInfo } from './object-download';
@@ -61,6 +76,8 @@ export {
   type SourceCheckOptions,
 } from './dataset-fetch.port';
 export { DatasetFetcher } from './dataset-fetcher';
+export { MAX_REDIRECTS, openDatasetSource, type OpenSourceOptions } from './dataset-source';
+export { ImageHeaderProbe, PROBE_HEADER_BYTES, type ImageProbeItem, type ImageProbeResult, type ProbeOptions } from './image-probe';
 export { MODEL_UPLOAD_PORT, autoV2, type ModelUploadPort, type UploadRequest, type UploadedObject } from './model-upload.port';
 export { ModelUploader } from './model-uploader';
 export { WEIGHT_CACHE_PORT, type AcquireOptions, type WeightCachePort, type WeightLease, type WeightSource, type WeightSpec } from './weight-cache.port';

@@ -41,7 +41,7 @@ export function loraKey(slug: string): string {
   return `loras/${slug}.safetensors`;
 }
 
-/** `training-jobs/<jobId>/<name>`: per-job artifacts (samples, logs, rendered config). `name` may contain sub-folders. */
+/** `training-jobs/<jobId>/<name>`: the job's artifacts; the per-attempt keys below build on it. `name` may contain sub-folders. */
 export function jobArtifactKey(jobId: string, name: string): string {
   if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$/.test(jobId)) {
     throw new StorageError('invalid-name', `Job id ${JSON.stringify(jobId)} is not allowed in an object key: use letters, digits, '_' and '-'.`);
@@ -60,14 +60,59 @@ function stepSegment(step: number): string {
   return `step-${String(step).padStart(8, '0')}`;
 }
 
-function attemptSegment(platformAttempt: number, leaseId: string): string {
+/** `attempt-<n>`: the platform attempt (the job's retryCount) a key belongs to. */
+function platformAttemptSegment(platformAttempt: number): string {
   if (!Number.isSafeInteger(platformAttempt) || platformAttempt < 0) {
     throw new StorageError('invalid-name', `Platform attempt ${JSON.stringify(platformAttempt)} is not allowed in an object key: use a whole number ≥ 0.`);
   }
+  return `attempt-${platformAttempt}`;
+}
+
+function assertLeaseId(leaseId: string): void {
   if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$/.test(leaseId)) {
     throw new StorageError('invalid-name', `Lease id ${JSON.stringify(leaseId)} is not allowed in an object key: use letters, digits, '_' and '-'.`);
   }
-  return `attempt-${platformAttempt}`;
+}
+
+function attemptSegment(platformAttempt: number, leaseId: string): string {
+  assertLeaseId(leaseId);
+  return platformAttemptSegment(platformAttempt);
+}
+
+function assertFileName(what: string, fileName: string): void {
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/.test(fileName) || fileName.includes('..')) {
+    throw new StorageError('invalid-name', `${what} ${JSON.stringify(fileName)} is not allowed in an object key: use letters, digits, '.', '_' and '-'.`);
+  }
+}
+
+/*
+ * The final outputs of one claim (lease) of one platform attempt. A platform
+ * Retry is a new platform attempt and a re-claim is a new lease, so neither
+ * overwrites what an earlier attempt or claim stored, and a stale claim
+ * cannot overwrite a newer one's files. The model file itself keeps
+ * `loraKey` (the platform loads it by slug).
+ */
+
+/** `training-jobs/<jobId>/samples/attempt-<n>/<leaseId>/<fileName>` (models bucket): a final sample (a preview of the job's model). */
+export function finalSampleKey(jobId: string, platformAttempt: number, leaseId: string, fileName: string): string {
+  const folder = attemptSegment(platformAttempt, leaseId);
+  assertFileName('Sample file name', fileName);
+  return jobArtifactKey(jobId, `samples/${folder}/${leaseId}/${fileName}`);
+}
+
+/** `training-jobs/<jobId>/logs/attempt-<n>/<leaseId>.log` (models bucket): the engine log (train.log) of one claim. */
+export function attemptLogKey(jobId: string, platformAttempt: number, leaseId: string): string {
+  return jobArtifactKey(jobId, `logs/${attemptSegment(platformAttempt, leaseId)}/${leaseId}.log`);
+}
+
+/** `training-jobs/<jobId>/logs/attempt-<n>/`: the logs of every claim of one platform attempt (a reader lists it for the newest). */
+export function attemptLogPrefix(jobId: string, platformAttempt: number): string {
+  return `${jobArtifactKey(jobId, `logs/${platformAttemptSegment(platformAttempt)}`)}/`;
+}
+
+/** `training-jobs/<jobId>/config/attempt-<n>/<leaseId>/job-spec.json` (models bucket): the job spec one claim trained with. */
+export function jobSpecKey(jobId: string, platformAttempt: number, leaseId: string): string {
+  return jobArtifactKey(jobId, `config/${attemptSegment(platformAttempt, leaseId)}/${leaseId}/job-spec.json`);
 }
 
 /**
@@ -83,9 +128,7 @@ export function checkpointLoraKey(jobId: string, platformAttempt: number, step: 
 /** `training-jobs/<jobId>/checkpoints/attempt-<n>/step-<00000000>-<leaseId>-samples/<fileName>` (models bucket): a sample image of one checkpoint. */
 export function checkpointSampleKey(jobId: string, platformAttempt: number, step: number, leaseId: string, fileName: string): string {
   const folder = attemptSegment(platformAttempt, leaseId);
-  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/.test(fileName) || fileName.includes('..')) {
-    throw new StorageError('invalid-name', `Sample file name ${JSON.stringify(fileName)} is not allowed in an object key: use letters, digits, '.', '_' and '-'.`);
-  }
+  assertFileName('Sample file name', fileName);
   return jobArtifactKey(jobId, `checkpoints/${folder}/${stepSegment(step)}-${leaseId}-samples/${fileName}`);
 }
 

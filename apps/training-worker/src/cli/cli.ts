@@ -43,7 +43,7 @@ const USAGE = `Usage: cli <command> [options]
   list     [--status STATUS] [--watch]
   follow   JOB_ID [--json] [--interval MS] [--worker-pid PID]
            (a live bar in a terminal, plain lines otherwise; exit 0 COMPLETED, 1 FAILED/CANCELLED,
-            3 the worker PID exited first)
+            3 the worker PID exited first, 4 the job could not be read for 60 s)
   result   JOB_ID   (the result table: status, steps, final loss, model and sample URLs, points, balance)
   cancel   JOB_ID
   show     JOB_ID [--json]
@@ -303,6 +303,9 @@ async function show(jobs: TrainingJobRepository, attempts: TrainingAttemptReposi
     console.log(`  Quote: ${quote ? `${quote.points} points for about ${quote.estimatedSeconds} s at $${quote.gpuUsdPerHour}/h (fee ${quote.platformFee ?? 'n/a'})` : 'none yet'}`);
     console.log(`  Charged: ${state.charged ? `yes, ${quote?.points ?? '?'} points` : attempt.open ? 'in progress or unknown (the record is open: the sweep settles it if the attempt ends)' : 'no'}`);
     if (state.trainSeconds !== undefined) console.log(`  Trained: ${state.trainSeconds} s`);
+    // This attempt's own outputs, as recorded when they were stored (keys per platform attempt and claim).
+    const up = state.upload;
+    if (up) console.log(`  Outputs: ${up.sampleUrls.length} samples${up.sampleUrls.map((u) => `\n    sample ${u}`).join('')}\n    log    ${up.logUrl ?? '(none)'}\n    spec   ${up.configUrl ?? '(none)'}`);
     console.log(`  Settled: ${decision ? `${decision.outcome}, ${decision.usedPoints} points used (${decision.reason}; decided by ${decision.decidedBy})` : 'not yet'}${attempt.settledAt ? '' : decision ? ' (points still moving)' : ''}`);
     printCheckpoints(job, attempt, model as LoraModelDoc | null);
     try {

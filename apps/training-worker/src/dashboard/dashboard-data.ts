@@ -9,6 +9,7 @@ import type { Db, Filter } from 'mongodb';
 import {
   environmentFilter,
   LEASED_STATUSES,
+  platformAttemptOf,
   TERMINAL_STATUSES,
   TRAINING_JOBS_COLLECTION,
   TrainingAttemptRepository,
@@ -17,7 +18,7 @@ import {
 } from '@stationthis/db';
 import type { GpuInventory } from '@stationthis/docker';
 import type { PointsLedger } from '@stationthis/points';
-import type { ObjectStorage } from '@stationthis/storage';
+import { attemptLogPrefix, type ObjectStorage } from '@stationthis/storage';
 import type { WorkerConfig } from '../config/worker-config';
 import type { JobActivity } from './job-activity';
 import { isServableImageKey, jobDetail, jobSummary, queueView, slotsView, type JobDetailView, type OverviewView } from './dashboard-views';
@@ -49,7 +50,7 @@ export interface DashboardSources {
 export class DashboardData {
   private readonly collection;
   private vram: { at: number; value: Promise<Map<number, number> | null> } | null = null;
-  /** A finished job's stored log never changes: read once per job (bounded). */
+  /** A finished platform attempt's stored log never changes: read once per job and attempt (bounded). */
   private readonly storedLogs = new Map<string, string[]>();
 
   constructor(private readonly src: DashboardSources) {
@@ -119,7 +120,7 @@ export class DashboardData {
     const terminal = TERMINAL_STATUSES.includes(job.status);
     if (live && !terminal) return { source: 'live', seq: live.seq, lines: live.lines };
     if (terminal) {
-      const stored = await this.storedLog(id).catch(() => null);
+      const stored = await this.storedLog(id, platformAttemptOf(job)).catch(() => null);
       if (stored?.length) return { source: 'stored', seq: null, lines: stored };
     }
     if (live) return { source: 'live', seq: live.seq, lines: live.lines };
@@ -127,12 +128,17 @@ export class DashboardData {
     return { source: tail.length ? 'job-document' : 'none', seq: null, lines: tail };
   }
 
-  private async storedLog(jobId: string): Promise<string[] | null> {
-    const cached = this.storedLogs.get(jobId);
+  /** The job's current platform attempt's log: the one its attempt record names, else the newest its claims stored. */
+  private async storedLog(jobId: string, platformAttempt: number): Promise<string[] | null> {
+    const cacheKey = `${jobId}:${platformAttempt}`;
+    const cached = this.storedLogs.get(cacheKey);
     if (cached) return cached;
-    const keys = (await this.src.storage.listKeys('models', `training-jobs/${jobId}/logs/`)).filter((k) => k.endsWith('.log'));
+    const recordedUrl = (await this.src.attempts.find(jobId, platformAttempt))?.state.upload?.logUrl;
+    const recorded = recordedUrl ? this.src.storage.matchOwnUrl(recordedUrl) : null;
+    // A failed or cancelled attempt records no upload: its claims' logs are listed under the attempt's prefix.
+    const keys = recorded?.bucketAlias === 'models' && recorded.key ? [recorded.key] : (await this.src.storage.listKeys('models', attemptLogPrefix(jobId, platformAttempt))).filter((k) => k.endsWith('.log'));
     if (keys.length === 0) return null;
-    // Attempt logs are named by lease id (no order): the newest is the one most recently written.
+    // Claim logs are named by lease id (no order): the newest is the one most recently written.
     const heads = await Promise.all(keys.map(async (key) => ({ key, info: await this.src.storage.headObject('models', key) })));
     const found = heads.flatMap(({ key, info }) => (info ? [{ key, bytes: info.bytes, at: info.lastModified?.getTime() ?? 0 }] : []));
     const newest = found.sort((a, b) => a.at - b.at).pop();
@@ -145,7 +151,7 @@ export class DashboardData {
     if (start > 0) lines = lines.slice(1); // the first line was cut by the range
     lines = lines.filter((l, i) => l.length > 0 || i < lines.length - 1).slice(-STORED_LOG_LINES);
     if (this.storedLogs.size >= 32) this.storedLogs.delete(this.storedLogs.keys().next().value as string);
-    this.storedLogs.set(jobId, lines);
+    this.storedLogs.set(cacheKey, lines);
     return lines;
   }
 

@@ -1,5 +1,5 @@
 /** Concept datasets: pairing rules for control images, every error, sizes and file names. */
-import { BLANK_CONTROL_PNG_BASE64, checkControlSizes, controlFileNameFor, platformSourceFilename, resolveControlPairs } from '../index';
+import { BLANK_CONTROL_PNG_BASE64, checkControlSizes, conceptPromptOutputIds, controlFileNameFor, platformSourceFilename, promptOfRequestPayload, resolveControlPairs } from '../index';
 
 const IMG = (n: number, ext = 'jpg') => `https://cdn.example.com/u/a/${n}.${ext}`;
 const CTL = (n: number) => `https://cdn.example.com/u/c/${n}.png`;
@@ -19,6 +19,18 @@ describe('platformSourceFilename (the platform downloader naming)', () => {
   });
 });
 
+const requestDoc = {
+  images,
+  embellishments: [
+    { _id: 'cap', type: 'caption', status: 'completed', results: [{ value: 'x' }, { value: 'y' }, { value: 'z' }] },
+    { ...controlSet('run', [CTL(9), CTL(9), CTL(9)]), status: 'in_progress' },
+    { ...controlSet('failed', [CTL(9), CTL(9), CTL(9)]), status: 'failed' },
+    { ...controlSet('nostatus', [CTL(9), CTL(9), CTL(9)]), status: undefined },
+    controlSet('a', [CTL(1), CTL(2), CTL(3)]),
+    controlSet('b', [CTL(4), CTL(5), CTL(6)]),
+  ],
+};
+
 describe('resolveControlPairs', () => {
   it('pairs by position from the completed control embellishment, with its prompt', () => {
     const r = resolveControlPairs({ images, embellishments: [controlSet('c1', [CTL(1), CTL(2), CTL(3)], { config: { prompt: ' make it winter ' } })] });
@@ -28,25 +40,72 @@ describe('resolveControlPairs', () => {
         pairs: images.map((u, i) => ({ index: i, targetUrl: u, controlUrl: CTL(i + 1) })),
         source: 'embellishment:c1 (first completed)',
         prompt: 'make it winter',
+        promptSource: 'control-set-config',
       },
     });
   });
 
-  it('takes the requested control set, ignores captions and unfinished sets, and says when the request was not found', () => {
-    const doc = {
-      images,
-      embellishments: [
-        { _id: 'cap', type: 'caption', status: 'completed', results: [{ value: 'x' }, { value: 'y' }, { value: 'z' }] },
-        { ...controlSet('run', [CTL(9), CTL(9), CTL(9)]), status: 'in_progress' },
-        controlSet('a', [CTL(1), CTL(2), CTL(3)]),
-        controlSet('b', [CTL(4), CTL(5), CTL(6)]),
-      ],
-    };
-    const b = resolveControlPairs(doc, 'b');
+  it('takes the requested control set, ignoring captions and unfinished sets', () => {
+    const b = resolveControlPairs(requestDoc, 'b');
     expect(b.ok && b.pairing.source).toBe('embellishment:b (requested)');
     expect(b.ok && b.pairing.pairs[0]!.controlUrl).toBe(CTL(4));
-    const missing = resolveControlPairs(doc, 'run');
-    expect(missing.ok && missing.pairing.source).toBe('embellishment:a (first completed; requested run not found or not completed)');
+    // No request: the platform's default, the first completed control set.
+    const none = resolveControlPairs(requestDoc);
+    expect(none.ok && none.pairing.source).toBe('embellishment:a (first completed)');
+    expect(resolveControlPairs(requestDoc, '').ok).toBe(true);
+  });
+
+  it('refuses a requested set that is not a completed control set, naming it and its state, instead of training on another set', () => {
+    const refused = (id: string, doc: Record<string, unknown> = requestDoc) => {
+      const r = resolveControlPairs(doc, id);
+      expect(r.ok).toBe(false);
+      if (r.ok) throw new Error('accepted');
+      expect(r.problems.map((p) => p.kind)).toEqual(['control-set-unavailable']);
+      return r.problems[0]!.message;
+    };
+    expect(refused('run')).toBe(
+      'The requested control set "run" is "in_progress", not completed, so there are no pairs to train on. This dataset\'s completed control sets: "a", "b". Wait until it has completed, or choose a completed control set (or none, to train on the first completed one) and submit again.',
+    );
+    expect(refused('failed')).toMatch(/^The requested control set "failed" is "failed", not completed/);
+    expect(refused('nostatus')).toMatch(/^The requested control set "nostatus" is without a status, not completed/);
+    expect(refused('cap')).toMatch(/^The requested control set "cap" is a "caption" set, not a control set.*completed control sets: "a", "b"\. Choose a completed control set/);
+    expect(refused('gone')).toMatch(/^The requested control set "gone" is not a control set of this dataset/);
+    // Legacy controlImages do not stand in for a set that was asked for by id.
+    expect(refused('gone', { images, controlImages: [{ sourceFilename: '001.jpg', url: CTL(1) }] })).toMatch(/This dataset has no completed control set\. Choose/);
+    // A hostile id is quoted and cut short.
+    expect(refused(`x"${'y'.repeat(200)}`)).toMatch(/^The requested control set "x\\"y{62}" is not a control set/);
+    // The refusal names no prompt outputs to read.
+    expect(conceptPromptOutputIds(requestDoc, 'run')).toEqual([]);
+  });
+
+  it('trains on the prompt of the first linked generation output, else the set config (the platform order)', () => {
+    const linked = {
+      images,
+      embellishments: [
+        {
+          ...controlSet('c', [], { config: { prompt: 'config prompt' } }),
+          // A result swapped by hand links no generation; one output linked twice is read once.
+          results: [{ value: CTL(1) }, { value: CTL(2), generationOutputId: 'g2' }, { value: CTL(3), generationOutputId: 'g2' }],
+        },
+      ],
+    };
+    expect(conceptPromptOutputIds(linked)).toEqual(['g2']);
+    const fromGeneration = resolveControlPairs(linked, undefined, { generationPrompt: ' make it snow ' });
+    expect(fromGeneration.ok && [fromGeneration.pairing.prompt, fromGeneration.pairing.promptSource]).toEqual(['make it snow', 'generation-output']);
+    const fromConfig = resolveControlPairs(linked, undefined, { generationPrompt: '  ' });
+    expect(fromConfig.ok && [fromConfig.pairing.prompt, fromConfig.pairing.promptSource]).toEqual(['config prompt', 'control-set-config']);
+    const neither = resolveControlPairs({ images, embellishments: [controlSet('c', [CTL(1), CTL(2), CTL(3)])] });
+    expect(neither.ok && 'prompt' in neither.pairing).toBe(false);
+    // Legacy controlImages link no generation output.
+    expect(conceptPromptOutputIds({ images, controlImages: [{ sourceFilename: '001.jpg', url: CTL(1) }] })).toEqual([]);
+    expect(conceptPromptOutputIds({ images })).toEqual([]);
+  });
+
+  it('reads the prompt of a request payload as the platform does: input_prompt, then prompt, then text', () => {
+    expect(promptOfRequestPayload({ input_prompt: ' a ', prompt: 'b', text: 'c' })).toBe('a');
+    expect(promptOfRequestPayload({ input_prompt: '', prompt: 'b', text: 'c' })).toBe('b');
+    expect(promptOfRequestPayload({ prompt: 7, text: 'c' })).toBe('c');
+    for (const none of [undefined, null, 'x', {}, { input_prompt: '   ' }]) expect(promptOfRequestPayload(none)).toBeUndefined();
   });
 
   it('pairs the legacy controlImages by sourceFilename, in any order', () => {
@@ -148,6 +207,12 @@ describe('checkControlSizes', () => {
     const many = Array.from({ length: 10 }, (_, i) => ({ index: i, target: { width: 100, height: 200 }, control: { width: 200, height: 100 } }));
     expect(checkControlSizes(many)).toHaveLength(9);
     expect(checkControlSizes(many)[8]).toBe('and 2 more pairs');
+  });
+  it('names every mismatched pair when asked to (the check before the charge)', () => {
+    const many = Array.from({ length: 10 }, (_, i) => ({ index: i, target: { width: 100, height: 200 }, control: { width: 200, height: 100 } }));
+    const all = checkControlSizes(many, Number.POSITIVE_INFINITY);
+    expect(all).toHaveLength(10);
+    expect(all[9]).toBe('image 10 is 100×200 but its control is 200×100');
   });
 });
 

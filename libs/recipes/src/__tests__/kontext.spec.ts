@@ -1,6 +1,6 @@
 /** The FLUX.1 Kontext recipe: both training modes, saves and resume, the CPU test run, registration and quotes. */
 import { applyArgvSubstitutions, CONTAINER_PATHS, getRecipe, jobParametersFromPlatformDoc, OFFERINGS, recipeForModelType, requiredWeights, testRunWeights, type Recipe, type RenderInput } from '../index';
-import type { KontextParameters } from '../recipes/kontext';
+import { KONTEXT_SAMPLE_CONTROL, KONTEXT_SAMPLE_CONTROL_PY, type KontextParameters } from '../recipes/kontext';
 import { renderInput } from '../__fixtures__/helpers';
 
 const recipe = getRecipe('kontext-lora') as unknown as Recipe<KontextParameters>;
@@ -100,11 +100,34 @@ describe('kontext-lora recipe', () => {
     expect(toml).not.toContain('control_resolution');
     const prompts = fileOf(job, 'sample_prompts.txt')!.trim().split('\n');
     expect(prompts).toHaveLength(3);
-    for (const line of prompts) expect(line.endsWith(`--ci ${CONTAINER_PATHS.control}/img_0001.webp`)).toBe(true);
-    expect(prompts[0]).toBe(`sks_dog --w 768 --h 768 --d 42 --s 20 --g 2.5 --ci ${CONTAINER_PATHS.control}/img_0001.webp`);
-    // Without the control names the previews are text-to-image rather than a failed job.
-    expect(fileOf(recipe.render(input({ trainingMode: 'concept' })), 'sample_prompts.txt')).not.toContain('--ci');
-    // A hostile control name never reaches the prompt file.
+    // The previews use the first pair's control, scaled to the training size by the first step (musubi samples a control at its own size).
+    expect(KONTEXT_SAMPLE_CONTROL).toBe(`${CONTAINER_PATHS.output}/sample-control/control.png`);
+    for (const line of prompts) expect(line.endsWith(`--ci ${KONTEXT_SAMPLE_CONTROL}`)).toBe(true);
+    expect(prompts[0]).toBe(`sks_dog --w 768 --h 768 --d 42 --s 20 --g 2.5 --ci ${KONTEXT_SAMPLE_CONTROL}`);
+    expect(job.steps.map((s) => s.name)).toEqual(['sample-control', 'cache-latents', 'cache-text-encoder', 'train']);
+    expect(job.steps[0]).toEqual({
+      name: 'sample-control',
+      argv: ['python', `${CONTAINER_PATHS.job}/scale_sample_control.py`, `${CONTAINER_PATHS.control}/img_0001.webp`, KONTEXT_SAMPLE_CONTROL, '768'],
+      reportsTrainingProgress: false,
+    });
+    expect(fileOf(job, 'scale_sample_control.py')).toBe(KONTEXT_SAMPLE_CONTROL_PY);
+    expect(recipe.render(input({ trainingMode: 'concept', resolution: 512 }, { controlImages: ['a.png'] })).steps[0]!.argv.slice(2)).toEqual([
+      `${CONTAINER_PATHS.control}/a.png`,
+      KONTEXT_SAMPLE_CONTROL,
+      '512',
+    ]);
+    // No previews, no control names, or style_subject: no scaling step, no script, no --ci.
+    for (const [raw, controls] of [
+      [{ trainingMode: 'concept', samplePreview: false }, ['img_0001.png']],
+      [{ trainingMode: 'concept' }, undefined],
+      [{}, ['img_0001.png']],
+    ] as const) {
+      const other = recipe.render(input(raw, controls ? { controlImages: [...controls] } : {}));
+      expect(other.steps.map((s) => s.name)).toEqual(['cache-latents', 'cache-text-encoder', 'train']);
+      expect(fileOf(other, 'scale_sample_control.py')).toBeUndefined();
+      expect(fileOf(other, 'sample_prompts.txt') ?? '').not.toContain('--ci');
+    }
+    // A hostile control name never reaches the prompt file or the step.
     expect(() => recipe.render(input({ trainingMode: 'concept' }, { controlImages: ['../../etc/passwd --w 9999'] }))).toThrow(/control image name must be a plain file name/);
   });
 
@@ -128,6 +151,9 @@ describe('kontext-lora recipe', () => {
     for (const kept of ['--vae', '--text_encoder1', '--text_encoder2', '--dit']) expect(argv).toContain(kept);
     expect(applied.length).toBeGreaterThanOrEqual(4);
     expect(testRunWeights(recipe, recipe.weights).weights).toEqual(recipe.weights);
+    // The preview-control step takes no flag a test run changes: it runs as rendered (and proves the script in the real image).
+    const scale = recipe.render(input({ trainingMode: 'concept' }, { controlImages: ['img_0001.png'] })).steps[0]!;
+    expect(applyArgvSubstitutions(scale.argv, recipe.testRun!.substitutions)).toEqual({ argv: scale.argv, applied: [] });
   });
 
   it('registers as KONTEXT so the resolver loads it on Kontext workflows only', () => {

@@ -29,6 +29,8 @@ interface Case {
   recipe: string;
   parameters: (r: Recipe) => Record<string, unknown>;
   dataset?: { imageCount: number; videoCount?: number };
+  /** RenderInput.controlImages (what the worker wrote into the control mount). */
+  controlImages?: string[];
 }
 
 const CASES: Case[] = [];
@@ -41,19 +43,24 @@ CASES.push({ name: 'wan-lora-video-only', recipe: 'wan-lora', parameters: () => 
 CASES.push({ name: 'wan-lora-mixed', recipe: 'wan-lora', parameters: () => ({}), dataset: { imageCount: 12, videoCount: 4 } });
 CASES.push({ name: 'wan-lora-wan22-high', recipe: 'wan-lora', parameters: () => ({ task: 't2v-A14B', wan22Expert: 'high-noise', fp8Scaled: true }) });
 CASES.push({ name: 'kontext-lora-concept', recipe: 'kontext-lora', parameters: () => ({ trainingMode: 'concept' }) });
+CASES.push({ name: 'kontext-lora-concept-previews', recipe: 'kontext-lora', parameters: () => ({ trainingMode: 'concept' }), controlImages: ['img_0001.webp', 'img_0002.png'] });
 CASES.push({ name: 'flux-lora-24gb-low-vram', recipe: 'flux-lora', parameters: () => ({ blocksToSwap: 16, optimizer: 'Adafactor', multiResolution: false, resolution: 768 }) });
+
+function inputOf(recipe: Recipe, parameters: Record<string, unknown>, c: Case) {
+  return { ...renderInput(recipe, parameters, c.dataset), ...(c.controlImages ? { controlImages: c.controlImages } : {}) };
+}
 
 describe.each(CASES)('render golden: $name', (c) => {
   const recipe = getRecipe(c.recipe);
   const validated = recipe.validate(c.parameters(recipe));
   it('validates and renders exactly as the golden file', () => {
     if (!validated.ok) throw new Error(JSON.stringify(validated.issues));
-    const rendered = recipe.render(renderInput(recipe, validated.value, c.dataset));
+    const rendered = recipe.render(inputOf(recipe, validated.value, c));
     golden(c.name, rendered);
   });
   it('uses only container paths and argv arrays', () => {
     if (!validated.ok) return;
-    const rendered = recipe.render(renderInput(recipe, validated.value, c.dataset));
+    const rendered = recipe.render(inputOf(recipe, validated.value, c));
     for (const step of rendered.steps) {
       expect(step.argv.length).toBeGreaterThan(1);
       for (const arg of step.argv) {
@@ -72,11 +79,16 @@ describe.each(CASES)('render golden: $name', (c) => {
   });
   it('emits only flags listed in the image flag checks (verified against the pinned engine at build time)', () => {
     if (!validated.ok) return;
-    const rendered = recipe.render(renderInput(recipe, validated.value, c.dataset));
+    const rendered = recipe.render(inputOf(recipe, validated.value, c));
     const checks = recipe.image.flagChecks ?? [];
     for (const step of rendered.steps) {
       const scriptIndex = step.argv.findIndex((a) => a.endsWith('.py'));
       const script = step.argv[scriptIndex]!;
+      if (script.startsWith(`${CONTAINER_PATHS.job}/`)) {
+        // A script the recipe ships in its own rendered files, not the engine's: it must be one of them; its recipe's tests cover its arguments.
+        expect(rendered.files.map((f) => `${CONTAINER_PATHS.job}/${f.path}`)).toContain(script);
+        continue;
+      }
       const check = checks.find((fc) => fc.argv.includes(script));
       expect(check).toBeDefined();
       const flags = step.argv.slice(scriptIndex + 1).filter((a) => a.startsWith('--'));

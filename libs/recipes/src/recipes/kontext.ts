@@ -19,6 +19,14 @@
  *   down to 256² by `control_resolution` so it adds few tokens. The LoRA then
  *   learns the style or subject from the prompt with an empty reference, which
  *   is how Kontext is used for text-to-image.
+ * Concept previews sample with the first pair's control image. musubi feeds
+ * a sample's control at its own size (flux_kontext_train_network.py
+ * do_inference: `preprocess_control_image(..., resize_to_prefered=False)`), so
+ * a 6000 px square control would add ~140k tokens to every denoising step: minutes to
+ * hours per preview, or out of memory. A first step, `sample-control`, writes a
+ * copy scaled to fit resolution² into the output folder (the control mount is
+ * read-only) with a script this recipe ships in its rendered files, and the
+ * prompts point `--ci` at that copy.
  * Same engine, pin, torch layer and requirements as WAN (its own image name
  * and tokenizers: recipes version independently). See ADR 0009.
  */
@@ -64,6 +72,10 @@ export const KONTEXT_SAMPLE_GUIDANCE = 2.5;
 export const KONTEXT_BLANK_CONTROL_RESOLUTION = 256;
 /** Caches live under the writable output mount; the worker uploads only the LoRA. */
 export const KONTEXT_CACHE_DIR = `${CONTAINER_PATHS.output}/cache`;
+/** The script that scales the preview control (rendered into the job folder; Python and Pillow come with musubi's image). */
+export const KONTEXT_SAMPLE_CONTROL_SCRIPT = 'scale_sample_control.py';
+/** The scaled copy of the first pair's control the concept previews use (in the writable output mount, beside the caches; never uploaded). */
+export const KONTEXT_SAMPLE_CONTROL = `${CONTAINER_PATHS.output}/sample-control/control.png`;
 /** FLUX.1 has 19 double and 38 single blocks; musubi's enable_block_swap accepts at most 34 (flux/flux_models.py). */
 export const KONTEXT_MAX_BLOCKS_TO_SWAP = 34;
 
@@ -214,23 +226,92 @@ export function kontextSavePlan(input: RenderInput<KontextParameters>) {
 }
 
 /**
+ * The control image of the concept previews: the first pair's, by its file
+ * name under CONTAINER_PATHS.control. undefined without one (style_subject,
+ * or no control names given): the previews are then text-to-image.
+ */
+function previewControlOf(input: RenderInput<KontextParameters>): string | undefined {
+  const p = input.parameters;
+  const control = p.samplePreview && p.trainingMode === 'concept' ? input.controlImages?.[0] : undefined;
+  if (control === undefined) return undefined;
+  if (!/^[A-Za-z0-9._-]+$/.test(control) || control.startsWith('.')) {
+    throw new Error(`render kontext-lora: control image name must be a plain file name of [A-Za-z0-9._-], got ${JSON.stringify(control)}`);
+  }
+  return control;
+}
+
+/**
  * musubi's prompt file (training/sampling_prompts.py): `--w/--h` size, `--d`
  * seed, `--s` steps, `--g` Kontext's distilled guidance, and in concept mode
- * `--ci <control>`: the first pair's control image, so a preview shows the
- * learned edit. Without a reference (style_subject, or no control names
- * given) the trainer samples text-to-image (do_inference skips the control).
+ * `--ci <control>`: the first pair's control image, scaled by the
+ * `sample-control` step, so a preview shows the learned edit at the training
+ * size. Without a reference the trainer samples text-to-image (do_inference
+ * skips the control).
  */
 export function kontextSamplePrompts(input: RenderInput<KontextParameters>): string {
   const p = input.parameters;
   const options = ['--w', String(p.resolution), '--h', String(p.resolution), '--d', String(p.seed), '--s', String(KONTEXT_SAMPLE_STEPS), '--g', num(KONTEXT_SAMPLE_GUIDANCE)];
-  const control = p.trainingMode === 'concept' ? input.controlImages?.[0] : undefined;
-  if (control !== undefined) {
-    if (!/^[A-Za-z0-9._-]+$/.test(control) || control.startsWith('.')) {
-      throw new Error(`render kontext-lora: control image name must be a plain file name of [A-Za-z0-9._-], got ${JSON.stringify(control)}`);
-    }
-    options.push('--ci', `${CONTAINER_PATHS.control}/${control}`);
-  }
+  if (previewControlOf(input) !== undefined) options.push('--ci', KONTEXT_SAMPLE_CONTROL);
   return samplePromptsFor(input).map((prompt) => [prompt, ...options].join(' ')).join('\n') + '\n';
+}
+
+/**
+ * Scales the preview control to fit resolution² (aspect kept, sides multiples
+ * of 16 as musubi crops them, RGB as musubi converts it) and writes it as PNG.
+ * Runs in the training image, offline, as the unprivileged user: reads the
+ * read-only control mount, writes only the given output path. A JPEG is
+ * decoded at a reduced scale (Image.draft), so a large control costs little.
+ */
+export const KONTEXT_SAMPLE_CONTROL_PY = `"""Scale the control image of the FLUX.1 Kontext sample previews to the training size.
+
+Rendered by the kontext-lora recipe (libs/recipes/src/recipes/kontext.ts). musubi samples
+with the control at its own size (preprocess_control_image(..., resize_to_prefered=False)),
+so a large control would cost minutes to hours per preview or run out of memory.
+
+usage: python scale_sample_control.py <control image> <output .png> <resolution>
+"""
+import math
+import os
+import sys
+
+from PIL import Image
+
+LANCZOS = getattr(Image, "Resampling", Image).LANCZOS
+
+
+def fit(width, height, resolution):
+    """At most resolution**2 pixels, aspect kept, each side a multiple of 16 (at least 16)."""
+    scale = min(1.0, resolution / math.sqrt(width * height))
+    return max(16, int(width * scale) // 16 * 16), max(16, int(height * scale) // 16 * 16)
+
+
+def main(argv):
+    if len(argv) != 3 or not argv[2].isdigit() or int(argv[2]) < 16:
+        print("usage: scale_sample_control.py <control image> <output .png> <resolution >= 16>", file=sys.stderr)
+        return 2
+    source, target, resolution = argv[0], argv[1], int(argv[2])
+    try:
+        with Image.open(source) as image:
+            width, height = image.size
+            size = fit(width, height, resolution)
+            image.draft("RGB", size)
+            scaled = image.convert("RGB").resize(size, LANCZOS)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        print(f"sample control: cannot read the control image {source}: {e}", file=sys.stderr)
+        return 1
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    scaled.save(target, "PNG")
+    print(f"sample control: {os.path.basename(source)} {width}x{height} -> {target} {size[0]}x{size[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+`;
+
+/** The `sample-control` step: python on the shipped script (no engine flags; its arguments are positional). */
+function kontextSampleControlArgv(input: RenderInput<KontextParameters>, control: string): string[] {
+  return ['python', jobPath(KONTEXT_SAMPLE_CONTROL_SCRIPT), `${CONTAINER_PATHS.control}/${control}`, KONTEXT_SAMPLE_CONTROL, String(input.parameters.resolution)];
 }
 
 function kontextCacheLatentsArgv(input: RenderInput<KontextParameters>): string[] {
@@ -338,12 +419,16 @@ export const kontextRecipe: Recipe<KontextParameters> = defineRecipe<KontextPara
   renderJob(input) {
     const saves = kontextSavePlan(input);
     const p = input.parameters;
+    const previewControl = previewControlOf(input);
     return {
       files: [
         { path: KONTEXT_DATASET_TOML, content: kontextDatasetToml(input) },
         ...(p.samplePreview ? [{ path: KONTEXT_SAMPLE_PROMPTS, content: kontextSamplePrompts(input) }] : []),
+        ...(previewControl !== undefined ? [{ path: KONTEXT_SAMPLE_CONTROL_SCRIPT, content: KONTEXT_SAMPLE_CONTROL_PY }] : []),
       ],
       steps: [
+        // First: seconds, and a control that cannot be read fails before the model loads.
+        ...(previewControl !== undefined ? [{ name: 'sample-control', argv: kontextSampleControlArgv(input, previewControl), reportsTrainingProgress: false }] : []),
         { name: 'cache-latents', argv: kontextCacheLatentsArgv(input), reportsTrainingProgress: false },
         { name: 'cache-text-encoder', argv: kontextCacheTextArgv(input), reportsTrainingProgress: false },
         { name: 'train', argv: kontextTrainArgv(input), reportsTrainingProgress: true },

@@ -4,16 +4,20 @@
  * the dataset (exists, may be used by that account, has a size the engine can
  * train on) and the quote. Reads only: nothing is charged yet, so every
  * problem found here costs the user nothing. Everything that can be checked
- * without the network is checked here, before the charge.
+ * without the network is checked here, before the charge, and so are the
+ * shapes of concept pairs (from the first bytes of each file).
  */
 import { inject, injectable } from 'tsyringe';
 import { DatasetRepository, UserCoreReader } from '@stationthis/db';
-import { DATASET_FETCH_PORT, type DatasetFetchPort } from '@stationthis/storage';
+import { DATASET_FETCH_PORT, ImageHeaderProbe, type DatasetFetchPort, type ImageDimensions } from '@stationthis/storage';
 import {
+  checkControlSizes,
+  CONTROL_ASPECT_TOLERANCE,
   datasetSizeCheck,
   recipeForModelType,
   resolveControlPairs,
   sanitizeOutputName,
+  type ControlPairing,
   sanitizeTriggerWord,
   summarizeDataset,
   type Recipe,
@@ -23,8 +27,12 @@ import type { WorkerConfig } from '../../config/worker-config';
 import { JobFailure } from '../failures';
 import type { TrainingRequest } from '../training-request';
 import type { Payer, Prepared } from './attempt';
+import { ConceptPromptReader } from './concept-prompt';
 
 const NOTHING_CHARGED = 'Nothing was charged.';
+
+/** Header reads of concept pairs before the charge: files at once, per-file timeout, and the time all of them may take. */
+const PAIR_PROBE = { concurrency: 4, timeoutMs: 10_000, budgetMs: 60_000 };
 
 @injectable()
 export class PrepareStep {
@@ -34,6 +42,10 @@ export class PrepareStep {
     @inject(DATASET_FETCH_PORT) private readonly sources: Pick<DatasetFetchPort, 'checkSources'>,
     // Optional: the unit tests build this step without a config (no operator-only recipes enabled).
     @inject(WORKER_CONFIG) private readonly config?: Pick<WorkerConfig, 'recipesEnabled'>,
+    // Optional: the unit tests build this step without one (no network); concept pairs' shapes are then checked after the download only.
+    @inject(ImageHeaderProbe) private readonly headers?: Pick<ImageHeaderProbe, 'probe'>,
+    // Optional: the unit tests build this step without a database; concept captions then come from the control set's config.prompt.
+    @inject(ConceptPromptReader) private readonly conceptPrompts?: Pick<ConceptPromptReader, 'read'>,
   ) {}
 
   async run(request: TrainingRequest): Promise<Prepared> {
@@ -85,7 +97,8 @@ export class PrepareStep {
       const more = problems.length > 1 ? ` (${problems.length - 1} more problem${problems.length > 2 ? 's' : ''} after this one)` : '';
       throw new JobFailure('dataset', `The dataset cannot be used: ${problems[0].message}${more} ${NOTHING_CHARGED}`);
     }
-    const controls = this.checkControls(recipe, validated.value, dataset, request.controlSetId);
+    const controls = await this.checkControls(recipe, validated.value, dataset, request.controlSetId);
+    if (controls?.pairing) await this.checkPairShapes(recipe, controls.pairing);
     const quote = recipe.quote(validated.value as never, summary);
     return { recipe, parameters: validated.value as Record<string, unknown>, triggerWord, outputName, dataset, quote, payer, warnings: size.warnings, ...(controls ? { controls } : {}) };
   }
@@ -93,14 +106,16 @@ export class PrepareStep {
   /**
    * A recipe that trains on pairs (Kontext concept mode): every image has
    * exactly one control image and every control URL passes the same offline
-   * rules as the dataset's, before the charge. Sizes are checked once the
-   * files' headers are read (inputs step).
+   * rules as the dataset's, before the charge. Their shapes are checked
+   * next (checkPairShapes), and again after the download (inputs step).
    */
-  private checkControls(recipe: Recipe, parameters: unknown, dataset: Prepared['dataset'], controlSetId: string | undefined): Prepared['controls'] {
+  private async checkControls(recipe: Recipe, parameters: unknown, dataset: Prepared['dataset'], controlSetId: string | undefined): Promise<Prepared['controls']> {
     const need = recipe.controlImagesFor?.(parameters as never);
     if (!need) return undefined;
     if (need.source !== 'paired') return { need };
-    const paired = resolveControlPairs(dataset as never, controlSetId);
+    // The platform's caption for every pair: the linked generation's prompt, else the set's config.prompt.
+    const generationPrompt = await this.conceptPrompts?.read(dataset as never, controlSetId);
+    const paired = resolveControlPairs(dataset as never, controlSetId, generationPrompt ? { generationPrompt } : {});
     if (!paired.ok) {
       throw new JobFailure('dataset', `The dataset cannot be used for ${recipe.displayName} concept training: ${paired.problems.map((p) => p.message).join(' ')} ${NOTHING_CHARGED}`);
     }
@@ -109,6 +124,43 @@ export class PrepareStep {
       throw new JobFailure('dataset', `A control image cannot be used: ${problems[0].message.replace(/^Image /, 'Control image ')} ${NOTHING_CHARGED}`);
     }
     return { need, pairing: paired.pairing };
+  }
+
+  /**
+   * Every concept pair's target and control have the same shape, read from
+   * the first 64 KiB of each file (the dataset fetcher's URL rules and header
+   * reader): a mismatch or a file that is not a readable image is refused
+   * here, before the charge, with every mismatched pair named. A header that
+   * cannot be read now (network, timeout, a header further in) is not the
+   * user's fault: the inputs step checks it again after the download.
+   */
+  private async checkPairShapes(recipe: Recipe, pairing: ControlPairing): Promise<void> {
+    if (!this.headers) return;
+    const items = pairing.pairs.flatMap((p) => [
+      { url: p.targetUrl, index: p.index },
+      { url: p.controlUrl, index: p.index },
+    ]);
+    const read = await this.headers.probe(items, { concurrency: PAIR_PROBE.concurrency, timeoutMs: PAIR_PROBE.timeoutMs, signal: AbortSignal.timeout(PAIR_PROBE.budgetMs) });
+    const refused = read.flatMap((r, i) => (r.status === 'refused' ? [i % 2 === 0 ? r.message : r.message.replace(/^Image /, 'Control image ')] : []));
+    if (refused.length > 0) {
+      const more = refused.length > 1 ? ` (${refused.length - 1} more problem${refused.length > 2 ? 's' : ''} after this one)` : '';
+      throw new JobFailure('dataset', `The dataset cannot be used for ${recipe.displayName} concept training: ${refused[0]}${more} ${NOTHING_CHARGED}`);
+    }
+    const size = (i: number): ImageDimensions | undefined => {
+      const r = read[i];
+      return r.status === 'ok' ? r.dimensions : undefined;
+    };
+    // Every mismatched pair is named: the user has to fix each one.
+    const mismatched = checkControlSizes(
+      pairing.pairs.map((p, k) => ({ index: p.index, target: size(2 * k), control: size(2 * k + 1) })),
+      Number.POSITIVE_INFINITY,
+    );
+    if (mismatched.length > 0) {
+      throw new JobFailure(
+        'dataset',
+        `The dataset cannot be used for ${recipe.displayName} concept training: each control image must have the same shape as its image (aspect ratio within ${CONTROL_ASPECT_TOLERANCE * 100} %), because the trainer resizes the control to its image and a different shape would be trained distorted. ${mismatched.length} pair${mismatched.length > 1 ? 's differ' : ' differs'}: ${mismatched.join('; ')}. Crop or replace those control images (or regenerate the control set) so each has its image's shape, and submit again. ${NOTHING_CHARGED}`,
+      );
+    }
   }
 
   /**

@@ -1,6 +1,7 @@
 /**
  * publish: upload the LoRA (content-addressed metadata, immutable caching),
- * up to four samples, the engine log and the job spec; then register the
+ * up to four samples, the engine log and the job spec (keyed per platform
+ * attempt and claim, their URLs recorded on the attempt record); then register the
  * model in the platform's loraModels collection. Both record their result in
  * the pipeline state, so a resumed attempt never uploads or registers twice.
  *
@@ -14,7 +15,7 @@ import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { inject, injectable } from 'tsyringe';
 import { LoraModelRepository } from '@stationthis/db';
-import { MODEL_UPLOAD_PORT, ObjectStorage, jobArtifactKey, loraKey, type ModelUploadPort } from '@stationthis/storage';
+import { MODEL_UPLOAD_PORT, ObjectStorage, attemptLogKey, finalSampleKey, jobSpecKey, loraKey, type ModelUploadPort } from '@stationthis/storage';
 import { sampleStepOf, type SavePlan } from '@stationthis/recipes';
 import { WorkerMetrics } from '../../observability/metrics';
 import { JobFailure } from '../failures';
@@ -55,6 +56,9 @@ export class PublishStep {
 
   async upload(a: Attempt, p: Prepared, files: PublishFiles): Promise<UploadState> {
     const { ctx, state, writer } = a;
+    // Samples, log and spec are keyed by platform attempt and lease: a Retry or a stale claim never overwrites another's.
+    const platformAttempt = a.ref.platformAttempt;
+    const lease = ctx.lease.attemptId;
     const slug = await this.slugFor(ctx.jobId, p.outputName, state.slug);
     if (slug !== state.slug) {
       // Chosen before the upload because it is the file's key; registration reuses it.
@@ -77,14 +81,14 @@ export class PublishStep {
         const dir = join(files.outputDir, files.samplesDir);
         const names = finalSamples((await readdir(dir).catch(() => [] as string[])).filter((n) => /\.(png|jpe?g|webp)$/i.test(n)), files.saves);
         for (const name of names) {
-          const up = await this.uploader.upload({ filePath: join(dir, name), bucketAlias: 'models', key: jobArtifactKey(ctx.jobId, `samples/${name}`), contentType: name.endsWith('.png') ? 'image/png' : name.endsWith('.webp') ? 'image/webp' : 'image/jpeg' });
+          const up = await this.uploader.upload({ filePath: join(dir, name), bucketAlias: 'models', key: finalSampleKey(ctx.jobId, platformAttempt, lease, name), contentType: name.endsWith('.png') ? 'image/png' : name.endsWith('.webp') ? 'image/webp' : 'image/jpeg' });
           sampleUrls.push(up.publicUrl);
         }
       }
       const log = (await stat(files.logFile).catch(() => null))
-        ? await this.uploader.upload({ filePath: files.logFile, bucketAlias: 'models', key: jobArtifactKey(ctx.jobId, `logs/attempt-${ctx.lease.attemptId}.log`), contentType: 'text/plain; charset=utf-8' })
+        ? await this.uploader.upload({ filePath: files.logFile, bucketAlias: 'models', key: attemptLogKey(ctx.jobId, platformAttempt, lease), contentType: 'text/plain; charset=utf-8' })
         : undefined;
-      const config = await this.uploader.upload({ filePath: join(files.jobDir, 'job-spec.json'), bucketAlias: 'models', key: jobArtifactKey(ctx.jobId, 'config/job-spec.json'), contentType: 'application/json' });
+      const config = await this.uploader.upload({ filePath: join(files.jobDir, 'job-spec.json'), bucketAlias: 'models', key: jobSpecKey(ctx.jobId, platformAttempt, lease), contentType: 'application/json' });
       const upload: UploadState = { loraUrl: lora.publicUrl, loraKey: key, sha256: lora.sha256, autov2: lora.autov2, bytes: lora.bytes, sampleUrls, logUrl: log?.publicUrl, configUrl: config.publicUrl };
       await writer.setState({ upload });
       ctx.log.info({ loraUrl: upload.loraUrl, bytes: upload.bytes, sha256: upload.sha256 }, 'outputs uploaded');

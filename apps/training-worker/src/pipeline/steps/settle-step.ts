@@ -30,7 +30,7 @@ import {
 } from '@stationthis/db';
 import { POINTS_LEDGER, type PointsLedgerPort } from '@stationthis/points';
 import { usedPoints } from '@stationthis/recipes';
-import { MODEL_UPLOAD_PORT, jobArtifactKey, type ModelUploadPort } from '@stationthis/storage';
+import { MODEL_UPLOAD_PORT, attemptLogKey, type ModelUploadPort } from '@stationthis/storage';
 import { WORKER_CONFIG } from '../../tokens';
 import type { WorkerConfig } from '../../config/worker-config';
 import type { Logger } from '../../observability/logger';
@@ -96,7 +96,7 @@ export class SettleStep {
     await this.restoreIfCancelledLate(ctx.jobId, ctx.lease.attemptId, ctx.log);
     this.metrics.jobsByState.inc({ state: 'COMPLETED' });
     ctx.log.info({ loraUrl: upload.loraUrl, actualCostPoints: settled.usedPoints }, 'job completed');
-    await this.cleanUp(ctx, 'completed');
+    await this.cleanUp(ctx, a.ref.platformAttempt, 'completed');
   }
 
   /** Cancelled (ours or the platform's): the time used is paid, the rest refunded, a registered model withdrawn. */
@@ -109,7 +109,7 @@ export class SettleStep {
     }
     const settled = await this.decideAndSettle(a, { outcome: 'cancelled', usedPoints: used, reason });
     await this.endAs(a, settled);
-    await this.cleanUp(ctx, 'cancelled');
+    await this.cleanUp(ctx, a.ref.platformAttempt, 'cancelled');
   }
 
   /**
@@ -126,7 +126,7 @@ export class SettleStep {
     } else {
       await this.endAs(a, settled);
     }
-    await this.cleanUp(a.ctx, 'failed');
+    await this.cleanUp(a.ctx, a.ref.platformAttempt, 'failed');
   }
 
   /** A claim of an attempt whose outcome is already decided (a crash after the decision): finish it. */
@@ -152,7 +152,7 @@ export class SettleStep {
     } else {
       await this.endAs(a, { decision, usedPoints: usedPts });
     }
-    await this.cleanUp(a.ctx, decision.outcome);
+    await this.cleanUp(a.ctx, a.ref.platformAttempt, decision.outcome);
   }
 
   /**
@@ -214,15 +214,15 @@ export class SettleStep {
 
   /**
    * The job is terminal: keep the engine log of a failed or cancelled attempt
-   * in the job's artifact prefix (operators need it; successful attempts
-   * uploaded theirs already), then free the host's job folder.
+   * under its platform attempt and claim (operators need it; successful
+   * attempts uploaded theirs already), then free the host's job folder.
    */
-  private async cleanUp(ctx: JobContext, outcome: string): Promise<void> {
+  private async cleanUp(ctx: JobContext, platformAttempt: number, outcome: string): Promise<void> {
     const workDir = join(this.config.jobsDir, ctx.jobId);
     const logFile = join(workDir, `attempt-${ctx.lease.attemptId}`, 'train.log');
     if (outcome !== 'completed' && (await stat(logFile).catch(() => null))) {
       await this.uploader
-        .upload({ filePath: logFile, bucketAlias: 'models', key: jobArtifactKey(ctx.jobId, `logs/attempt-${ctx.lease.attemptId}.log`), contentType: 'text/plain; charset=utf-8' })
+        .upload({ filePath: logFile, bucketAlias: 'models', key: attemptLogKey(ctx.jobId, platformAttempt, ctx.lease.attemptId), contentType: 'text/plain; charset=utf-8' })
         .catch((err) => ctx.log.warn({ err }, 'could not keep the log of the failed attempt'));
     }
     await rm(workDir, { recursive: true, force: true }).catch((err) => ctx.log.warn({ err }, `could not remove ${workDir}`));

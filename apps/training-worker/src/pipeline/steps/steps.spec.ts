@@ -158,6 +158,22 @@ describe('PrepareStep: Kontext and operator-only families', () => {
     expect((err as JobFailure).userMessage).toMatch(message);
   });
 
+  it('refuses a requested control set that is not completed, naming it, before anything is charged', async () => {
+    const doc = { ...base, embellishments: [{ ...controlSet([ctl(1), ctl(2), ctl(3)]), _id: 'run', status: 'in_progress' }, controlSet([ctl(4), ctl(5), ctl(6)])] };
+    const err = await kontext(doc, { trainingMode: 'concept', controlSetId: 'run' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(JobFailure);
+    expect((err as JobFailure).failureClass).toBe('dataset');
+    expect((err as JobFailure).userMessage).toMatch(/concept training: The requested control set "run" is "in_progress", not completed.*completed control sets: "c1"\..*Nothing was charged\.$/);
+  });
+
+  it('trains concept pairs on the linked generation prompt before the set config prompt', async () => {
+    const doc = { ...base, embellishments: [controlSet([ctl(1), ctl(2), ctl(3)], { config: { prompt: 'turn it to winter' } })] };
+    const read = jest.fn(async () => 'from the generation');
+    const p = await new PrepareStep(datasets(doc), accounts, sources, undefined, undefined, { read }).run(trainingRequestFromJob(job({ modelType: 'KONTEXT', trainingMode: 'concept' } as never)));
+    expect(read).toHaveBeenCalledWith(doc, undefined);
+    expect(p.controls?.pairing).toMatchObject({ prompt: 'from the generation', promptSource: 'generation-output' });
+  });
+
   it('refuses an operator-only family unless the worker enables it', async () => {
     const run = (enabled: string[]) => new PrepareStep(datasets(base), accounts, sources, { recipesEnabled: enabled }).run(trainingRequestFromJob(job({ modelType: 'FLUX2_KLEIN_4B' } as never)));
     const err = await run([]).catch((e: unknown) => e);

@@ -119,7 +119,7 @@ export class TrainStep {
       await mkdir(join(target, '..'), { recursive: true });
       await writeFile(target, f.content, { mode: 0o644 });
     }
-    await writeFile(join(jobDir, 'job-spec.json'), JSON.stringify({ jobId: a.ctx.jobId, recipe: p.recipe.id, version: p.recipe.version, parameters: p.parameters, triggerWord: p.triggerWord, outputName: p.outputName }, null, 2));
+    await writeFile(join(jobDir, 'job-spec.json'), JSON.stringify({ jobId: a.ctx.jobId, platformAttempt: a.ref.platformAttempt, recipe: p.recipe.id, version: p.recipe.version, parameters: p.parameters, triggerWord: p.triggerWord, outputName: p.outputName }, null, 2));
     await makeReadable(jobDir);
     // The container runs as uid 1000 with a read-only root: only the output folder is writable.
     await chmod(outputDir, 0o777);
