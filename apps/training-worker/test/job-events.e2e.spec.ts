@@ -3,7 +3,8 @@
  * webhook subscription to a real local receiver. The receiver gets, signed and
  * in stream order: QUEUED → PROVISIONING → RUNNING → each checkpoint →
  * FINALIZING → COMPLETED → the settlement, each event once (by id), and the
- * outbox holds the same stream a consumer reads with readEvents.
+ * outbox holds the same stream a consumer reads with readEvents. Every event
+ * carries the job's environment.
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -58,9 +59,11 @@ describe('training worker: job events and webhooks', () => {
     while (!settledDelivered() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
 
     for (const r of received) expect(verifyWebhook({ secret: SECRET, timestamp: r.timestamp, body: r.body, signature: r.signature })).toBe(true);
-    const events = received.map((r) => JSON.parse(r.body) as { id: string; seq: number; type: string; jobId: string; payload: Record<string, unknown> });
+    const events = received.map((r) => JSON.parse(r.body) as { id: string; seq: number; type: string; jobId: string; environment: string; payload: Record<string, unknown> });
     for (const [i, r] of received.entries()) expect(r.id).toBe(events[i]!.id);
     const mine = events.filter((e) => e.jobId === jobId);
+    // The harness worker and its job are development: every event says so (and the subscription, by default, delivers only those).
+    expect(new Set(events.map((e) => e.environment))).toEqual(new Set(['development']));
     // Once per id (a redelivery would repeat an id; none is expected with one healthy receiver) and in stream order.
     expect(new Set(mine.map((e) => e.id)).size).toBe(mine.length);
     expect(mine.map((e) => e.seq)).toEqual([...mine.map((e) => e.seq)].sort((a, b) => a - b));

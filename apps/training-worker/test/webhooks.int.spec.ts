@@ -4,15 +4,23 @@
  * receiver that is down, then up, gets every event after retries (at least
  * once, each with its event id); a slow receiver is timed out and retried
  * while another subscription is served at once; type filters; two workers on
- * one subscription deliver each event with one id.
+ * one subscription deliver each event with one id; environments (a worker
+ * delivers its own environment's events by default, through its own cursor);
+ * a worker whose subscription id's cursor belongs to another URL refuses it;
+ * the lease is held through a batch longer than the lease; an event refused
+ * for good is set aside as a dead letter (429 is not "for good"); URLs are
+ * logged as their origin only.
  */
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { JobEventRecorder, JobEventStore, type JobEventDraft } from '@stationthis/db';
+import { Writable } from 'node:stream';
+import { JobEventRecorder, JobEventStore, type JobEventDraft, type TrainingEnvironment } from '@stationthis/db';
 import type { WorkerConfig } from '../src/config/worker-config';
 import { JobEventsService } from '../src/events/job-events-service';
 import { loadJobEventsConfig, type JobEventsConfig } from '../src/events/webhook-config';
-import { WEBHOOK_CURSORS_COLLECTION } from '../src/events/webhook-cursors';
+import { WEBHOOK_CURSORS_COLLECTION, WebhookCursors } from '../src/events/webhook-cursors';
+import { WEBHOOK_DEAD_LETTERS_COLLECTION, WebhookDeadLetters } from '../src/events/webhook-dead-letters';
+import { WebhookDeliverer } from '../src/events/webhook-deliverer';
 import { verifyWebhook } from '../src/events/webhook-signature';
 import { createLogger } from '../src/observability/logger';
 import { WorkerMetrics } from '../src/observability/metrics';
@@ -36,7 +44,9 @@ class Receiver {
   readonly received: Received[] = [];
   private server: Server | null = null;
   port = 0;
-  behave: (n: number) => number | 'hang' = () => 200;
+  behave: (n: number, eventId: string | undefined) => number | 'hang' = () => 200;
+  /** Runs before each answer (e.g. to look at the cursor while the request is in flight). */
+  onRequest: (() => Promise<void>) | null = null;
 
   async start(port = 0): Promise<this> {
     this.server = createServer((req: IncomingMessage, res) => {
@@ -51,9 +61,11 @@ class Receiver {
           body,
           at: Date.now(),
         });
-        const answer = this.behave(n);
-        if (answer === 'hang') setTimeout(() => res.writeHead(200).end('late'), 1500).unref();
-        else res.writeHead(answer).end();
+        const answer = this.behave(n, req.headers['x-stationthis-event-id'] as string | undefined);
+        void (this.onRequest ?? (async () => undefined))().then(() => {
+          if (answer === 'hang') setTimeout(() => res.writeHead(200).end('late'), 1500).unref();
+          else res.writeHead(answer).end();
+        });
       });
     });
     await new Promise<void>((r) => this.server!.listen(port, '127.0.0.1', () => r()));
@@ -67,8 +79,8 @@ class Receiver {
 
   /** Ids of the accepted (2xx) deliveries, in arrival order. */
   acceptedIds(): string[] {
-    return this.received.filter((_, n) => {
-      const a = this.behave(n);
+    return this.received.filter((r, n) => {
+      const a = this.behave(n, r.id);
       return typeof a === 'number' && a < 300;
     }).map((r) => r.id!);
   }
@@ -113,14 +125,20 @@ describe('job event webhooks (real receivers, real outbox)', () => {
     return r;
   }
 
-  function events(count: number, type: JobEventDraft['type'] = 'job.status'): JobEventDraft[] {
+  function events(count: number, type: JobEventDraft['type'] = 'job.status', environment: TrainingEnvironment = 'production'): JobEventDraft[] {
     return Array.from({ length: count }, () => {
       n++;
-      return { id: `job-${n}:0:${type}:${n}`, type, jobId: `job-${n}`, attempt: 0, at: new Date(), payload: { n } };
+      return { id: `job-${n}:0:${type}:${n}`, type, jobId: `job-${n}`, environment, attempt: 0, at: new Date(), payload: { n } };
     });
   }
 
-  function service(subscriptions: object[], extra: Record<string, string> = {}, workerId = 'w1'): { svc: JobEventsService; metrics: WorkerMetrics; config: JobEventsConfig } {
+  function service(
+    subscriptions: object[],
+    extra: Record<string, string> = {},
+    workerId = 'w1',
+    environment: TrainingEnvironment = 'production',
+    logger = log,
+  ): { svc: JobEventsService; metrics: WorkerMetrics; config: JobEventsConfig } {
     const config = loadJobEventsConfig({
       WEBHOOK_SUBSCRIPTIONS: JSON.stringify(subscriptions),
       WEBHOOK_POLL_MS: '50',
@@ -131,7 +149,7 @@ describe('job event webhooks (real receivers, real outbox)', () => {
       ...extra,
     });
     const metrics = new WorkerMetrics();
-    const svc = new JobEventsService(config, { workerId } as WorkerConfig, log, t.db, store, new JobEventRecorder(t.db, store), metrics);
+    const svc = new JobEventsService(config, { workerId, environment } as WorkerConfig, logger, t.db, store, new JobEventRecorder(t.db, store), metrics);
     services.push(svc);
     return { svc, metrics, config };
   }
@@ -159,7 +177,7 @@ describe('job event webhooks (real receivers, real outbox)', () => {
     for (const [i, got] of r.received.entries()) {
       const body = JSON.parse(got.body);
       expect(got.id).toBe(drafts[i]!.id);
-      expect(body).toMatchObject({ id: drafts[i]!.id, type: 'job.status', jobId: drafts[i]!.jobId, attempt: 0, payload: { n: drafts[i]!.payload['n'] } });
+      expect(body).toMatchObject({ id: drafts[i]!.id, type: 'job.status', jobId: drafts[i]!.jobId, environment: 'production', attempt: 0, payload: { n: drafts[i]!.payload['n'] } });
       expect(typeof body.seq).toBe('number');
       expect(got.signature).toMatch(/^sha256=[0-9a-f]{64}$/);
       expect(verifyWebhook({ secret: SECRET, timestamp: got.timestamp, body: got.body, signature: got.signature })).toBe(true);
@@ -177,7 +195,7 @@ describe('job event webhooks (real receivers, real outbox)', () => {
     const { svc, metrics } = service([sub('flaky', url, { from: 'start' })]);
     const head = await store.head();
     // Start from the current head so earlier tests' events are not part of this one.
-    await t.db.collection(WEBHOOK_CURSORS_COLLECTION).insertOne({ _id: 'flaky' as never, position: head, owner: null, leaseExpiresAt: new Date(0), updatedAt: new Date() });
+    await t.db.collection(WEBHOOK_CURSORS_COLLECTION).insertOne({ _id: 'production:flaky' as never, position: head, owner: null, leaseExpiresAt: new Date(0), updatedAt: new Date() });
     const drafts = events(3);
     await store.append(drafts, 'test');
     svc.start();
@@ -192,9 +210,9 @@ describe('job event webhooks (real receivers, real outbox)', () => {
     expect(r.acceptedIds()).toEqual(drafts.map((d) => d.id));
     // The two 500s were the first event, sent again with the same id.
     expect(r.received.slice(0, 3).map((x) => x.id)).toEqual([drafts[0]!.id, drafts[0]!.id, drafts[0]!.id]);
+    await svc.stop(); // the round in flight finishes: its metrics, cursor and lag are written
     expect(await metric(metrics, 'training_webhook_deliveries_total', { subscription: 'flaky', outcome: 'delivered' })).toBe(3);
-    await svc.stop(); // the round in flight finishes: cursor and lag are written
-    const cursor = await t.db.collection(WEBHOOK_CURSORS_COLLECTION).findOne({ _id: 'flaky' as never });
+    const cursor = await t.db.collection(WEBHOOK_CURSORS_COLLECTION).findOne({ _id: 'production:flaky' as never });
     expect(cursor).toMatchObject({ position: head + 3, consecutiveFailures: 0, lastError: null, owner: null });
     expect(await metric(metrics, 'training_webhook_lag_events', { subscription: 'flaky' })).toBe(0);
   });
@@ -234,7 +252,7 @@ describe('job event webhooks (real receivers, real outbox)', () => {
     const deadline = Date.now() + 5000;
     let cursor: { position?: number } | null = null;
     while (Date.now() < deadline) {
-      cursor = await t.db.collection<{ _id: string; position: number }>(WEBHOOK_CURSORS_COLLECTION).findOne({ _id: 'ckpt-only' });
+      cursor = await t.db.collection<{ _id: string; position: number }>(WEBHOOK_CURSORS_COLLECTION).findOne({ _id: 'production:ckpt-only' });
       if (cursor?.position === head) break;
       await sleep(50);
     }
@@ -255,9 +273,120 @@ describe('job event webhooks (real receivers, real outbox)', () => {
     await until('10 distinct ids', () => new Set(r.received.map((x) => x.id)).size >= 10);
     await sleep(300);
     expect([...new Set(r.received.map((x) => x.id))]).toEqual(drafts.map((d) => d.id));
-    const cursor = await t.db.collection(WEBHOOK_CURSORS_COLLECTION).findOne({ _id: 'shared' as never });
+    const cursor = await t.db.collection(WEBHOOK_CURSORS_COLLECTION).findOne({ _id: 'production:shared' as never });
     expect(['worker-a', 'worker-b']).toContain(cursor?.['owner']);
     // For the report: duplicates (allowed, same id) from the two workers.
     console.log(`two workers: ${r.received.length} deliveries for ${drafts.length} events`);
+  });
+
+  it('delivers its own environment by default, any listed with "environments", each environment through its own cursor', async () => {
+    const prodR = await receiver();
+    const devR = await receiver();
+    const allR = await receiver();
+    const prod = service([sub('platform', prodR.url), sub('everything', allR.url, { environments: '*' })], {}, 'prod-w', 'production');
+    // The dev worker names the same subscription id with its own URL: a cursor of its own, no conflict.
+    const dev = service([sub('platform', devR.url)], {}, 'dev-w', 'development');
+    prod.svc.start();
+    dev.svc.start();
+    await sleep(300);
+    const mixed = [...events(1, 'job.status', 'production'), ...events(1, 'job.status', 'development'), ...events(1, 'job.failed', 'production'), ...events(1, 'job.failed', 'development')];
+    await store.append(mixed, 'test');
+    await until('all deliveries', () => prodR.received.length >= 2 && devR.received.length >= 2 && allR.received.length >= 4);
+    await sleep(200);
+    const envOf = (r: Receiver) => r.received.map((x) => [x.id, JSON.parse(x.body).environment]);
+    expect(envOf(prodR)).toEqual(mixed.filter((d) => d.environment === 'production').map((d) => [d.id, 'production']));
+    expect(envOf(devR)).toEqual(mixed.filter((d) => d.environment === 'development').map((d) => [d.id, 'development']));
+    expect(envOf(allR)).toEqual(mixed.map((d) => [d.id, d.environment]));
+    const cursors = t.db.collection<{ _id: string; owner: string }>(WEBHOOK_CURSORS_COLLECTION);
+    expect((await cursors.findOne({ _id: 'production:platform' }))?.owner).toBe('prod-w');
+    expect((await cursors.findOne({ _id: 'development:platform' }))?.owner).toBe('dev-w');
+  });
+
+  it('refuses, loudly, a subscription whose cursor delivers to another URL, and leaves that cursor alone', async () => {
+    const theirs = await receiver();
+    const mine = await receiver();
+    const first = service([sub('clash', theirs.url)], {}, 'worker-1');
+    first.svc.start();
+    await until('cursor created', () => first.svc.deliverers[0]!.caughtUpTo > 0 || theirs.received.length > 0, 3000).catch(() => undefined);
+    await sleep(300);
+    await first.svc.stop(); // releases the lease: only the URL now stands between the second worker and the cursor
+    const cursors = t.db.collection<{ _id: string; position: number; owner: string | null }>(WEBHOOK_CURSORS_COLLECTION);
+    const before = await cursors.findOne({ _id: 'production:clash' });
+    expect(before?.owner).toBeNull();
+    const lines: string[] = [];
+    const sink = new Writable({ write: (chunk, _enc, done) => (lines.push(String(chunk)), done()) });
+    const second = service([sub('clash', `${mine.url}?token=receiver-secret-token`)], {}, 'worker-2', 'production', createLogger('info', sink));
+    second.svc.start();
+    await until('refused', () => second.svc.deliverers[0]!.isRefused, 5000);
+    await store.append(events(2), 'test');
+    await sleep(400);
+    expect(mine.received).toEqual([]);
+    expect(await cursors.findOne({ _id: 'production:clash' })).toMatchObject({ position: before!.position, owner: null });
+    const refusal = lines.map((l) => JSON.parse(l)).find((l) => /refused/.test(l.msg));
+    expect(refusal).toMatchObject({ level: 'error', subscription: 'clash', cursor: 'production:clash' });
+    expect(refusal.err.message).toMatch(/belongs to another URL/);
+    expect(await metric(second.metrics, 'training_webhook_deliveries_total', { subscription: 'clash', outcome: 'refused' })).toBe(1);
+    // Neither the refusal nor the start-up line carries the URL's path or query.
+    expect(lines.join('\n')).not.toContain('receiver-secret-token');
+    expect(lines.join('\n')).not.toContain('/hooks');
+    expect(lines.join('\n')).toContain(`http://127.0.0.1:${mine.port}`);
+  });
+
+  it('holds the cursor lease through a batch that takes longer than the lease', async () => {
+    const r = await receiver();
+    const LEASE_MS = 3000;
+    const cursors = new WebhookCursors(t.db, 'lease-holder', LEASE_MS);
+    const config = { timeoutMs: 300, retryBaseMs: 50, retryMaxMs: 400, pollMs: 50 };
+    const subscription = loadJobEventsConfig({ WEBHOOK_SUBSCRIPTIONS: JSON.stringify([sub('long-batch', r.url)]) }).subscriptions[0]!;
+    const deliverer = new WebhookDeliverer(subscription, store, cursors, new WebhookDeadLetters(t.db, 'lease-holder'), 'production', config, new WorkerMetrics(), log);
+    expect(await deliverer.tick()).toBeGreaterThan(0); // creates the cursor at the head
+    const drafts = events(24);
+    await store.append(drafts, 'test');
+    // While each request is in flight, the cursor must be this worker's with at least the request timeout left.
+    const leaseLeftAtRequest: number[] = [];
+    r.onRequest = async () => {
+      const c = await t.db.collection<{ _id: string; owner: string; leaseExpiresAt: Date }>(WEBHOOK_CURSORS_COLLECTION).findOne({ _id: 'production:long-batch' });
+      leaseLeftAtRequest.push(c?.owner === 'lease-holder' ? c.leaseExpiresAt.getTime() - Date.now() : -1);
+      await sleep(200);
+    };
+    const started = Date.now();
+    let rounds = 0;
+    while (r.received.length < drafts.length && Date.now() - started < 30_000) {
+      await deliverer.tick();
+      rounds++;
+    }
+    const elapsed = Date.now() - started;
+    expect(elapsed).toBeGreaterThan(LEASE_MS * 1.2);
+    expect(r.received.map((x) => x.id)).toEqual(drafts.map((d) => d.id));
+    expect(Math.min(...leaseLeftAtRequest)).toBeGreaterThan(config.timeoutMs);
+    console.log(`lease ${LEASE_MS} ms held through ${drafts.length} deliveries in ${elapsed} ms (${rounds} rounds); least lease left at a request: ${Math.min(...leaseLeftAtRequest)} ms`);
+  });
+
+  it('sets aside an event refused for good (permanent 4xx) as a dead letter and delivers the next; 429 is retried, not set aside', async () => {
+    const r = await receiver();
+    const [poison, throttled, fine] = events(3);
+    let throttledTries = 0;
+    r.behave = (_n, id) => {
+      if (id === poison!.id) return 400;
+      if (id === throttled!.id) return ++throttledTries <= 3 ? 429 : 200;
+      return 200;
+    };
+    const { svc, metrics } = service([sub('poison', r.url, { deadLetter: { afterFailures: 2 } })]);
+    svc.start();
+    await sleep(300);
+    await store.append([poison!, throttled!, fine!], 'test');
+    await until('the events after the poison one', () => r.received.some((x) => x.id === fine!.id), 15_000);
+    // Once per try: re-evaluating behave in acceptedIds would count the 429s again.
+    expect(r.received.filter((x) => x.id === poison!.id)).toHaveLength(2);
+    expect(r.received.filter((x) => x.id === throttled!.id)).toHaveLength(4);
+    const letters = await new WebhookDeadLetters(t.db, 'test').list('production:poison');
+    expect(letters.map((l) => [l.eventId, l.seq, l.failures])).toEqual([[poison!.id, expect.any(Number), 2]]);
+    expect(letters[0]!.reason).toMatch(/permanent HTTP 4xx \(last 400\)/);
+    expect(letters[0]!.event).toMatchObject({ id: poison!.id, environment: 'production' });
+    expect(await t.db.collection(WEBHOOK_DEAD_LETTERS_COLLECTION).countDocuments({ eventId: throttled!.id })).toBe(0);
+    expect(await metric(metrics, 'training_webhook_deliveries_total', { subscription: 'poison', outcome: 'dead_lettered' })).toBe(1);
+    await svc.stop();
+    const cursor = await t.db.collection(WEBHOOK_CURSORS_COLLECTION).findOne({ _id: 'production:poison' as never });
+    expect(cursor).toMatchObject({ position: await store.head(), consecutiveFailures: 0 });
   });
 });

@@ -14,13 +14,20 @@
  *    invented.
  *
  * Both derive the same deterministic ids, so each event is stored once.
+ *
+ * A pass is bounded (ADR 0010, Implementation Log): at most `batch` changed
+ * jobs, paged by (updatedAt, _id); at most `maxWatched` watched jobs re-read by
+ * `_id`, rotating through the set; only leased or cancel-pending jobs are
+ * watched (a QUEUED job's changes by the platform move its updatedAt); and a
+ * job whose status, claim and updatedAt did not change since the last pass is
+ * not derived again.
  */
 import type { Collection, Db, Filter } from 'mongodb';
 import { inject, injectable } from 'tsyringe';
 import { ensureNamedIndexes, toObjectIdOrString } from '@stationthis/common';
 import { JobEventStore } from './job-event-store';
 import { eventsImpliedBy, JOB_EVENT_FIELDS, queuedBeforeClaimEvent, stalledEvent, type JobEvent, type JobEventDraft } from './job-events';
-import { TERMINAL_STATUSES } from './job-status';
+import { LEASED_STATUSES, TERMINAL_STATUSES } from './job-status';
 import { MONGO_DB } from './mongo';
 import {
   attemptKey,
@@ -35,8 +42,10 @@ import { TRAINING_JOBS_COLLECTION, type TrainingJobDoc } from './training-job';
 export interface ReconcileOptions {
   /** Jobs looked at per pass (default 500): a pass is bounded, the next one continues. */
   batch?: number;
-  /** RUNNING with the same step this long emits job.stalled (0 = off; default 0). */
+  /** RUNNING with the same step (from step 1 on) this long emits job.stalled (0 = off; default 0). */
   stallMs?: number;
+  /** Watched jobs re-read per pass (default 200): the rest are read in later passes, in turn. */
+  maxWatched?: number;
   now?: Date;
 }
 
@@ -48,6 +57,18 @@ export interface ReconcileResult {
 /** How far back the first pass of a process looks, and how much each pass re-reads (clocks of other writers). */
 const FIRST_PASS_LOOKBACK_MS = 24 * 3_600_000;
 const OVERLAP_MS = 60_000;
+/** Point reads of watched jobs in flight at once (each is an `_id` read, pushed down on FerretDB). */
+const WATCH_READ_CONCURRENCY = 8;
+/** Jobs remembered as "derived in this state" (bounded; forgetting one costs one derivation). */
+const LAST_DERIVED_MAX = 20_000;
+
+type ObservedJob = Partial<TrainingJobDoc> & { _id: unknown };
+
+/** Where the scan of changed jobs continues: after (at, id), or from `at` inclusive when `id` is null. */
+interface Watermark {
+  at: Date;
+  id: unknown;
+}
 
 const PROJECTION: Record<string, 1> = Object.fromEntries(JOB_EVENT_FIELDS.map((f) => [f, 1] as const));
 
@@ -60,10 +81,16 @@ export class JobEventRecorder {
   private readonly chains = new Map<string, Promise<void>>();
   private readonly storedListeners: Array<(events: JobEvent[], source: string) => void> = [];
   private errorListener: (err: unknown, jobId: string) => void = () => undefined;
-  /** The reconciler's scan position: jobs updated at or after it (minus the overlap) are looked at. */
-  private watermark: Date | null = null;
-  /** Jobs last seen non-terminal: re-read by `_id` each pass, so a change that did not touch updatedAt is seen too. */
+  /** The reconciler's scan position, in (updatedAt, _id) order. */
+  private watermark: Watermark | null = null;
+  /**
+   * Jobs last seen leased or with a cancel pending: re-read by `_id` (in turn, at
+   * most `maxWatched` a pass), so a change that did not touch updatedAt (the
+   * platform's bare `$set status`) is seen too. Insertion order is the rotation.
+   */
   private readonly watched = new Set<string>();
+  /** Per job, the state its events were last derived from (skip when unchanged). */
+  private readonly lastDerived = new Map<string, string>();
   /** RUNNING jobs: the step and since when it has not moved (stall detection). */
   private readonly stepSeen = new Map<string, { key: string; since: Date }>();
 
@@ -116,42 +143,78 @@ export class JobEventRecorder {
 
   /**
    * One bounded reconciler pass: jobs updated since the last pass (at most
-   * `batch`), plus the jobs seen non-terminal before. Safe on every worker at
-   * once (each event id is stored once).
+   * `batch`, paged by (updatedAt, _id)), plus at most `maxWatched` of the jobs
+   * seen leased or cancel-pending before. Safe on every worker at once (each
+   * event id is stored once).
    */
   async reconcile(options: ReconcileOptions = {}): Promise<ReconcileResult> {
     const now = options.now ?? new Date();
     const batch = Math.max(1, options.batch ?? 500);
-    const since = this.watermark ?? new Date(now.getTime() - FIRST_PASS_LOOKBACK_MS);
+    const maxWatched = Math.max(0, options.maxWatched ?? 200);
+    const mark = this.watermark ?? { at: new Date(now.getTime() - FIRST_PASS_LOOKBACK_MS), id: null };
     const recent = await this.jobs
-      .find({ updatedAt: { $gte: since } } as Filter<TrainingJobDoc>, { projection: PROJECTION })
+      .find(afterWatermark(mark), { projection: PROJECTION })
       .sort({ updatedAt: 1, _id: 1 })
       .limit(batch)
       .toArray();
-    const byId = new Map<string, Partial<TrainingJobDoc> & { _id: unknown }>(recent.map((j) => [String(j._id), j]));
-    for (const id of [...this.watched]) {
-      if (byId.has(id)) continue;
-      const job = await this.jobs.findOne({ _id: toObjectIdOrString(id) } as Filter<TrainingJobDoc>, { projection: PROJECTION });
-      if (job) byId.set(id, job);
-      else this.watched.delete(id);
-    }
+    const byId = new Map<string, ObservedJob>(recent.map((j) => [String(j._id), j]));
+    for (const job of await this.readWatched(byId, maxWatched)) byId.set(String(job._id), job);
     const stored: JobEvent[] = [];
     for (const [jobId, job] of byId) {
-      if (TERMINAL_STATUSES.includes(job.status as never)) this.watched.delete(jobId);
-      else this.watched.add(jobId);
-      const drafts = await this.implied(jobId, job);
+      if (isWatchable(job)) this.watched.add(jobId);
+      else this.watched.delete(jobId);
+      const changed = this.changedSinceLastPass(jobId, job);
+      const drafts = changed ? await this.implied(jobId, job) : [];
       const stalled = this.stallCheck(jobId, job, options.stallMs ?? 0, now);
       if (stalled) drafts.push(stalled);
-      const r = await this.store.append(drafts, 'reconciler');
-      stored.push(...r.stored);
+      if (drafts.length) stored.push(...(await this.store.append(drafts, 'reconciler')).stored);
+      // Remembered only once stored: a failed append throws before this, and the next pass derives again.
+      if (changed) this.rememberDerived(jobId, job);
     }
-    // A full batch: page on from the newest seen (never backwards, so a busy minute cannot hold the scan in place).
+    // A full batch: page on strictly after the last (updatedAt, _id) seen, so jobs sharing its updatedAt are not skipped.
     // Caught up: the next pass re-reads the last OVERLAP_MS, for writers whose clocks run behind ours.
-    const last = recent.at(-1)?.updatedAt;
-    if (recent.length < batch) this.watermark = new Date(now.getTime() - OVERLAP_MS);
-    else if (last instanceof Date) this.watermark = new Date(Math.max(last.getTime(), since.getTime() + 1));
+    const last = recent.at(-1);
+    if (recent.length < batch) this.watermark = { at: new Date(now.getTime() - OVERLAP_MS), id: null };
+    else if (last && last.updatedAt instanceof Date) this.watermark = { at: last.updatedAt, id: last._id };
     if (stored.length) for (const l of this.storedListeners) l(stored, 'reconciler');
     return { jobsChecked: byId.size, stored };
+  }
+
+  /**
+   * Up to `max` watched jobs not already in this pass, read by `_id` a few at
+   * a time; the ones read move to the back of the rotation.
+   */
+  private async readWatched(inPass: Map<string, unknown>, max: number): Promise<ObservedJob[]> {
+    const ids: string[] = [];
+    for (const id of this.watched) {
+      if (ids.length >= max) break;
+      if (!inPass.has(id)) ids.push(id);
+    }
+    const out: ObservedJob[] = [];
+    for (let i = 0; i < ids.length; i += WATCH_READ_CONCURRENCY) {
+      const chunk = ids.slice(i, i + WATCH_READ_CONCURRENCY);
+      const docs = await Promise.all(chunk.map((id) => this.jobs.findOne({ _id: toObjectIdOrString(id) } as Filter<TrainingJobDoc>, { projection: PROJECTION })));
+      chunk.forEach((id, k) => {
+        this.watched.delete(id);
+        const doc = docs[k];
+        if (!doc) {
+          this.lastDerived.delete(id);
+          return;
+        }
+        this.watched.add(id); // to the back of the rotation
+        out.push(doc);
+      });
+    }
+    return out;
+  }
+
+  private changedSinceLastPass(jobId: string, job: ObservedJob): boolean {
+    return this.lastDerived.get(jobId) !== derivedStateKey(job);
+  }
+
+  private rememberDerived(jobId: string, job: ObservedJob): void {
+    if (this.lastDerived.size >= LAST_DERIVED_MAX) this.lastDerived.clear();
+    this.lastDerived.set(jobId, derivedStateKey(job));
   }
 
   /** Stores every event the job's documents imply now (one job; tests and the CLI). */
@@ -168,12 +231,14 @@ export class JobEventRecorder {
     return eventsImpliedBy(jobId, job, record, decision);
   }
 
+  /** Armed only from step 1: the pre-training phases (latent and text encoder caching) report step 0 and may be long. */
   private stallCheck(jobId: string, job: Partial<TrainingJobDoc>, stallMs: number, now: Date): JobEventDraft | null {
-    if (stallMs <= 0 || job.status !== 'RUNNING') {
+    const step = typeof job.currentStep === 'number' ? job.currentStep : 0;
+    if (stallMs <= 0 || job.status !== 'RUNNING' || step < 1) {
       this.stepSeen.delete(jobId);
       return null;
     }
-    const key = `${job.claimSeq ?? 0}:${job.currentStep ?? 0}`;
+    const key = `${job.claimSeq ?? 0}:${step}`;
     const seen = this.stepSeen.get(jobId);
     if (!seen || seen.key !== key) {
       this.stepSeen.set(jobId, { key, since: now });
@@ -197,4 +262,26 @@ export class JobEventRecorder {
       if (this.chains.get(jobId) === next) this.chains.delete(jobId);
     });
   }
+}
+
+/** Jobs whose state can change without their updatedAt moving (a leased job, a cancel the owner has not acted on yet). */
+function isWatchable(job: Partial<TrainingJobDoc>): boolean {
+  if (TERMINAL_STATUSES.includes(job.status as never)) return false;
+  return LEASED_STATUSES.includes(job.status as never) || job.cancelRequestedAt instanceof Date;
+}
+
+/**
+ * What the derived events depend on. updatedAt is part of it because a
+ * checkpoint or settlement of a job moves it without a status change (and a
+ * watched job re-read with nothing new keeps it, so it is skipped).
+ */
+function derivedStateKey(job: Partial<TrainingJobDoc>): string {
+  const updated = job.updatedAt instanceof Date ? job.updatedAt.getTime() : 0;
+  return `${String(job.status)}:${job.claimSeq ?? 0}:${job.retryCount ?? 0}:${updated}`;
+}
+
+/** The changed-jobs scan from a watermark: strictly after (at, id), or from `at` when id is null. */
+function afterWatermark(mark: Watermark): Filter<TrainingJobDoc> {
+  if (mark.id === null) return { updatedAt: { $gte: mark.at } } as Filter<TrainingJobDoc>;
+  return { $or: [{ updatedAt: { $gt: mark.at } }, { updatedAt: mark.at, _id: { $gt: mark.id } }] } as Filter<TrainingJobDoc>;
 }

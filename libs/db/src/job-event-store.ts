@@ -27,6 +27,7 @@ import type { Collection, Db, Filter } from 'mongodb';
 import { inject, injectable } from 'tsyringe';
 import { ensureNamedIndexes, isDuplicateKeyError } from '@stationthis/common';
 import { MONGO_DB } from './mongo';
+import type { TrainingEnvironment } from './training-job';
 import {
   TRAINING_JOB_EVENTS_COLLECTION,
   type JobEvent,
@@ -44,6 +45,11 @@ export interface ReadEventsOptions {
   types?: readonly JobEventType[];
   /** Only this job's events. */
   jobId?: string;
+  /**
+   * Only events of these environments (dev and prod workers share the outbox).
+   * Absent or empty: every environment. An event stored without one is production.
+   */
+  environments?: readonly TrainingEnvironment[];
   /** Most positions to look at in one call when filtering (default 1000). */
   maxScan?: number;
 }
@@ -127,6 +133,7 @@ export class JobEventStore {
         eventId: draft.id,
         type: draft.type,
         jobId: draft.jobId,
+        environment: draft.environment,
         attempt: draft.attempt,
         at: draft.at,
         payload: draft.payload,
@@ -190,9 +197,12 @@ export class JobEventStore {
    */
   async readEvents(options: ReadEventsOptions): Promise<ReadEventsResult> {
     const limit = Math.max(1, options.limit ?? 100);
-    const filtered = Boolean(options.types?.length || options.jobId);
+    const filtered = Boolean(options.types?.length || options.jobId || options.environments?.length);
     const maxScan = Math.max(limit, filtered ? (options.maxScan ?? 1000) : limit);
-    const matches = (d: JobEventDoc) => (!options.types?.length || options.types.includes(d.type)) && (!options.jobId || d.jobId === options.jobId);
+    const matches = (d: JobEventDoc) =>
+      (!options.types?.length || options.types.includes(d.type)) &&
+      (!options.jobId || d.jobId === options.jobId) &&
+      (!options.environments?.length || options.environments.includes(d.environment ?? 'production'));
     const out: JobEvent[] = [];
     let position = Math.max(0, Math.floor(options.after));
     let scanned = 0;
@@ -280,7 +290,7 @@ function contiguousFrom(after: number, docs: JobEventDoc[]): JobEventDoc[] {
 }
 
 function toEvent(doc: JobEventDoc): JobEvent {
-  return { id: doc.eventId, seq: doc._id, type: doc.type, jobId: doc.jobId, attempt: doc.attempt, at: doc.at, payload: doc.payload };
+  return { id: doc.eventId, seq: doc._id, type: doc.type, jobId: doc.jobId, environment: doc.environment ?? 'production', attempt: doc.attempt, at: doc.at, payload: doc.payload };
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {

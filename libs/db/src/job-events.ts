@@ -11,7 +11,7 @@
  */
 import { isJobStatus, type JobStatus } from './job-status';
 import { platformAttemptOf, type CheckpointRecord, type SettlementDecisionDoc, type TrainingAttemptDoc } from './training-attempt';
-import type { TrainingJobDoc } from './training-job';
+import type { TrainingEnvironment, TrainingJobDoc } from './training-job';
 
 export const TRAINING_JOB_EVENTS_COLLECTION = 'trainingJobEvents';
 
@@ -30,6 +30,12 @@ export interface JobEvent {
   seq: number;
   type: JobEventType;
   jobId: string;
+  /**
+   * The job's environment. Dev and prod workers share one trainingJobs
+   * collection (and so one outbox) told apart by this field; a job without
+   * one is production, as the claim filter reads it.
+   */
+  environment: TrainingEnvironment;
   /** The platform attempt (the job's `retryCount`; 0 before any Retry). */
   attempt: number;
   /** When the change happened (as recorded on the document that implies it). */
@@ -46,6 +52,8 @@ export interface JobEventDoc {
   eventId: string;
   type: JobEventType;
   jobId: string;
+  /** Absent on events stored before environments were recorded: read as production. */
+  environment?: TrainingEnvironment;
   attempt: number;
   at: Date;
   payload: Record<string, unknown>;
@@ -57,6 +65,7 @@ export interface JobEventDoc {
 /** The job fields the derivation reads (what a write observer projects). */
 export const JOB_EVENT_FIELDS = [
   'status',
+  'environment',
   'retryCount',
   'claimSeq',
   'failureClass',
@@ -70,6 +79,7 @@ export const JOB_EVENT_FIELDS = [
   'totalSteps',
   'progress',
   'cancelRequestedBy',
+  'cancelRequestedAt',
   'modelRepoUrl',
   'loraModelId',
   'actualCostPoints',
@@ -77,6 +87,11 @@ export const JOB_EVENT_FIELDS = [
 
 export function eventId(jobId: string, attempt: number, type: JobEventType, discriminator: string): string {
   return `${jobId}:${attempt}:${type}:${discriminator}`;
+}
+
+/** The environment a job belongs to: production unless it says development (the claim filter's reading). */
+export function environmentOf(job: { environment?: unknown } | null | undefined): TrainingEnvironment {
+  return job?.environment === 'development' ? 'development' : 'production';
 }
 
 function claimSeqOf(job: Partial<TrainingJobDoc>): number {
@@ -107,7 +122,7 @@ export function statusEvent(jobId: string, job: Partial<TrainingJobDoc>, now = n
   }
   if (status === 'CANCELLED' && typeof job.cancelRequestedBy === 'string') payload['cancelledBy'] = job.cancelRequestedBy;
   if ((status === 'CANCELLED' || status === 'FAILED') && typeof job.failureReason === 'string') payload['reason'] = job.failureReason;
-  return { id: eventId(jobId, attempt, 'job.status', `${status}:${claimSeq}`), type: 'job.status', jobId, attempt, at, payload };
+  return { id: eventId(jobId, attempt, 'job.status', `${status}:${claimSeq}`), type: 'job.status', jobId, environment: environmentOf(job), attempt, at, payload };
 }
 
 /**
@@ -125,6 +140,7 @@ export function queuedBeforeClaimEvent(jobId: string, claimed: Partial<TrainingJ
     id: eventId(jobId, attempt, 'job.status', `QUEUED:${claimSeq - 1}`),
     type: 'job.status',
     jobId,
+    environment: environmentOf(claimed),
     attempt,
     at,
     payload: { status: 'QUEUED' satisfies JobStatus, claim: claimSeq - 1, impliedByClaim: true },
@@ -140,17 +156,19 @@ export function failedEvent(jobId: string, job: Partial<TrainingJobDoc>, now = n
     id: eventId(jobId, attempt, 'job.failed', String(claimSeq)),
     type: 'job.failed',
     jobId,
+    environment: environmentOf(job),
     attempt,
     at: dateOr(job.completedAt, dateOr(job.updatedAt, now)),
     payload: { failureClass: job.failureClass ?? 'unknown', reason: job.failureReason ?? 'The job failed; no reason was recorded.', claim: claimSeq },
   };
 }
 
-export function checkpointEvent(jobId: string, attempt: number, c: CheckpointRecord): JobEventDraft {
+export function checkpointEvent(jobId: string, attempt: number, c: CheckpointRecord, environment: TrainingEnvironment): JobEventDraft {
   return {
     id: eventId(jobId, attempt, 'checkpoint.stored', String(c.step)),
     type: 'checkpoint.stored',
     jobId,
+    environment,
     attempt,
     at: c.storedAt instanceof Date ? c.storedAt : new Date(),
     payload: {
@@ -171,7 +189,7 @@ export function checkpointEvent(jobId: string, attempt: number, c: CheckpointRec
  * `chargedPoints` is the quote the worker charged; the refund is what the
  * ledger gave back of it.
  */
-export function settlementEvent(record: TrainingAttemptDoc, decision: SettlementDecisionDoc): JobEventDraft | null {
+export function settlementEvent(record: TrainingAttemptDoc, decision: SettlementDecisionDoc, environment: TrainingEnvironment): JobEventDraft | null {
   if (!record.settledAt) return null;
   const charged = record.state?.charged && record.state.quote ? record.state.quote.points : 0;
   const used = Math.min(charged, Math.max(0, decision.usedPoints));
@@ -179,13 +197,19 @@ export function settlementEvent(record: TrainingAttemptDoc, decision: Settlement
     id: eventId(record.jobId, record.platformAttempt, 'settlement.settled', 'points'),
     type: 'settlement.settled',
     jobId: record.jobId,
+    environment,
     attempt: record.platformAttempt,
     at: record.settledAt,
     payload: { outcome: decision.outcome, chargedPoints: charged, usedPoints: used, refundedPoints: charged - used, reason: decision.reason },
   };
 }
 
-/** RUNNING with the same step for at least the stall window: once per (claim, step). */
+/**
+ * RUNNING with the same step for at least the stall window: once per (claim,
+ * step). The reconciler arms it only from step 1: before the first step the
+ * engine caches latents and text encoder outputs, which can take longer than
+ * the window without anything being wrong.
+ */
 export function stalledEvent(jobId: string, job: Partial<TrainingJobDoc>, stalledSince: Date, now = new Date()): JobEventDraft {
   const attempt = platformAttemptOf(job as Record<string, unknown>);
   const step = typeof job.currentStep === 'number' ? job.currentStep : 0;
@@ -193,6 +217,7 @@ export function stalledEvent(jobId: string, job: Partial<TrainingJobDoc>, stalle
     id: eventId(jobId, attempt, 'job.stalled', `${claimSeqOf(job)}:${step}`),
     type: 'job.stalled',
     jobId,
+    environment: environmentOf(job),
     attempt,
     at: now,
     payload: { step, totalSteps: job.totalSteps ?? null, stalledSince, minutes: Math.round((now.getTime() - stalledSince.getTime()) / 60_000) },
@@ -213,7 +238,9 @@ export function eventsImpliedBy(
   now = new Date(),
 ): JobEventDraft[] {
   const out: JobEventDraft[] = [];
-  if (record) for (const c of record.state?.checkpoints ?? []) out.push(checkpointEvent(jobId, record.platformAttempt, c));
+  // The attempt record and decision carry no environment: they are the job's.
+  const environment = environmentOf(job);
+  if (record) for (const c of record.state?.checkpoints ?? []) out.push(checkpointEvent(jobId, record.platformAttempt, c, environment));
   if (job) {
     const status = statusEvent(jobId, job, now);
     if (status) out.push(status);
@@ -221,7 +248,7 @@ export function eventsImpliedBy(
     if (failed) out.push(failed);
   }
   if (record && decision) {
-    const settled = settlementEvent(record, decision);
+    const settled = settlementEvent(record, decision, environment);
     if (settled) out.push(settled);
   }
   return out;

@@ -533,7 +533,8 @@ export class TrainingJobRepository {
     const observer = this.writeObserver;
     if (!observer) return;
     const job = await this.jobs
-      .findOne({ _id: toObjectIdOrString(jobId) } as Filter<TrainingJobDoc>, { projection: this.observedProjection })
+      // Bounded: this read holds the job's serialized write slot. On timeout the event is skipped (the reconciler recovers it).
+      .findOne({ _id: toObjectIdOrString(jobId) } as Filter<TrainingJobDoc>, { projection: this.observedProjection, maxTimeMS: 2000 })
       .catch(() => null);
     if (job) this.tellObserver(job, 'write');
   }

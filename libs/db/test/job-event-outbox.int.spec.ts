@@ -4,7 +4,9 @@
  * reader follows; each event id stored once; the write observer's events for
  * every status our writes pass through; the reconciler recovering an event
  * lost to a kill and writing the event of a platform-written CANCELLED;
- * filtered reads.
+ * filtered reads (type, job, environment); the reconciler's bounds (paging by
+ * (updatedAt, _id), watching only leased jobs, rotating a capped watch set,
+ * not deriving unchanged jobs again); stall detection armed from step 1.
  */
 import { MongoClient, ObjectId, type Db } from 'mongodb';
 import {
@@ -19,8 +21,8 @@ import { serviceEnv } from '../../../tools/testing/support';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function draft(id: string, jobId = 'job-x', type: JobEventDraft['type'] = 'job.status'): JobEventDraft {
-  return { id, type, jobId, attempt: 0, at: new Date(), payload: { n: id } };
+function draft(id: string, jobId = 'job-x', type: JobEventDraft['type'] = 'job.status', environment: JobEventDraft['environment'] = 'production'): JobEventDraft {
+  return { id, type, jobId, environment, attempt: 0, at: new Date(), payload: { n: id } };
 }
 
 describe('job event outbox (real server)', () => {
@@ -110,6 +112,24 @@ describe('job event outbox (real server)', () => {
     expect((await store.readEvents({ after: head + 4 })).events).toEqual([]);
   });
 
+  it('filters by environment (an event stored without one reads as production)', async () => {
+    const store = new JobEventStore(t.db);
+    const head = await store.head();
+    await store.append([draft('env:1', 'job-p'), draft('env:2', 'job-d', 'job.status', 'development'), draft('env:3', 'job-p2')], 'test');
+    // An event from before environments were recorded: no field at all.
+    await t.db.collection('trainingJobEvents').insertOne({ _id: head + 4, eventId: 'env:legacy', type: 'job.status', jobId: 'job-old', attempt: 0, at: new Date(), payload: {}, recordedAt: new Date(), source: 'test' } as never);
+    const dev = await store.readEvents({ after: head, environments: ['development'] });
+    expect(dev.events.map((e) => [e.id, e.environment])).toEqual([['env:2', 'development']]);
+    expect(dev.position).toBe(head + 4);
+    const prod = await store.readEvents({ after: head, environments: ['production'] });
+    expect(prod.events.map((e) => [e.id, e.environment])).toEqual([
+      ['env:1', 'production'],
+      ['env:3', 'production'],
+      ['env:legacy', 'production'],
+    ]);
+    expect((await store.readEvents({ after: head })).events).toHaveLength(4);
+  });
+
   describe('recording', () => {
     let db: Db;
     let repo: TrainingJobRepository;
@@ -142,6 +162,7 @@ describe('job event outbox (real server)', () => {
       const completed = (await store.readEvents({ after: 0, jobId: id })).events.at(-1)!;
       expect(completed.id).toBe(`${id}:0:job.status:COMPLETED:1`);
       expect(completed.payload['modelUrl']).toBe('http://m/x');
+      expect(completed.environment).toBe('production');
       // The reconciler derives the same ids: nothing new.
       expect((await recorder.reconcile()).stored).toEqual([]);
     });
@@ -175,6 +196,64 @@ describe('job event outbox (real server)', () => {
       expect(await statusEvents(id)).toEqual(['QUEUED', 'RUNNING', 'CANCELLED']);
     });
 
+    it('puts the job\'s environment on every event it implies', async () => {
+      repo.observeWrites((job, kind) => recorder.onJobWritten(job, kind), JobEventRecorder.observedFields);
+      const dev = await repo.enqueue({ ownerAccountId: new ObjectId(), datasetId: new ObjectId(), name: 'lora', baseModel: 'SMOKE', modelType: 'SMOKE', environment: 'development' });
+      const claimed = (await repo.claimNext({ workerId: 'w1', environment: 'development', leaseMs: 60_000 }))!;
+      await repo.fail(claimed.lease, { failureClass: 'dataset', failureReason: 'No images.' });
+      await recorder.flush();
+      const mine = (await store.readEvents({ after: 0, limit: 100, jobId: dev })).events;
+      expect(mine.map((e) => e.type)).toEqual(['job.status', 'job.status', 'job.status', 'job.failed']);
+      expect(new Set(mine.map((e) => e.environment))).toEqual(new Set(['development']));
+      expect((await store.readEvents({ after: 0, limit: 100, jobId: dev, environments: ['production'] })).events).toEqual([]);
+    });
+
+    it('pages by (updatedAt, _id): a full batch of jobs sharing one updatedAt skips none', async () => {
+      const ids: string[] = [];
+      for (let i = 0; i < 7; i++) ids.push(await enqueue());
+      const same = new Date(Date.now() - 5 * 60_000);
+      await jobs().updateMany({}, { $set: { updatedAt: same } });
+      const checked: number[] = [];
+      for (let pass = 0; pass < 4; pass++) checked.push((await recorder.reconcile({ batch: 3 })).jobsChecked);
+      const queued = (await store.readEvents({ after: 0, limit: 100 })).events.filter((e) => e.payload['status'] === 'QUEUED').map((e) => e.jobId);
+      expect(new Set(queued)).toEqual(new Set(ids));
+      expect(checked.slice(0, 3)).toEqual([3, 3, 1]);
+    });
+
+    it('watches only leased jobs, at most maxWatched a pass in turn, and derives only jobs that changed', async () => {
+      const leased: string[] = [];
+      for (let i = 0; i < 3; i++) {
+        await enqueue();
+        const c = (await repo.claimNext({ workerId: 'w1', environment: 'production', leaseMs: 60_000 }))!;
+        await repo.transition(c.lease, 'RUNNING');
+        leased.push(c.lease.jobId);
+      }
+      const queuedOnly = await enqueue();
+      const derive = jest.spyOn(recorder as unknown as { implied: (...a: unknown[]) => Promise<unknown> }, 'implied');
+      const t0 = Date.now();
+      expect((await recorder.reconcile({ now: new Date(t0) })).jobsChecked).toBe(4);
+      expect(derive).toHaveBeenCalledTimes(4);
+      derive.mockClear();
+      const later = (k: number) => new Date(t0 + 10 * 60_000 + k * 1000);
+      // The same jobs again (still inside the overlap), unchanged: nothing derived again.
+      expect((await recorder.reconcile({ now: later(0) })).jobsChecked).toBe(4);
+      // No recent change now: only watched (leased) jobs are re-read by _id, 2 a pass.
+      for (let k = 1; k <= 3; k++) {
+        const r = await recorder.reconcile({ now: later(k), maxWatched: 2 });
+        expect(r.jobsChecked).toBe(2);
+        expect(r.stored).toEqual([]);
+      }
+      expect(derive).not.toHaveBeenCalled();
+      // The platform's bare `$set status` (updatedAt untouched) on a watched job is still seen and derived.
+      await jobs().updateOne({ _id: new ObjectId(leased[2]) }, { $set: { status: 'CANCELLED' } });
+      // Within two passes of 2, whatever the rotation's turn (without rotation the third job is never re-read).
+      const cancelled: string[] = [];
+      for (let k = 4; k < 6; k++) cancelled.push(...(await recorder.reconcile({ now: later(k), maxWatched: 2 })).stored.map((e) => e.id));
+      expect(cancelled).toEqual([`${leased[2]}:0:job.status:CANCELLED:${(await jobs().findOne({ _id: new ObjectId(leased[2]) }))!['claimSeq']}`]);
+      expect((recorder as unknown as { watched: Set<string> }).watched.has(leased[2]!)).toBe(false);
+      expect((recorder as unknown as { watched: Set<string> }).watched.has(queuedOnly)).toBe(false);
+    });
+
     it('pages through more changed jobs than one pass takes, each pass bounded', async () => {
       const ids: string[] = [];
       for (let i = 0; i < 7; i++) ids.push(await enqueue());
@@ -199,6 +278,23 @@ describe('job event outbox (real server)', () => {
       expect(stalled.map((e) => e.id)).toEqual([`${id}:0:job.stalled:1:5`]);
       expect(stalled[0]!.payload).toMatchObject({ step: 5, totalSteps: 10 });
       expect((await recorder.reconcile({ stallMs: 60_000, now: new Date(t0.getTime() + 120_000) })).stored).toEqual([]);
+    });
+
+    it('does not call a job stalled before its first step (latent and text encoder caching)', async () => {
+      await enqueue();
+      const claimed = (await repo.claimNext({ workerId: 'w1', environment: 'production', leaseMs: 60_000 }))!;
+      await repo.transition(claimed.lease, 'RUNNING');
+      await repo.updateProgress(claimed.lease, { currentStep: 0, totalSteps: 10 });
+      const t0 = new Date();
+      for (const minutes of [0, 2, 10, 60]) {
+        expect((await recorder.reconcile({ stallMs: 60_000, now: new Date(t0.getTime() + minutes * 60_000) })).stored.filter((e) => e.type === 'job.stalled')).toEqual([]);
+      }
+      // From step 1 on the window counts.
+      await repo.updateProgress(claimed.lease, { currentStep: 1, totalSteps: 10 });
+      const t1 = new Date(t0.getTime() + 61 * 60_000);
+      await recorder.reconcile({ stallMs: 60_000, now: t1 });
+      const stalled = (await recorder.reconcile({ stallMs: 60_000, now: new Date(t1.getTime() + 61_000) })).stored.filter((e) => e.type === 'job.stalled');
+      expect(stalled.map((e) => e.payload['step'])).toEqual([1]);
     });
   });
 });

@@ -16,6 +16,7 @@ import { WorkerMetrics } from '../observability/metrics';
 import { JOB_EVENTS_CONFIG } from './tokens';
 import type { JobEventsConfig } from './webhook-config';
 import { WebhookCursors } from './webhook-cursors';
+import { WebhookDeadLetters } from './webhook-dead-letters';
 import { WebhookDeliverer } from './webhook-deliverer';
 
 @injectable()
@@ -35,15 +36,18 @@ export class JobEventsService {
     private readonly metrics: WorkerMetrics,
   ) {
     const cursors = new WebhookCursors(db, workerConfig.workerId, Math.max(30_000, config.timeoutMs * 3));
+    const deadLetters = new WebhookDeadLetters(db, workerConfig.workerId);
     if (config.enabled) JobEventsService.countStored(metrics, recorder, log);
-    this.deliverers = config.subscriptions.map((s) => new WebhookDeliverer(s, store, cursors, config, metrics, log.child({ component: 'webhooks' })));
+    const webhookLog = log.child({ component: 'webhooks' });
+    this.deliverers = config.subscriptions.map((s) => new WebhookDeliverer(s, store, cursors, deadLetters, workerConfig.environment, config, metrics, webhookLog));
   }
 
   /** Starts the loops (idempotent). Returns at once. */
   start(): void {
     if (this.running || !this.config.enabled) return;
     this.running = true;
-    if (this.config.subscriptions.length) this.log.info({ subscriptions: this.config.subscriptions }, 'job event webhooks on');
+    // Each subscription serializes its URL as the origin only (a path or query may hold a receiver's token).
+    if (this.config.subscriptions.length) this.log.info({ subscriptions: this.config.subscriptions.map((s) => s.toJSON()) }, 'job event webhooks on');
     this.loops = [
       this.loop('reconciler', () => this.reconcileOnce().then(() => this.config.reconcileMs)),
       ...this.deliverers.map((d) => this.loop(`webhook ${d.subscription.id}`, () => d.tick())),

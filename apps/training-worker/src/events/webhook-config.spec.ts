@@ -1,4 +1,4 @@
-import { loadJobEventsConfig, WebhookConfigError } from './webhook-config';
+import { DEFAULT_DEAD_LETTER, loadJobEventsConfig, WebhookConfigError } from './webhook-config';
 
 const SECRET = 'a-signing-secret-of-32-characters!';
 const subs = (list: unknown) => JSON.stringify(list);
@@ -13,7 +13,8 @@ describe('webhook configuration', () => {
     expect(config.enabled).toBe(true);
     expect(config.timeoutMs).toBe(2500);
     const [s] = config.subscriptions;
-    expect(s).toMatchObject({ id: 'platform', url: 'https://hooks.example/training', types: ['job.status', 'job.failed'], from: 'now' });
+    expect(s).toMatchObject({ id: 'platform', url: 'https://hooks.example/training', types: ['job.status', 'job.failed'], from: 'now', environments: null, deadLetter: DEFAULT_DEAD_LETTER });
+    expect(s!.environmentsFor('development')).toEqual(['development']);
     expect(s!.wants('job.failed')).toBe(true);
     expect(s!.wants('checkpoint.stored')).toBe(false);
     expect(JSON.stringify(config)).not.toContain(SECRET);
@@ -36,9 +37,39 @@ describe('webhook configuration', () => {
     [subs([{ id: 'a', url: 'https://a.example', secret: 'short' }]), /shorter than 16/],
     [subs([{ id: 'a', url: 'https://a.example', secret: SECRET, types: ['job.progress'] }]), /unknown event type "job.progress"/],
     [subs([{ id: 'a', url: 'https://a.example', secret: SECRET }, { id: 'a', url: 'https://b.example', secret: SECRET }]), /used twice/],
+    [subs([{ id: 'a', url: 'https://a.example', secret: SECRET, environments: ['staging'] }]), /unknown environment "staging"/],
+    [subs([{ id: 'a', url: 'https://a.example', secret: SECRET, environments: [] }]), /environments must be "\*" or a non-empty array/],
+    [subs([{ id: 'a', url: 'https://a.example', secret: SECRET, deadLetter: { afterFailures: 0 } }]), /deadLetter.afterFailures must be a whole number of at least 1/],
+    [subs([{ id: 'a', url: 'https://a.example', secret: SECRET, deadLetter: 'sometimes' }]), /deadLetter must be false or/],
   ])('refuses %s with a message that says what to fix', (raw, message) => {
     expect(() => loadJobEventsConfig({ WEBHOOK_SUBSCRIPTIONS: raw })).toThrow(WebhookConfigError);
     expect(() => loadJobEventsConfig({ WEBHOOK_SUBSCRIPTIONS: raw })).toThrow(message);
+  });
+
+  it('reads environments and the dead-letter policy per subscription', () => {
+    const [all, listed, strict] = loadJobEventsConfig({
+      WEBHOOK_SUBSCRIPTIONS: subs([
+        { id: 'all', url: 'https://a.example', secret: SECRET, environments: '*', deadLetter: false },
+        { id: 'listed', url: 'https://b.example', secret: SECRET, environments: ['production', 'development'] },
+        { id: 'strict', url: 'https://c.example', secret: SECRET, deadLetter: { afterFailures: 3, maxAgeMinutes: 0 } },
+      ]),
+    }).subscriptions;
+    expect(all!.environmentsFor('production')).toEqual([]);
+    expect(all!.deadLetter).toBeNull();
+    expect(listed!.environmentsFor('production')).toEqual(['production', 'development']);
+    expect(strict!.deadLetter).toEqual({ afterFailures: 3, maxAgeMs: 0 });
+  });
+
+  it('serializes the URL as its origin only (a path or query may hold a token), and hashes the full URL', () => {
+    const config = loadJobEventsConfig({ WEBHOOK_SUBSCRIPTIONS: subs([{ id: 'p', url: 'https://user:pw@hooks.example/t/abc123secretpath?token=qwerty', secret: SECRET }]) });
+    const [s] = config.subscriptions;
+    const logged = JSON.stringify({ subscriptions: config.subscriptions });
+    for (const hidden of ['abc123secretpath', 'qwerty', 'user', 'pw@']) expect(logged).not.toContain(hidden);
+    expect(logged).toContain('"url":"https://hooks.example"');
+    expect(s!.url).toBe('https://user:pw@hooks.example/t/abc123secretpath?token=qwerty');
+    const other = loadJobEventsConfig({ WEBHOOK_SUBSCRIPTIONS: subs([{ id: 'p', url: 'https://hooks.example/t/other', secret: SECRET }]) }).subscriptions[0]!;
+    expect(s!.urlHash).toMatch(/^[0-9a-f]{16}$/);
+    expect(other.urlHash).not.toBe(s!.urlHash);
   });
 
   it('an error never quotes the secret', () => {

@@ -5,7 +5,11 @@
  *   WEBHOOK_SUBSCRIPTIONS  JSON array: [{"id": "platform", "url": "https://…",
  *                          "secretEnv": "WEBHOOK_SECRET_PLATFORM" (or "secret": "…"),
  *                          "types": ["job.status", …] (absent: every type),
- *                          "from": "now" | "start" (where a new subscription begins; default now)}]
+ *                          "from": "now" | "start" (where a new subscription begins; default now),
+ *                          "environments": ["production", "development"] | "*"
+ *                            (whose jobs' events; default: this worker's TRAINING_ENVIRONMENT),
+ *                          "deadLetter": {"afterFailures": 8, "maxAgeMinutes": 1440} | false
+ *                            (when an undeliverable event is set aside; see webhook-dead-letters.ts)}]
  *   WEBHOOK_TIMEOUT_MS     per request (default 10000)
  *   WEBHOOK_RETRY_BASE_MS  first retry delay (default 1000), doubled per failure with jitter,
  *   WEBHOOK_RETRY_MAX_MS   capped here (default 300000)
@@ -15,9 +19,11 @@
  *   JOB_EVENTS_STALL_MINUTES RUNNING without a new step this long emits job.stalled (default 30; 0 = off)
  *
  * A secret is never logged: it lives in a private field of WebhookSubscription,
- * which serializes (JSON, pino) without it.
+ * which serializes (JSON, pino) without it. Nor is the URL's path or query
+ * (receivers often put a token there): the subscription serializes its origin only.
  */
-import { isJobEventType, JOB_EVENT_TYPES, type JobEventType } from '@stationthis/db';
+import { createHash } from 'node:crypto';
+import { isJobEventType, JOB_EVENT_TYPES, type JobEventType, type TrainingEnvironment } from '@stationthis/db';
 import { signWebhook } from './webhook-signature';
 
 export class WebhookConfigError extends Error {
@@ -27,18 +33,57 @@ export class WebhookConfigError extends Error {
   }
 }
 
+const ENVIRONMENTS: readonly TrainingEnvironment[] = ['production', 'development'];
+
+/** When an event a receiver keeps refusing is set aside (dead-lettered) so the ones after it flow. */
+export interface DeadLetterPolicy {
+  /** Failures of one event with a permanent 4xx answer (not 408 or 429) before it is set aside (default 8). */
+  afterFailures: number;
+  /** An event failing (any way) for longer than this since its first failure is set aside (default 24 h; 0 = never). */
+  maxAgeMs: number;
+}
+
+export const DEFAULT_DEAD_LETTER: DeadLetterPolicy = { afterFailures: 8, maxAgeMs: 24 * 3_600_000 };
+
 export class WebhookSubscription {
   readonly #secret: string;
+  readonly #url: string;
 
   constructor(
     readonly id: string,
-    readonly url: string,
+    url: string,
     secret: string,
     /** Empty: every type. */
     readonly types: readonly JobEventType[],
     readonly from: 'now' | 'start',
+    /** Whose jobs' events: a list, '*' (every environment), or null (this worker's environment). */
+    readonly environments: readonly TrainingEnvironment[] | '*' | null = null,
+    /** Null: never set an event aside (the subscription waits for the receiver, however long). */
+    readonly deadLetter: DeadLetterPolicy | null = DEFAULT_DEAD_LETTER,
   ) {
     this.#secret = secret;
+    this.#url = url;
+  }
+
+  /** Where events are POSTed. Not for logs (the path or query may hold a token): use `safeUrl`. */
+  get url(): string {
+    return this.#url;
+  }
+
+  /** The URL's origin only, for logs and errors. */
+  get safeUrl(): string {
+    return new URL(this.#url).origin;
+  }
+
+  /** A short hash of the full URL: a delivery cursor remembers it, so a different URL under the same id is noticed. */
+  get urlHash(): string {
+    return createHash('sha256').update(this.#url).digest('hex').slice(0, 16);
+  }
+
+  /** The environments delivered by a worker of `workerEnvironment`: empty means every one. */
+  environmentsFor(workerEnvironment: TrainingEnvironment): readonly TrainingEnvironment[] {
+    if (this.environments === '*') return [];
+    return this.environments ?? [workerEnvironment];
   }
 
   wants(type: JobEventType): boolean {
@@ -50,7 +95,7 @@ export class WebhookSubscription {
   }
 
   toJSON(): Record<string, unknown> {
-    return { id: this.id, url: this.url, types: this.types, from: this.from };
+    return { id: this.id, url: this.safeUrl, types: this.types, from: this.from, environments: this.environments ?? 'worker', deadLetter: this.deadLetter };
   }
 }
 
@@ -119,8 +164,33 @@ function parseSubscriptions(env: NodeJS.ProcessEnv): WebhookSubscription[] {
     });
     const from = s['from'] ?? 'now';
     if (from !== 'now' && from !== 'start') throw new WebhookConfigError(`${where} (${id}): from must be "now" or "start".`);
-    return new WebhookSubscription(id, parsed.toString(), secret, types, from);
+    return new WebhookSubscription(id, parsed.toString(), secret, types, from, parseEnvironments(s['environments'], where, id), parseDeadLetter(s['deadLetter'], where, id));
   });
+}
+
+function parseEnvironments(raw: unknown, where: string, id: string): readonly TrainingEnvironment[] | '*' | null {
+  if (raw === undefined || raw === null) return null;
+  if (raw === '*') return '*';
+  const known = ENVIRONMENTS.join('", "');
+  if (!Array.isArray(raw) || raw.length === 0) throw new WebhookConfigError(`${where} (${id}): environments must be "*" or a non-empty array of "${known}".`);
+  return raw.map((e) => {
+    if (!ENVIRONMENTS.includes(e as TrainingEnvironment)) throw new WebhookConfigError(`${where} (${id}): unknown environment ${JSON.stringify(e)}; known: "${known}" (or "*" for all).`);
+    return e as TrainingEnvironment;
+  });
+}
+
+function parseDeadLetter(raw: unknown, where: string, id: string): DeadLetterPolicy | null {
+  if (raw === undefined || raw === null || raw === true) return DEFAULT_DEAD_LETTER;
+  if (raw === false) return null;
+  if (typeof raw !== 'object' || Array.isArray(raw)) throw new WebhookConfigError(`${where} (${id}): deadLetter must be false or {"afterFailures": n, "maxAgeMinutes": m}.`);
+  const d = raw as Record<string, unknown>;
+  const count = (name: string, fallback: number, min: number): number => {
+    const v = d[name];
+    if (v === undefined) return fallback;
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) throw new WebhookConfigError(`${where} (${id}): deadLetter.${name} must be a whole number of at least ${min}.`);
+    return v;
+  };
+  return { afterFailures: count('afterFailures', DEFAULT_DEAD_LETTER.afterFailures, 1), maxAgeMs: count('maxAgeMinutes', DEFAULT_DEAD_LETTER.maxAgeMs / 60_000, 0) * 60_000 };
 }
 
 function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number): number {
