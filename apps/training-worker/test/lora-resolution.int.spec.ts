@@ -59,7 +59,8 @@ function attemptOf(jobId: string, state: Record<string, unknown> = {}) {
   const ctx = { jobId, lease: { jobId, attemptId: 'a1', workerId: 'w1' }, log: createLogger('silent') };
   const writer = { setState: async (patch: Record<string, unknown>) => void Object.assign(state, patch) };
   const request = { jobId, datasetId: new ObjectId().toHexString(), ownerAccountId: owner, totalSteps: 10, currentLoss: 0.1 };
-  return { ctx, writer, request, state } as never as Parameters<PublishStep['upload']>[0] & { state: Record<string, unknown> };
+  const ref = { jobId, platformAttempt: 0, owner: 'a1' };
+  return { ctx, ref, writer, request, state } as never as Parameters<PublishStep['upload']>[0] & { state: Record<string, unknown> };
 }
 
 function preparedOf(recipeId: string, rawTrigger: string, name: string) {

@@ -112,7 +112,8 @@ async function finishedJob(rawTrigger: string, steps = [10, 20], recipeId = 'flu
   const state: Record<string, unknown> = {};
   const ctx = { jobId, lease: { jobId, attemptId: LEASE, workerId: 'w1' }, log: createLogger('silent') };
   const writer = { setState: async (patch: Record<string, unknown>) => void Object.assign(state, patch) };
-  const a = { ctx, writer, request: { jobId, datasetId, ownerAccountId: owner, totalSteps: 30, currentLoss: 0.05 }, state } as never as Parameters<PublishStep['upload']>[0];
+  const ref = { jobId, platformAttempt: 0, owner: LEASE };
+  const a = { ctx, ref, writer, request: { jobId, datasetId, ownerAccountId: owner, totalSteps: 30, currentLoss: 0.05 }, state } as never as Parameters<PublishStep['upload']>[0];
   const p = { recipe, parameters: { steps: 30 }, triggerWord: trigger, outputName: sanitizeOutputName(`${rawTrigger} model`), payer: { masterAccountId: owner, walletAddress: wallet } } as never as Parameters<PublishStep['upload']>[1];
   const publish = h.app.container.resolve(PublishStep);
   await publish.upload(a, p, files);
