@@ -11,6 +11,32 @@ export interface DatasetItem {
   file: string;
   /** The platform's caption ('' = uncaptioned). */
   caption: string;
+  /** Edit models' concept mode: this image's control image, which the platform pairs with it by `sourceFilename`. */
+  control?: string;
+}
+
+/**
+ * One field override the conformance shim (tools/conformance/shim) makes in an
+ * engine module right after it is imported, before any model is built.
+ */
+export interface ShimOverride {
+  module: string;
+  /** Dotted path from the module to the object, `name[key]` for a dict entry. */
+  object: string;
+  set: Record<string, number>;
+}
+
+/**
+ * A conformance-only change to what the engine builds, for a model too big
+ * for the CPU host at full size: the shim folder is mounted read-only, put
+ * first on PYTHONPATH and given these overrides; the base-model files hold
+ * exactly the real keys, shapes and dtypes of the model so built. Recorded in
+ * the report; never part of an image or of a production run.
+ */
+export interface EngineShim {
+  overrides: ShimOverride[];
+  /** What the full size would need, and what the shrunk model still proves. */
+  why: string;
 }
 
 export interface ConformanceCase {
@@ -21,6 +47,17 @@ export interface ConformanceCase {
   dataset: DatasetItem[];
   /** Weight role whose file's keys the LoRA must resolve against under ComfyUI's rules. */
   baseRole: string;
+  /**
+   * A second case of the same recipe (another training mode): the case id is
+   * `<recipeId>:<variant>`. Selecting the recipe id runs all its cases.
+   */
+  variant?: string;
+  engineShim?: EngineShim;
+}
+
+/** The id a case is selected and reported by. */
+export function caseId(c: Pick<ConformanceCase, 'recipeId' | 'variant'>): string {
+  return c.variant ? `${c.recipeId}:${c.variant}` : c.recipeId;
 }
 
 export const TRIGGER = 'sks_conform';
@@ -36,6 +73,25 @@ export const IMAGE_ITEMS: DatasetItem[] = [
   { file: 'img_4.png', caption: 'a yellow disc, no trigger word here' },
   { file: 'img_5.png', caption: '' },
 ];
+
+/**
+ * The same images, each with its control image (the scene before the edit:
+ * a grey disc where the target's is yellow), as a Kontext concept dataset.
+ */
+export const PAIRED_IMAGE_ITEMS: DatasetItem[] = IMAGE_ITEMS.map((item, i) => ({ ...item, control: `ctl_${i + 1}.png` }));
+
+/**
+ * FLUX.1 Kontext [dev] at 1 double + 1 single block instead of 19 + 38: musubi
+ * builds the DiT from flux_models.configs_flux_dev_context.params and loads it
+ * strict=True, and the full 12 B model is 24 GB in bf16, more than the 24 GiB
+ * host holds next to the run. Must match make_kontext_models.py DEPTH/DEPTH_SINGLE.
+ */
+export const KONTEXT_SHIM: EngineShim = {
+  overrides: [{ module: 'musubi_tuner.flux.flux_models', object: 'configs_flux_dev_context.params', set: { depth: 1, depth_single_blocks: 1 } }],
+  why: 'FLUX.1 Kontext DiT built with 1 double + 1 single block (of 19 + 38): the full model is 24 GB in bf16; every block present has the real keys, shapes and dtypes, loaded strictly',
+};
+
+const KONTEXT_PARAMETERS = { resolution: 256, samplePreview: false, saveEveryNSteps: 0, loraRank: 8, loraAlpha: 8 };
 
 /** Two 3-second clips at 30 fps: one captioned, one not. */
 export const VIDEO_ITEMS: DatasetItem[] = [
@@ -64,6 +120,25 @@ export const CASES: ConformanceCase[] = [
     parameters: { task: 't2v-1.3B', resolution: 256, videoResolution: 256, frameCount: 5, clipsPerVideo: 2, saveEveryNSteps: 0, loraRank: 8, loraAlpha: 8 },
     dataset: [...IMAGE_ITEMS, ...VIDEO_ITEMS],
     baseRole: 'dit_t2v_1_3b',
+  },
+  {
+    // Concept: each image with its control image, paired by the platform's legacy `controlImages[].sourceFilename`.
+    recipeId: 'kontext-lora',
+    family: 'KONTEXT',
+    parameters: { ...KONTEXT_PARAMETERS, trainingMode: 'concept' },
+    dataset: PAIRED_IMAGE_ITEMS,
+    baseRole: 'dit',
+    engineShim: KONTEXT_SHIM,
+  },
+  {
+    // Style/subject: images and captions; the worker gives every image the blank control musubi's Kontext trainer needs.
+    recipeId: 'kontext-lora',
+    variant: 'style_subject',
+    family: 'KONTEXT',
+    parameters: { ...KONTEXT_PARAMETERS, trainingMode: 'style_subject' },
+    dataset: IMAGE_ITEMS,
+    baseRole: 'dit',
+    engineShim: KONTEXT_SHIM,
   },
 ];
 

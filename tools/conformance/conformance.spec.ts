@@ -6,6 +6,7 @@
  *   npx nx run recipes:conformance        (prepare.sh first: images, models, dataset)
  *   CONFORMANCE_ONLY=sdxl-lora,wan-lora   run a subset
  *   CONFORMANCE_ONLY=sdxl-lora:resume     only that recipe's resume case
+ *   CONFORMANCE_ONLY=kontext-lora:style_subject   one mode of a recipe with several cases
  *
  * Per recipe it asserts: every step exits 0; the recipe's progress parser read
  * step, total and loss from the engine's own output; the LoRA passes the
@@ -13,6 +14,15 @@
  * word; and every LoRA tensor key resolves to a weight of the base checkpoint
  * under ComfyUI's LoRA key rules (0 unmatched). The report (wall time, peak
  * container memory, substitutions) goes to .state/conformance/report.json.
+ *
+ * Edit models (Kontext): the platform dataset carries the control images as
+ * the platform stores them (legacy `controlImages[].sourceFilename`), paired
+ * by the recipes' `resolveControlPairs` and written beside the dataset as the
+ * worker writes them (or the blank control, style/subject mode), mounted at
+ * CONTAINER_PATHS.control. A case with an `engineShim` runs with the
+ * conformance shim (tools/conformance/shim): a model too big for this host at
+ * full size is built shallower by the engine's own code, from files with the
+ * real keys; the report records every override.
  *
  * Resume cases (`<recipe>:resume`, SDXL and WAN) train the test run's two
  * steps with a save and engine state at step 1, then run the job again as a
@@ -24,12 +34,17 @@
  */
 import { promises as fsp, existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { DockerContainerRuntime, createDockerClient } from '@stationthis/docker';
+import { DockerContainerRuntime, createDockerClient, type ContainerRunSpec } from '@stationthis/docker';
 import {
+  BLANK_CONTROL_PNG_BASE64,
   captionHasTrigger,
+  checkControlSizes,
   checkpointFileAt,
+  controlFileNameFor,
   getRecipe,
   jobStepOf,
+  platformSourceFilename,
+  resolveControlPairs,
   stateDirAt,
   requiredWeights,
   resolveComfyLoraKeys,
@@ -47,7 +62,7 @@ import { createS3Client, DatasetFetcher, loadStorageConfig, ObjectStorage, type 
 import { stepContainerSpec } from '../../apps/training-worker/src/pipeline/step-container';
 import { readSafetensorsHeader } from '../../apps/training-worker/src/pipeline/safetensors-file';
 import { serviceEnv, uniquePrefix } from '../testing/support';
-import { CASES, RESUME_CASES, RESUME_SUFFIX, TRIGGER, type ConformanceCase } from './cases';
+import { CASES, RESUME_CASES, RESUME_SUFFIX, TRIGGER, caseId, type ConformanceCase, type EngineShim } from './cases';
 
 const REPO = path.resolve(__dirname, '../..');
 const STATE = path.join(REPO, '.state', 'conformance');
@@ -59,6 +74,10 @@ const WORK = path.join(STATE, 'runs');
 const MANIFEST = process.env['IMAGE_MANIFEST_PATH'] ?? path.join(REPO, 'apps/recipe-builder/build/image-manifest.json');
 const MEMORY_BYTES = Number(process.env['CONFORMANCE_MEMORY_BYTES'] ?? 20 * 1024 ** 3);
 const ONLY = (process.env['CONFORMANCE_ONLY'] ?? '').split(',').filter(Boolean);
+/** The conformance shim (tools/conformance/shim), mounted read-only for cases with an engineShim. */
+const SHIM_DIR = path.join(__dirname, 'shim');
+// No platform word in the path: the runtime refuses env values that contain a credential's value, and local keys can be short words.
+const SHIM_MOUNT = '/opt/conformance-shim';
 
 interface StepReport {
   name: string;
@@ -75,6 +94,10 @@ interface CaseReport {
   lora: { file: string; bytes: number; tensors: number; comfyMatched: number; comfyUnmatched: string[] } | null;
   captionsSeen: Record<string, string>;
   modelOverrides: string[];
+  /** Conformance-shim overrides the engine applied (cases with an engineShim). */
+  engineShim?: { why: string; applied: string[] };
+  /** Edit models: where the control images came from and what the engine got. */
+  controls?: { source: string; files: string[] };
   /** Resume cases: the step-1 save and the resumed run. */
   saves?: SaveReport;
 }
@@ -121,6 +144,22 @@ function watchPeakMemory(): { onStarted(id: string): void; stop(): number | null
   };
 }
 
+/**
+ * The container changes a case's engineShim makes, on top of the worker's
+ * spec: the shim folder mounted read-only and put first on the image's own
+ * PYTHONPATH, and the overrides in its environment variable.
+ */
+async function withEngineShim(spec: ContainerRunSpec, shim: EngineShim): Promise<ContainerRunSpec> {
+  const info = await createDockerClient().getImage(spec.image).inspect();
+  const imagePath = (info.Config.Env ?? []).find((e) => e.startsWith('PYTHONPATH='))?.slice('PYTHONPATH='.length);
+  if (!imagePath) throw new Error(`image ${spec.image} sets no PYTHONPATH: the conformance shim cannot be put in front of it`);
+  return {
+    ...spec,
+    env: { ...spec.env, PYTHONPATH: `${SHIM_MOUNT}:${imagePath}`, STATIONTHIS_CONFORMANCE_OVERRIDES: JSON.stringify(shim.overrides) },
+    mounts: [...spec.mounts, { hostPath: SHIM_DIR, containerPath: SHIM_MOUNT, readOnly: true }],
+  };
+}
+
 const s = serviceEnv();
 const storageConfig = loadStorageConfig({ S3_ENDPOINT: s.s3Endpoint, S3_ACCESS_KEY_ID: s.s3AccessKeyId, S3_SECRET_ACCESS_KEY: s.s3SecretAccessKey });
 const s3 = createS3Client(storageConfig);
@@ -139,15 +178,26 @@ afterAll(async () => {
   await fsp.writeFile(out, JSON.stringify({ at: new Date().toISOString(), cases: merged }, null, 2));
 });
 
+async function upload(c: ConformanceCase, file: string): Promise<string> {
+  const key = `${prefix}${caseId(c).replace(/[^a-z0-9-]/g, '-')}/${file}`;
+  await storage.putObject('datasets', key, await fsp.readFile(path.join(DATASET_MEDIA, file)));
+  return storage.publicUrl('datasets', key);
+}
+
 async function platformDataset(c: ConformanceCase): Promise<PlatformDatasetDoc> {
   const urls: string[] = [];
-  for (const item of c.dataset) {
-    const key = `${prefix}${c.recipeId}/${item.file}`;
-    await storage.putObject('datasets', key, await fsp.readFile(path.join(DATASET_MEDIA, item.file)));
-    urls.push(storage.publicUrl('datasets', key));
-  }
+  for (const item of c.dataset) urls.push(await upload(c, item.file));
   // The platform's legacy caption set, parallel to `images` ('' = no caption).
-  return { name: `conformance ${c.recipeId}`, images: urls, captionSets: [{ _id: 'cs1', isDefault: true, status: 'completed', captions: c.dataset.map((d) => d.caption) }] };
+  const doc: PlatformDatasetDoc = { name: `conformance ${caseId(c)}`, images: urls, captionSets: [{ _id: 'cs1', isDefault: true, status: 'completed', captions: c.dataset.map((d) => d.caption) }] };
+  if (c.dataset.some((d) => d.control)) {
+    // The platform's legacy KONTEXT store: each control names its target by the platform's download name (`001.png`).
+    const controlImages = [];
+    for (const [i, item] of c.dataset.entries()) {
+      if (item.control) controlImages.push({ generationOutputId: `conf${i}`, sourceFilename: platformSourceFilename(urls[i], i), url: await upload(c, item.control), addedAt: new Date() });
+    }
+    doc['controlImages'] = controlImages;
+  }
+  return doc;
 }
 
 
@@ -162,16 +212,53 @@ function foldersIn(run: string, name: string, datasetDir: string): JobFolders {
   return { datasetDir, jobDir: path.join(run, `${name}-job`), outputDir: path.join(run, `${name}-output`), logFile: path.join(run, `${name}.log`) };
 }
 
-/** The platform dataset fetched into `datasetDir` the worker's way (captions with the trigger word). */
-async function fetchDataset(c: ConformanceCase, recipe: Recipe<unknown>, datasetDir: string) {
-  const fetched = await fetcher.fetch(await platformDataset(c), datasetDir, {
+async function makeReadable(dir: string): Promise<void> {
+  for (const f of await fsp.readdir(dir)) await fsp.chmod(path.join(dir, f), 0o644);
+  await fsp.chmod(dir, 0o755);
+}
+
+/**
+ * The platform dataset fetched into `datasetDir` the worker's way (captions
+ * with the trigger word) and, for a recipe that needs control images, those
+ * written into `controlDir` as the worker's inputs step writes them: paired
+ * by `resolveControlPairs`, fetched as an image list in dataset order (so the
+ * i-th control gets the i-th image's stem), shapes checked; or the blank
+ * control for every image.
+ */
+async function fetchDataset(c: ConformanceCase, recipe: Recipe<unknown>, parameters: unknown, datasetDir: string, controlDir?: string) {
+  const doc = await platformDataset(c);
+  const need = recipe.controlImagesFor?.(parameters as never);
+  const pairing = need?.source === 'paired' ? resolveControlPairs(doc) : undefined;
+  if (pairing && !pairing.ok) throw new Error(`control pairs refused: ${pairing.problems.map((p) => p.message).join(' ')}`);
+  const conceptPrompt = pairing?.ok ? pairing.pairing.prompt : undefined;
+  const fetched = await fetcher.fetch(doc, datasetDir, {
     captionSetId: 'cs1',
     allowVideo: recipe.datasetRequirements.allowVideo,
-    captionFor: (caption) => trainingCaption(caption, TRIGGER),
+    captionFor: (caption) => trainingCaption(conceptPrompt ?? caption, TRIGGER),
   });
-  for (const f of await fsp.readdir(datasetDir)) await fsp.chmod(path.join(datasetDir, f), 0o644);
-  await fsp.chmod(datasetDir, 0o755);
-  return fetched;
+  await makeReadable(datasetDir);
+  if (!need) return { fetched };
+  if (!controlDir) throw new Error(`${recipe.id} needs control images and the case gave no control folder`);
+  await fsp.rm(controlDir, { recursive: true, force: true });
+  await fsp.mkdir(controlDir, { recursive: true });
+  if (need.source === 'blank') {
+    const names = fetched.images.map((img) => controlFileNameFor(img.fileName, 'png'));
+    for (const name of names) await fsp.writeFile(path.join(controlDir, name), Buffer.from(BLANK_CONTROL_PNG_BASE64, 'base64'));
+    await makeReadable(controlDir);
+    return { fetched, controls: { source: 'blank', files: names } };
+  }
+  if (!pairing?.ok) throw new Error('unreachable: paired controls without a pairing');
+  const controls = await fetcher.fetch({ images: pairing.pairing.pairs.map((x) => x.controlUrl) }, controlDir, { allowVideo: false });
+  const names = controls.images.map((ctl, i) => {
+    const expected = controlFileNameFor(fetched.images[i].fileName, ctl.fileName.slice(ctl.fileName.lastIndexOf('.') + 1));
+    if (ctl.fileName !== expected) throw new Error(`control ${i + 1} stored as ${ctl.fileName}, not ${expected} (its image's stem)`);
+    return ctl.fileName;
+  });
+  const sizes = (img: { width?: number; height?: number }) => (img.width !== undefined && img.height !== undefined ? { width: img.width, height: img.height } : undefined);
+  const mismatched = checkControlSizes(pairing.pairing.pairs.map((x, i) => ({ index: x.index, target: sizes(fetched.images[i]), control: sizes(controls.images[i]) })));
+  if (mismatched.length > 0) throw new Error(`control shapes refused: ${mismatched.join('; ')}`);
+  await makeReadable(controlDir);
+  return { fetched, controls: { source: pairing.pairing.source, files: names } };
 }
 
 function caseWeights(recipe: Recipe<unknown>, parameters: unknown, caseReport: CaseReport) {
@@ -194,7 +281,7 @@ async function runRendered(
   folders: JobFolders,
   weights: { fileName: string; path: string; role: string }[],
   caseReport: CaseReport,
-  opts: { label: string; events: ProgressEvent[]; lines?: string[]; resumedAtStep?: number },
+  opts: { label: string; events: ProgressEvent[]; lines?: string[]; resumedAtStep?: number; engineShim?: EngineShim },
 ): Promise<void> {
   for (const d of [folders.jobDir, folders.outputDir]) await fsp.mkdir(d, { recursive: true });
   await fsp.chmod(folders.outputDir, 0o777);
@@ -204,8 +291,7 @@ async function runRendered(
     const parser = recipe.createProgressParser();
     const memory = watchPeakMemory();
     const started = Date.now();
-    const result = await runtime.run(
-      stepContainerSpec({
+    const spec = stepContainerSpec({
         image,
         recipe,
         step: { name: step.name, argv },
@@ -217,11 +303,15 @@ async function runRendered(
         labels: { jobId: `conformance-${caseReport.recipe.replace(/[^a-z0-9-]/g, '-')}`, attemptId: opts.label || 'a1', workerId: 'conformance' },
         deadlineMs: 3 * 60 * 60 * 1000,
         stallTimeoutMs: 45 * 60 * 1000,
-      }),
+      });
+    const result = await runtime.run(
+      opts.engineShim ? await withEngineShim(spec, opts.engineShim) : spec,
       {
         onStarted: (id) => memory.onStarted(id),
         onLine: (line) => {
           opts.lines?.push(line);
+          const shimmed = /^\[conformance shim\] (.*)$/.exec(line);
+          if (shimmed && caseReport.engineShim && !caseReport.engineShim.applied.includes(shimmed[1])) caseReport.engineShim.applied.push(shimmed[1]);
           for (const ev of parser.feed(line)) if (step.reportsTrainingProgress) opts.events.push(ev);
         },
       },
@@ -267,15 +357,26 @@ function describeEach<C>(rows: (readonly [string, C])[]): (name: string, fn: (id
   };
 }
 
-const cases = CASES.filter((c) => ONLY.length === 0 || ONLY.includes(c.recipeId));
+// A recipe id selects all its cases (every training mode); `<recipe>:<variant>` one of them.
+const cases = CASES.filter((c) => ONLY.length === 0 || ONLY.includes(c.recipeId) || ONLY.includes(caseId(c)));
 const resumeCases = RESUME_CASES.filter((c) => ONLY.length === 0 || ONLY.includes(c.recipeId + RESUME_SUFFIX));
 
-describeEach(cases.map((c) => [c.recipeId, c] as const))('%s conformance', (_id, c) => {
+describeEach(cases.map((c) => [caseId(c), c] as const))('%s conformance', (id, c) => {
   const recipe = getRecipe(c.recipeId) as Recipe<unknown>;
-  const run = path.join(WORK, c.recipeId);
-  const folders = { datasetDir: path.join(run, 'dataset'), jobDir: path.join(run, 'job'), outputDir: path.join(run, 'output'), logFile: path.join(run, 'engine.log') };
+  const run = path.join(WORK, id.replace(/[^a-z0-9-]/g, '-'));
+  const controlDir = recipe.controlImagesFor?.(c.parameters as never) ? path.join(run, 'control') : undefined;
+  const folders = { datasetDir: path.join(run, 'dataset'), jobDir: path.join(run, 'job'), outputDir: path.join(run, 'output'), logFile: path.join(run, 'engine.log'), ...(controlDir ? { controlDir } : {}) };
   const events: ProgressEvent[] = [];
-  const caseReport: CaseReport = { recipe: c.recipeId, image: '', steps: [], progress: null, lora: null, captionsSeen: {}, modelOverrides: [] };
+  const caseReport: CaseReport = {
+    recipe: id,
+    image: '',
+    steps: [],
+    progress: null,
+    lora: null,
+    captionsSeen: {},
+    modelOverrides: [],
+    ...(c.engineShim ? { engineShim: { why: c.engineShim.why, applied: [] } } : {}),
+  };
   let outputs: { lora: string } = { lora: '' };
 
   beforeAll(async () => {
@@ -289,22 +390,41 @@ describeEach(cases.map((c) => [c.recipeId, c] as const))('%s conformance', (_id,
   it('runs every rendered step in the real image under the worker sandbox, each exiting 0', async () => {
     const validated = recipe.validate(c.parameters);
     if (!validated.ok) throw new Error(`case parameters invalid: ${JSON.stringify(validated.issues)}`);
-    const fetched = await fetchDataset(c, recipe, folders.datasetDir);
+    const { fetched, controls } = await fetchDataset(c, recipe, validated.value, folders.datasetDir, controlDir);
+    if (controls) caseReport.controls = controls;
     const weights = caseWeights(recipe, validated.value, caseReport);
     const rendered = recipe.render({
-      jobId: `conf${c.recipeId.replace(/[^a-z0-9]/g, '')}`,
+      jobId: `conf${id.replace(/[^a-z0-9]/g, '')}`,
       parameters: validated.value,
       triggerWord: TRIGGER,
-      outputName: `conformance_${c.recipeId.replace(/-/g, '_')}`,
+      outputName: `conformance_${id.replace(/[^a-z0-9]/g, '_')}`,
       dataset: summarizeDataset(fetched.images),
       baseModelFiles: Object.fromEntries(weights.map((w) => [w.role, w.fileName])),
+      ...(controls ? { controlImages: controls.files } : {}),
     });
     outputs = rendered.outputs;
     const image = imageFor(recipe);
     caseReport.image = image;
     await runtime.ensureImage(image);
-    await runRendered(recipe, rendered, image, folders, weights, caseReport, { label: '', events });
+    await runRendered(recipe, rendered, image, folders, weights, caseReport, { label: '', events, ...(c.engineShim ? { engineShim: c.engineShim } : {}) });
   }, 4 * 60 * 60 * 1000);
+
+  if (c.engineShim) {
+    it('the engine built the model the engineShim describes: every override applied, as the base-model files were made', () => {
+      const want = (c.engineShim?.overrides ?? []).flatMap((o) => Object.entries(o.set).map(([field, value]) => `${o.module}.${o.object}.${field}: ${value}`));
+      const applied = (caseReport.engineShim?.applied ?? []).map((a) => a.replace(/: \S+ -> /, ': '));
+      expect(applied).toEqual(expect.arrayContaining(want));
+    });
+  }
+
+  if (controlDir) {
+    it('every dataset image has its control image under its own stem, as the engine pairs them', async () => {
+      const stems = (await fsp.readdir(folders.datasetDir)).filter((f) => !f.endsWith('.txt')).map((f) => f.replace(/\.[^.]+$/, '')).sort();
+      const controls = (await fsp.readdir(controlDir)).map((f) => f.replace(/\.[^.]+$/, '')).sort();
+      expect(controls).toEqual(stems);
+      expect(caseReport.controls?.source).toBe(c.dataset.some((d) => d.control) ? 'controlImages (legacy, by sourceFilename)' : 'blank');
+    });
+  }
 
   it("the recipe's progress parser read step, total and loss from the engine's output", () => {
     const steps = events.filter((e): e is Extract<ProgressEvent, { kind: 'step' }> => e.kind === 'step');
@@ -354,6 +474,69 @@ describeEach(cases.map((c) => [c.recipeId, c] as const))('%s conformance', (_id,
 });
 
 
+/**
+ * The shim's own guarantees, in the image of each shimmed case: without its
+ * variable it changes nothing (the image's sitecustomize still runs, the
+ * engine's config keeps the full depth), and an override naming a field the
+ * engine does not have stops the process instead of doing nothing.
+ */
+const shimmed = cases.filter((c) => c.engineShim).filter((c, i, all) => all.findIndex((x) => x.recipeId === c.recipeId) === i);
+describeEach(shimmed.map((c) => [c.recipeId, c] as const))('%s conformance shim', (_id, c) => {
+  const recipe = getRecipe(c.recipeId) as Recipe<unknown>;
+  const shim = c.engineShim as EngineShim;
+  const run = path.join(WORK, `${c.recipeId}-shim`);
+
+  async function python(code: string, overrides: unknown[] | null): Promise<{ exitCode: number | null; lines: string[] }> {
+    await fsp.mkdir(run, { recursive: true });
+    const image = imageFor(recipe);
+    await runtime.ensureImage(image);
+    const base = stepContainerSpec({
+      image,
+      recipe,
+      step: { name: 'shim-check', argv: ['python', '-c', code] },
+      folders: { datasetDir: run, jobDir: run, outputDir: run, weights: [], logFile: path.join(run, 'shim.log') },
+      jobId: 'conformance',
+      gpuDeviceIds: [],
+      memoryBytes: 2 * 1024 ** 3,
+      pidsLimit: 256,
+      labels: { jobId: `conformance-${c.recipeId}-shim`, attemptId: 'a1', workerId: 'conformance' },
+      deadlineMs: 5 * 60 * 1000,
+      stallTimeoutMs: 5 * 60 * 1000,
+    });
+    const spec = await withEngineShim(base, { ...shim, overrides: (overrides ?? []) as EngineShim['overrides'] });
+    if (overrides === null) delete spec.env?.['STATIONTHIS_CONFORMANCE_OVERRIDES'];
+    const lines: string[] = [];
+    const result = await runtime.run(spec, { onLine: (l) => lines.push(l) });
+    return { exitCode: result.exitCode, lines };
+  }
+
+  const o = shim.overrides[0];
+  const field = Object.keys(o.set)[0];
+  const read = `import importlib, sys; m = importlib.import_module(${JSON.stringify(o.module)}); print("VALUE", eval(${JSON.stringify(`m.${o.object}.${field}`)}), "IMAGE_HOOK", "_image_sitecustomize" in sys.modules)`;
+
+  it('is inert without its variable: the engine keeps its own value, and the image hook still loads', async () => {
+    const { exitCode, lines } = await python(read, null);
+    expect(exitCode).toBe(0);
+    const out = lines.find((l) => l.startsWith('VALUE '));
+    expect(out).toBeDefined();
+    expect(out).not.toBe(`VALUE ${o.set[field]} IMAGE_HOOK True`);
+    expect(out).toMatch(/IMAGE_HOOK True$/);
+    expect(lines.some((l) => l.startsWith('[conformance shim]'))).toBe(false);
+  }, 10 * 60 * 1000);
+
+  it('with its variable sets the value before the engine reads it', async () => {
+    const { exitCode, lines } = await python(read, shim.overrides);
+    expect(exitCode).toBe(0);
+    expect(lines).toContain(`VALUE ${o.set[field]} IMAGE_HOOK True`);
+  }, 10 * 60 * 1000);
+
+  it('stops the process when an override names a field the engine does not have', async () => {
+    const { exitCode, lines } = await python(read, [{ ...o, set: { no_such_field_h2: 1 } }]);
+    expect(exitCode).not.toBe(0);
+    expect(lines.join('\n')).toMatch(/has no field 'no_such_field_h2'/);
+  }, 10 * 60 * 1000);
+});
+
 describeEach(resumeCases.map((c) => [c.recipeId + RESUME_SUFFIX, c] as const))('%s conformance', (id, c) => {
   const recipe = getRecipe(c.recipeId) as Recipe<unknown>;
   const run = path.join(WORK, id.replace(/[^a-z0-9-]/g, '-'));
@@ -377,7 +560,7 @@ describeEach(resumeCases.map((c) => [c.recipeId + RESUME_SUFFIX, c] as const))('
   it('trains the test run with a save and engine state at step 1, then resumes from that state in a fresh output folder', async () => {
     const validated = recipe.validate(c.parameters);
     if (!validated.ok) throw new Error(`case parameters invalid: ${JSON.stringify(validated.issues)}`);
-    const fetched = await fetchDataset(c, recipe, datasetDir);
+    const { fetched } = await fetchDataset(c, recipe, validated.value, datasetDir);
     const weights = caseWeights(recipe, validated.value, caseReport);
     const input = {
       jobId: `confresume${c.recipeId.replace(/[^a-z0-9]/g, '')}`,

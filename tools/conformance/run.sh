@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The engine conformance suite: prepare (idempotent), then run the real engines.
-# Usage: tools/conformance/run.sh [recipe-id ...] [recipe-id:resume ...]   (default: every case)
+# Usage: tools/conformance/run.sh [recipe-id ...] [recipe-id:resume ...] [recipe-id:variant ...]   (default: every case;
+#        a recipe id runs all its modes, e.g. kontext-lora = concept + kontext-lora:style_subject)
 # Report: .state/conformance/report.json
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../bootstrap.sh"

@@ -2,7 +2,8 @@
 """Tiny tokenizers for the conformance suite, in Hugging Face cache layout.
 
 The engines load their tokenizers by Hub repository id (sd-scripts:
-library/strategy_sdxl.py, strategy_flux.py; musubi-tuner: wan/modules/t5.py).
+library/strategy_sdxl.py, strategy_flux.py; musubi-tuner: wan/modules/t5.py,
+flux/flux_utils.py).
 Nothing here can reach the Hub, so this writes small stand-ins with the same
 loader classes, special tokens and maximum lengths under
 
@@ -20,6 +21,7 @@ Usage: make_tokenizers.py <out-dir>
 import json
 import os
 import string
+import struct
 import sys
 
 REVISION = "0000000000000000000000000000000000c0ffee"
@@ -73,15 +75,57 @@ def clip_tokenizer(folder, pad_token):
     write(folder, "tokenizer_config.json", {**special, "model_max_length": 77, "do_lower_case": True, "errors": "replace", "tokenizer_class": "CLIPTokenizer", "add_prefix_space": False, "clean_up_tokenization_spaces": True})
 
 
-def t5_tokenizer(folder, tokenizer_class):
+def _varint(n):
+    n &= (1 << 64) - 1  # negative int32 fields are sign-extended to 64 bits
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number, value):
+    """One protobuf field: int -> varint, float -> fixed32, str/bytes -> length-delimited."""
+    if isinstance(value, bool) or isinstance(value, int):
+        return _varint(number << 3) + _varint(int(value))
+    if isinstance(value, float):
+        return _varint(number << 3 | 5) + struct.pack("<f", value)
+    raw = value.encode("utf-8") if isinstance(value, str) else value
+    return _varint(number << 3 | 2) + _varint(len(raw)) + raw
+
+
+def sentencepiece_model(folder, pieces):
+    """spiece.model for the slow T5Tokenizer (sentencepiece's ModelProto, protobuf
+    written by hand: sentencepiece_model.proto field numbers). Unigram over the
+    same pieces as tokenizer.json; <pad>=0, </s>=1, <unk>=2 as in T5, no <s>.
+    The slow tokenizer is what musubi-tuner's flux_utils.load_t5xxl loads
+    (T5Tokenizer.from_pretrained), and google/t5-v1_1-xxl ships this file."""
+    normal, unknown, control = 1, 2, 3
+    kinds = {"<pad>": control, "</s>": control, "<unk>": unknown}
+    model = b"".join(_field(1, _field(1, piece) + _field(2, float(score)) + _field(3, kinds.get(piece, normal))) for piece, score in pieces)
+    # TrainerSpec: model_type UNIGRAM, vocab_size, unk/bos/eos/pad ids and pieces.
+    trainer = b"".join([_field(3, 1), _field(4, len(pieces)), _field(40, 2), _field(41, -1), _field(42, 1), _field(43, 0), _field(45, "<unk>"), _field(46, "<s>"), _field(47, "</s>"), _field(48, "<pad>")])
+    # NormalizerSpec: no character map; dummy prefix, whitespace folding and escaping as T5's.
+    normalizer = b"".join([_field(1, "identity"), _field(3, True), _field(4, True), _field(5, True)])
+    model += _field(2, trainer) + _field(3, normalizer)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "spiece.model"), "wb") as f:
+        f.write(model)
+
+
+def t5_tokenizer(folder, tokenizer_class, with_sentencepiece=False):
     """T5-style fast tokenizer (tokenizer.json, Unigram over single characters):
-    <pad>=0, </s>=1, <unk>=2 as in T5 and umT5, `</s>` appended to every text."""
+    <pad>=0, </s>=1, <unk>=2 as in T5 and umT5, `</s>` appended to every text.
+    with_sentencepiece: also spiece.model, the same vocabulary for the slow tokenizer."""
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
     alphabet = string.ascii_letters + string.digits + string.punctuation
     for c in alphabet:
         pieces.append(("\u2581" + c, -3.0))
     for c in alphabet:
         pieces.append((c, -4.0))
+    if with_sentencepiece:
+        sentencepiece_model(folder, pieces)
     added = [
         {"id": i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
         for i, tok in enumerate(["<pad>", "</s>", "<unk>"])
@@ -113,8 +157,8 @@ def main(out):
     clip_tokenizer(snapshot(out, "openai/clip-vit-large-patch14"), pad_token="<|endoftext|>")
     # sd-scripts: SDXL text encoder 2 (laion's config pads with "!"; strategy_sdxl.py then forces pad id 0).
     clip_tokenizer(snapshot(out, "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"), pad_token="!")
-    # sd-scripts: FLUX T5-XXL (T5TokenizerFast).
-    t5_tokenizer(snapshot(out, "google/t5-v1_1-xxl"), "T5Tokenizer")
+    # sd-scripts: FLUX T5-XXL (T5TokenizerFast); musubi-tuner: Kontext T5-XXL (T5Tokenizer, slow: spiece.model).
+    t5_tokenizer(snapshot(out, "google/t5-v1_1-xxl"), "T5Tokenizer", with_sentencepiece=True)
     # musubi-tuner: WAN umT5, from the WAN repository's subfolder (AutoTokenizer).
     t5_tokenizer(snapshot(out, "Wan-AI/Wan2.1-T2V-14B", "google/umt5-xxl"), "T5Tokenizer")
     print(f"tokenizers written under {os.path.join(out, 'hub')}")
