@@ -148,6 +148,12 @@ export interface AttemptState {
   lossSeries?: LossSeries;
   /** When the current claim (`claim`: its lease attemptId) moved the job into each phase (the job document keeps only `startedAt`). */
   phaseTimes?: PhaseTimes;
+  /**
+   * Concept training (Kontext): the transformation prompt the first claim
+   * resolved before the charge (`text: null` = none), reused by every later
+   * claim of this platform attempt so a resumed training keeps its captions.
+   */
+  conceptPrompt?: { text: string | null; source?: 'generation-output' | 'control-set-config' };
 }
 
 /** Leased phases whose start the attempt record keeps (PROVISIONING is the job's `startedAt`, set by the claim). */

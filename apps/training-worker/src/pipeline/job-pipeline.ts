@@ -74,7 +74,14 @@ export class JobPipeline {
     }
     let trainStartedAt: number | undefined;
     try {
-      const p = await this.step(a, 'validate', 'n/a', () => this.prepare.run(a.request));
+      const p = await this.step(a, 'validate', 'n/a', () =>
+        this.prepare.run(a.request, { paid: Boolean(state.charged || state.upload), conceptPrompt: state.conceptPrompt }),
+      );
+      // The concept prompt resolved before the first charge stays this platform attempt's (a resumed training keeps its captions).
+      const pairing = p.controls?.pairing;
+      if (pairing && !state.conceptPrompt) {
+        await a.writer.setState({ conceptPrompt: { text: pairing.prompt ?? null, ...(pairing.promptSource ? { source: pairing.promptSource } : {}) } });
+      }
       // What prepare found worth saying but not refusing (e.g. fewer images than recommended), where the user reads it.
       if (p.warnings.length) await a.writer.logLines(p.warnings.map((w) => `[worker] warning: ${w}`));
       const recipeId = p.recipe.id;

@@ -9,7 +9,7 @@ import { MongoClient, ObjectId, type Db } from 'mongodb';
 import { resolveControlPairs } from '@stationthis/recipes';
 import { openTestDb, serviceEnv, type TestDb } from '../../../../../tools/testing/support';
 import { JobFailure } from '../failures';
-import { ConceptPromptReader, GENERATION_OUTPUTS_COLLECTION } from './concept-prompt';
+import { CONCEPT_PROMPT_MAX_CHARS, ConceptPromptReader, GENERATION_OUTPUTS_COLLECTION } from './concept-prompt';
 
 let t: TestDb;
 let reader: ConceptPromptReader;
@@ -47,6 +47,12 @@ afterAll(async () => {
 });
 
 describe('ConceptPromptReader', () => {
+  it('keeps at most CONCEPT_PROMPT_MAX_CHARS of a huge prompt (it becomes every caption)', async () => {
+    const huge = await insertOutput({ prompt: 'w'.repeat(CONCEPT_PROMPT_MAX_CHARS * 3) });
+    const prompt = await reader.read(dataset([{ id: 'c', links: [huge, null, null] }]));
+    expect(prompt).toHaveLength(CONCEPT_PROMPT_MAX_CHARS);
+  });
+
   it('takes the first linked generation that has a prompt, in result order, input_prompt before prompt before text', async () => {
     const noPrompt = await insertOutput({ seed: 1, input_image: control(1) });
     const second = await insertOutput({ prompt: '  make it winter  ', text: 'not this' });
@@ -107,6 +113,6 @@ describe('ConceptPromptReader', () => {
     const err = await new ConceptPromptReader(db).read(dataset([{ id: 'c', links: [new ObjectId(), null, null] }])).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(JobFailure);
     expect((err as JobFailure).failureClass).toBe('infrastructure');
-    expect((err as JobFailure).userMessage).toMatch(/^Could not read the transformation prompt of the control set's generations \(generationOutputs: .+\)\. Nothing was charged; the job is retried\.$/);
+    expect((err as JobFailure).userMessage).toMatch(/^Could not read the transformation prompt of the control set's generations \(generationOutputs: .+\)\. Nothing was charged\. The job is retried while attempts remain; if this keeps failing, the worker's database user needs read access to generationOutputs\.$/);
   });
 });

@@ -24,6 +24,9 @@ interface GenerationOutputDoc {
   requestPayload?: unknown;
 }
 
+/** Longest concept prompt kept (characters). */
+export const CONCEPT_PROMPT_MAX_CHARS = 2000;
+
 @injectable()
 export class ConceptPromptReader {
   private readonly outputs: Collection<GenerationOutputDoc>;
@@ -54,14 +57,15 @@ export class ConceptPromptReader {
     } catch (e) {
       throw new JobFailure(
         'infrastructure',
-        `Could not read the transformation prompt of the control set's generations (${GENERATION_OUTPUTS_COLLECTION}: ${(e as Error).message}). Nothing was charged; the job is retried.`,
+        `Could not read the transformation prompt of the control set's generations (${GENERATION_OUTPUTS_COLLECTION}: ${(e as Error).message}). Nothing was charged. The job is retried while attempts remain; if this keeps failing, the worker's database user needs read access to ${GENERATION_OUTPUTS_COLLECTION}.`,
         { cause: e },
       );
     }
     const byId = new Map(docs.map((d) => [String(d._id), d]));
     for (const id of ids) {
       const prompt = promptOfRequestPayload(byId.get(id)?.requestPayload);
-      if (prompt) return prompt;
+      // Bounded: it becomes every caption (the text encoders read at most 512 tokens of it anyway).
+      if (prompt) return prompt.length > CONCEPT_PROMPT_MAX_CHARS ? prompt.slice(0, CONCEPT_PROMPT_MAX_CHARS) : prompt;
     }
     return undefined;
   }

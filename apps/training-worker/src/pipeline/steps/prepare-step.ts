@@ -30,6 +30,15 @@ import type { Payer, Prepared } from './attempt';
 import { ConceptPromptReader } from './concept-prompt';
 
 const NOTHING_CHARGED = 'Nothing was charged.';
+/** Mismatched pairs named in one failure reason (the reason travels in events and webhooks: bounded). */
+const PAIRS_NAMED = 20;
+
+export interface PrepareOptions {
+  /** An earlier claim of this platform attempt holds the charge or uploaded the LoRA (see run). */
+  paid?: boolean;
+  /** The concept prompt an earlier claim resolved (attempt state `conceptPrompt`). */
+  conceptPrompt?: { text: string | null; source?: 'generation-output' | 'control-set-config' };
+}
 
 /** Header reads of concept pairs before the charge: files at once, per-file timeout, and the time all of them may take. */
 const PAIR_PROBE = { concurrency: 4, timeoutMs: 10_000, budgetMs: 60_000 };
@@ -48,7 +57,16 @@ export class PrepareStep {
     @inject(ConceptPromptReader) private readonly conceptPrompts?: Pick<ConceptPromptReader, 'read'>,
   ) {}
 
-  async run(request: TrainingRequest): Promise<Prepared> {
+  /**
+   * `paid`: an earlier claim of this platform attempt already holds the charge
+   * (or uploaded the LoRA). The pair shapes were checked before that charge
+   * and are not probed again: a control URL failing now (deleted file, CDN
+   * hiccup) must not turn a paid, maybe trained, job into a "nothing was
+   * charged" failure; the download checks what it fetches.
+   * `conceptPrompt`: the prompt the first claim resolved (attempt state), used
+   * instead of reading the generation outputs again.
+   */
+  async run(request: TrainingRequest, opts: PrepareOptions = {}): Promise<Prepared> {
     let recipe: Recipe;
     try {
       recipe = recipeForModelType(request.modelType, { enabled: this.config?.recipesEnabled ?? [] });
@@ -97,8 +115,8 @@ export class PrepareStep {
       const more = problems.length > 1 ? ` (${problems.length - 1} more problem${problems.length > 2 ? 's' : ''} after this one)` : '';
       throw new JobFailure('dataset', `The dataset cannot be used: ${problems[0].message}${more} ${NOTHING_CHARGED}`);
     }
-    const controls = await this.checkControls(recipe, validated.value, dataset, request.controlSetId);
-    if (controls?.pairing) await this.checkPairShapes(recipe, controls.pairing);
+    const controls = await this.checkControls(recipe, validated.value, dataset, request.controlSetId, opts.conceptPrompt);
+    if (controls?.pairing && !opts.paid) await this.checkPairShapes(recipe, controls.pairing);
     const quote = recipe.quote(validated.value as never, summary);
     return { recipe, parameters: validated.value as Record<string, unknown>, triggerWord, outputName, dataset, quote, payer, warnings: size.warnings, ...(controls ? { controls } : {}) };
   }
@@ -109,13 +127,26 @@ export class PrepareStep {
    * rules as the dataset's, before the charge. Their shapes are checked
    * next (checkPairShapes), and again after the download (inputs step).
    */
-  private async checkControls(recipe: Recipe, parameters: unknown, dataset: Prepared['dataset'], controlSetId: string | undefined): Promise<Prepared['controls']> {
+  private async checkControls(
+    recipe: Recipe,
+    parameters: unknown,
+    dataset: Prepared['dataset'],
+    controlSetId: string | undefined,
+    resolved: PrepareOptions['conceptPrompt'],
+  ): Promise<Prepared['controls']> {
     const need = recipe.controlImagesFor?.(parameters as never);
     if (!need) return undefined;
     if (need.source !== 'paired') return { need };
-    // The platform's caption for every pair: the linked generation's prompt, else the set's config.prompt.
-    const generationPrompt = await this.conceptPrompts?.read(dataset as never, controlSetId);
+    // The platform's caption for every pair: the linked generation's prompt, else the set's config.prompt
+    // (read once, before the charge; later claims reuse what the first resolved).
+    const generationPrompt = resolved ? undefined : await this.conceptPrompts?.read(dataset as never, controlSetId);
     const paired = resolveControlPairs(dataset as never, controlSetId, generationPrompt ? { generationPrompt } : {});
+    if (paired.ok && resolved) {
+      if (resolved.text === null) delete paired.pairing.prompt;
+      else paired.pairing.prompt = resolved.text;
+      if (resolved.source) paired.pairing.promptSource = resolved.source;
+      else delete paired.pairing.promptSource;
+    }
     if (!paired.ok) {
       throw new JobFailure('dataset', `The dataset cannot be used for ${recipe.displayName} concept training: ${paired.problems.map((p) => p.message).join(' ')} ${NOTHING_CHARGED}`);
     }
@@ -153,7 +184,7 @@ export class PrepareStep {
     // Every mismatched pair is named: the user has to fix each one.
     const mismatched = checkControlSizes(
       pairing.pairs.map((p, k) => ({ index: p.index, target: size(2 * k), control: size(2 * k + 1) })),
-      Number.POSITIVE_INFINITY,
+      PAIRS_NAMED,
     );
     if (mismatched.length > 0) {
       throw new JobFailure(

@@ -174,6 +174,24 @@ describe('PrepareStep: Kontext and operator-only families', () => {
     expect(p.controls?.pairing).toMatchObject({ prompt: 'from the generation', promptSource: 'generation-output' });
   });
 
+  it('a later claim of a paid attempt neither probes the pairs again nor re-reads the prompt: it keeps the first claim\'s', async () => {
+    const doc = { ...base, embellishments: [controlSet([ctl(1), ctl(2), ctl(3)], { config: { prompt: 'turn it to winter' } })] };
+    const read = jest.fn(async () => 'changed since the charge');
+    const probe = jest.fn(async () => {
+      throw new Error('a paid attempt must not probe');
+    });
+    const step = new PrepareStep(datasets(doc), accounts, sources, undefined, { probe } as never, { read });
+    const request = trainingRequestFromJob(job({ modelType: 'KONTEXT', trainingMode: 'concept' } as never));
+    const p = await step.run(request, { paid: true, conceptPrompt: { text: 'from the first claim', source: 'generation-output' } });
+    expect(probe).not.toHaveBeenCalled();
+    expect(read).not.toHaveBeenCalled();
+    expect(p.controls?.pairing).toMatchObject({ prompt: 'from the first claim', promptSource: 'generation-output' });
+    // A first claim (nothing paid) probes; a stored "no prompt" is kept as none.
+    await expect(step.run(request)).rejects.toThrow(/must not probe/);
+    const none = await step.run(request, { paid: true, conceptPrompt: { text: null } });
+    expect(none.controls?.pairing?.prompt).toBeUndefined();
+  });
+
   it('refuses an operator-only family unless the worker enables it', async () => {
     const run = (enabled: string[]) => new PrepareStep(datasets(base), accounts, sources, { recipesEnabled: enabled }).run(trainingRequestFromJob(job({ modelType: 'FLUX2_KLEIN_4B' } as never)));
     const err = await run([]).catch((e: unknown) => e);
