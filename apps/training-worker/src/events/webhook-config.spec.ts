@@ -1,4 +1,6 @@
 import { DEFAULT_DEAD_LETTER, loadJobEventsConfig, WebhookConfigError } from './webhook-config';
+import { cursorKey } from './webhook-cursors';
+import { isPermanentRefusal } from './webhook-dead-letters';
 
 const SECRET = 'a-signing-secret-of-32-characters!';
 const subs = (list: unknown) => JSON.stringify(list);
@@ -57,7 +59,48 @@ describe('webhook configuration', () => {
     expect(all!.environmentsFor('production')).toEqual([]);
     expect(all!.deadLetter).toBeNull();
     expect(listed!.environmentsFor('production')).toEqual(['production', 'development']);
-    expect(strict!.deadLetter).toEqual({ afterFailures: 3, maxAgeMs: 0 });
+    expect(strict!.deadLetter).toEqual({ afterFailures: 3, maxAgeMs: 0, breakerAfter: 1 });
+  });
+
+  it('reads the circuit breaker threshold and the refused-subscription retry period', () => {
+    const config = loadJobEventsConfig({
+      WEBHOOK_SUBSCRIPTIONS: subs([{ id: 'a', url: 'https://a.example', secret: SECRET, deadLetter: { breakerAfter: 3 } }]),
+      WEBHOOK_REFUSED_RETRY_MS: '250',
+    });
+    expect(config.subscriptions[0]!.deadLetter).toEqual({ ...DEFAULT_DEAD_LETTER, breakerAfter: 3 });
+    expect(config.refusedRetryMs).toBe(250);
+    expect(loadJobEventsConfig({}).refusedRetryMs).toBe(60_000);
+    expect(() => loadJobEventsConfig({ WEBHOOK_SUBSCRIPTIONS: subs([{ id: 'a', url: 'https://a.example', secret: SECRET, deadLetter: { breakerAfter: 0 } }]) })).toThrow(/deadLetter.breakerAfter must be a whole number of at least 1/);
+  });
+
+  it('keys the cursor by the environments delivered: the worker\'s by default, "*" or the sorted list otherwise', () => {
+    const [own, all, listed, single] = loadJobEventsConfig({
+      WEBHOOK_SUBSCRIPTIONS: subs([
+        { id: 'own', url: 'https://a.example', secret: SECRET },
+        { id: 'all', url: 'https://a.example', secret: SECRET, environments: '*' },
+        { id: 'listed', url: 'https://a.example', secret: SECRET, environments: ['production', 'development', 'production'] },
+        { id: 'single', url: 'https://a.example', secret: SECRET, environments: ['production'] },
+      ]),
+    }).subscriptions;
+    expect(cursorKey(own!.cursorScope('development'), own!.id)).toBe('development:own');
+    expect(cursorKey(own!.cursorScope('production'), own!.id)).toBe('production:own');
+    // The same key on a dev and a prod worker: one cursor, each event delivered once.
+    expect(all!.cursorScope('development')).toBe('*');
+    expect(all!.cursorScope('production')).toBe('*');
+    expect(listed!.cursorScope('production')).toBe('development,production');
+    expect(listed!.cursorScope('development')).toBe('development,production');
+    // Listing only the worker's own environment is the default cursor.
+    expect(single!.cursorScope('production')).toBe('production');
+  });
+
+  it.each([
+    [400, true], [413, true], [415, true], [422, true],
+    // About the receiver as a whole (rotated secret, missing route, redirect): never one event's fault.
+    [401, false], [403, false], [404, false], [405, false], [410, false], [302, false],
+    // "Later": the receiver is down, slow or throttling.
+    [408, false], [429, false], [500, false], [502, false], [503, false], [null, false],
+  ])('HTTP %s refuses one event for good: %s', (status, permanent) => {
+    expect(isPermanentRefusal(status)).toBe(permanent);
   });
 
   it('serializes the URL as its origin only (a path or query may hold a token), and hashes the full URL', () => {

@@ -8,12 +8,14 @@
  *                          "from": "now" | "start" (where a new subscription begins; default now),
  *                          "environments": ["production", "development"] | "*"
  *                            (whose jobs' events; default: this worker's TRAINING_ENVIRONMENT),
- *                          "deadLetter": {"afterFailures": 8, "maxAgeMinutes": 1440} | false
- *                            (when an undeliverable event is set aside; see webhook-dead-letters.ts)}]
+ *                          "deadLetter": {"afterFailures": 8, "maxAgeMinutes": 1440, "breakerAfter": 1} | false
+ *                            (when an event the receiver refuses is set aside; see webhook-dead-letters.ts)}]
  *   WEBHOOK_TIMEOUT_MS     per request (default 10000)
  *   WEBHOOK_RETRY_BASE_MS  first retry delay (default 1000), doubled per failure with jitter,
  *   WEBHOOK_RETRY_MAX_MS   capped here (default 300000)
  *   WEBHOOK_POLL_MS        how often a caught-up subscription looks for new events (default 1000)
+ *   WEBHOOK_REFUSED_RETRY_MS how often a subscription refused for a cursor conflict (another live
+ *                          worker delivers the cursor to another URL) is tried again (default 60000)
  *   JOB_EVENTS             "off" disables the outbox writes and every loop (default on)
  *   JOB_EVENTS_RECONCILE_MS  reconciler period (default 15000)
  *   JOB_EVENTS_STALL_MINUTES RUNNING without a new step this long emits job.stalled (default 30; 0 = off)
@@ -35,15 +37,25 @@ export class WebhookConfigError extends Error {
 
 const ENVIRONMENTS: readonly TrainingEnvironment[] = ['production', 'development'];
 
-/** When an event a receiver keeps refusing is set aside (dead-lettered) so the ones after it flow. */
+/**
+ * When an event a receiver keeps refusing is set aside (dead-lettered) so the
+ * ones after it flow. Only per-event refusals (400, 413, 415, 422) count; see
+ * webhook-dead-letters.ts.
+ */
 export interface DeadLetterPolicy {
-  /** Failures of one event with a permanent 4xx answer (not 408 or 429) before it is set aside (default 8). */
+  /** Per-event refusals of one event before it is set aside (default 8). */
   afterFailures: number;
-  /** An event failing (any way) for longer than this since its first failure is set aside (default 24 h; 0 = never). */
+  /** An event failing for longer than this since its first failure, whose latest answer was a per-event refusal, is set aside (default 24 h; 0 = never). */
   maxAgeMs: number;
+  /**
+   * Circuit breaker: consecutive events set aside with the same HTTP status
+   * (no delivery between) after which the next one with that status is held
+   * instead, because the receiver refuses everything (default 1).
+   */
+  breakerAfter: number;
 }
 
-export const DEFAULT_DEAD_LETTER: DeadLetterPolicy = { afterFailures: 8, maxAgeMs: 24 * 3_600_000 };
+export const DEFAULT_DEAD_LETTER: DeadLetterPolicy = { afterFailures: 8, maxAgeMs: 24 * 3_600_000, breakerAfter: 1 };
 
 export class WebhookSubscription {
   readonly #secret: string;
@@ -80,6 +92,19 @@ export class WebhookSubscription {
     return createHash('sha256').update(this.#url).digest('hex').slice(0, 16);
   }
 
+  /**
+   * Which cursor delivers this subscription on a worker of `workerEnvironment`:
+   * the worker's environment by default, `*` for every environment, else the
+   * sorted list (`development,production`). Workers whose subscriptions cover
+   * the same environments share one cursor, so a dev and a prod worker that
+   * both say "*" deliver each event once, not once each.
+   */
+  cursorScope(workerEnvironment: TrainingEnvironment): string {
+    if (this.environments === '*') return '*';
+    if (this.environments === null) return workerEnvironment;
+    return [...new Set(this.environments)].sort().join(',');
+  }
+
   /** The environments delivered by a worker of `workerEnvironment`: empty means every one. */
   environmentsFor(workerEnvironment: TrainingEnvironment): readonly TrainingEnvironment[] {
     if (this.environments === '*') return [];
@@ -106,6 +131,8 @@ export interface JobEventsConfig {
   retryBaseMs: number;
   retryMaxMs: number;
   pollMs: number;
+  /** How often a subscription refused for a cursor conflict is tried again. */
+  refusedRetryMs: number;
   reconcileMs: number;
   stallMs: number;
 }
@@ -119,6 +146,7 @@ export function loadJobEventsConfig(env: NodeJS.ProcessEnv = process.env): JobEv
     retryBaseMs: int(env, 'WEBHOOK_RETRY_BASE_MS', 1000, 10),
     retryMaxMs: int(env, 'WEBHOOK_RETRY_MAX_MS', 300_000, 10),
     pollMs: int(env, 'WEBHOOK_POLL_MS', 1000, 10),
+    refusedRetryMs: int(env, 'WEBHOOK_REFUSED_RETRY_MS', 60_000, 10),
     reconcileMs: int(env, 'JOB_EVENTS_RECONCILE_MS', 15_000, 100),
     stallMs: int(env, 'JOB_EVENTS_STALL_MINUTES', 30, 0) * 60_000,
   };
@@ -182,7 +210,7 @@ function parseEnvironments(raw: unknown, where: string, id: string): readonly Tr
 function parseDeadLetter(raw: unknown, where: string, id: string): DeadLetterPolicy | null {
   if (raw === undefined || raw === null || raw === true) return DEFAULT_DEAD_LETTER;
   if (raw === false) return null;
-  if (typeof raw !== 'object' || Array.isArray(raw)) throw new WebhookConfigError(`${where} (${id}): deadLetter must be false or {"afterFailures": n, "maxAgeMinutes": m}.`);
+  if (typeof raw !== 'object' || Array.isArray(raw)) throw new WebhookConfigError(`${where} (${id}): deadLetter must be false or {"afterFailures": n, "maxAgeMinutes": m, "breakerAfter": k}.`);
   const d = raw as Record<string, unknown>;
   const count = (name: string, fallback: number, min: number): number => {
     const v = d[name];
@@ -190,7 +218,11 @@ function parseDeadLetter(raw: unknown, where: string, id: string): DeadLetterPol
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) throw new WebhookConfigError(`${where} (${id}): deadLetter.${name} must be a whole number of at least ${min}.`);
     return v;
   };
-  return { afterFailures: count('afterFailures', DEFAULT_DEAD_LETTER.afterFailures, 1), maxAgeMs: count('maxAgeMinutes', DEFAULT_DEAD_LETTER.maxAgeMs / 60_000, 0) * 60_000 };
+  return {
+    afterFailures: count('afterFailures', DEFAULT_DEAD_LETTER.afterFailures, 1),
+    maxAgeMs: count('maxAgeMinutes', DEFAULT_DEAD_LETTER.maxAgeMs / 60_000, 0) * 60_000,
+    breakerAfter: count('breakerAfter', DEFAULT_DEAD_LETTER.breakerAfter, 1),
+  };
 }
 
 function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number): number {

@@ -2,13 +2,27 @@
  * Events a subscription's receiver kept refusing, set aside so the events
  * after them flow (`trainingWebhookDeadLetters`).
  *
- * An event is dead-lettered when its receiver answered a permanent 4xx (not
- * 408 or 429, which say "later") `afterFailures` times, or when it has been
- * failing, any way, for longer than `maxAgeMs` since its first failure (the
- * subscription's deadLetter policy, webhook-config.ts). The record holds the
- * whole event, so an operator can replay it once the receiver is fixed; the
- * cursor moves past it. One record per (cursor, event id): a second worker
- * setting the same event aside is a no-op.
+ * Only an answer that is about this one event may set it aside: 400, 413,
+ * 415 and 422 (the receiver read the request and rejected its content). An
+ * answer about the receiver as a whole (401/403 after a secret rotation,
+ * 404/405/410 for a missing route, a redirect, 5xx, 408, 429, a refused
+ * connection or a timeout) would refuse every event alike, so it never sets
+ * one aside: the cursor waits and retries. An event is dead-lettered when its
+ * receiver answered such a per-event refusal `afterFailures` times, or when it
+ * has been failing for longer than `maxAgeMs` and the latest answer was a
+ * per-event refusal (the subscription's deadLetter policy, webhook-config.ts).
+ *
+ * Circuit breaker: when consecutive different events are refused with the
+ * same status (no delivery between), the receiver is refusing everything, not
+ * one bad event: after `breakerAfter` such events are set aside, the next one
+ * is held (cursor kept, error logged, `outcome="held"` counted) until a
+ * delivery succeeds. The streak is stored on the cursor (`deadLetterStreak`)
+ * so a restart does not reset it.
+ *
+ * The record holds the whole event; the cursor moves past it. Replay: set the
+ * cursor's position back to the record's `seq - 1` (docs/job-events.md). One
+ * record per (cursor, event id): a second worker setting the same event aside
+ * is a no-op.
  */
 import type { Collection, Db } from 'mongodb';
 import { isDuplicateKeyError } from '@stationthis/common';
@@ -27,15 +41,24 @@ export interface WebhookDeadLetterDoc {
   /** Why it was set aside, in words. */
   reason: string;
   failures: number;
+  /** The receiver's last HTTP status for it (null: no answer). */
+  status: number | null;
   lastError: string;
   firstFailedAt: Date;
   deadLetteredAt: Date;
   workerId: string;
 }
 
-/** A 4xx that retrying will not fix (408 Request Timeout and 429 Too Many Requests ask to try later). */
-export function isPermanentRefusal(status: number | null): boolean {
-  return status !== null && status >= 400 && status < 500 && status !== 408 && status !== 429;
+/** Answers that reject this one event's content: retrying the same bytes will not help, and the next event may pass. */
+const PER_EVENT_REFUSALS: ReadonlySet<number> = new Set([400, 413, 415, 422]);
+
+/**
+ * True for an answer that refuses this event for good (400, 413, 415, 422).
+ * Not 401/403/404/405/410: those refuse every event alike (a rotated secret, a
+ * missing route); not 408/429/5xx or no answer: those say "later".
+ */
+export function isPermanentRefusal(status: number | null): status is number {
+  return status !== null && PER_EVENT_REFUSALS.has(status);
 }
 
 export class WebhookDeadLetters {
