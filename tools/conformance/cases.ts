@@ -19,11 +19,27 @@ export interface DatasetItem {
  * One field override the conformance shim (tools/conformance/shim) makes in an
  * engine module right after it is imported, before any model is built.
  */
-export interface ShimOverride {
-  module: string;
-  /** Dotted path from the module to the object, `name[key]` for a dict entry. */
-  object: string;
-  set: Record<string, number>;
+export type ShimOverride =
+  | {
+      module: string;
+      /** Dotted path from the module to the object, `name[key]` for a dict entry; '' is the module itself. */
+      object: string;
+      /** Fields set on the object right after the module is imported. */
+      set: Record<string, number | number[]>;
+    }
+  | {
+      module: string;
+      /** A callable the module calls by this name (e.g. a config class it imported). */
+      object: string;
+      /** Keyword arguments replaced in every call; a call without one of them stops the process. */
+      call: Record<string, number>;
+    };
+
+/** The `<module>.<object>.<field>: <value>` lines the shim prints for an override, as the report records them. */
+export function shimOverrideLines(o: ShimOverride): string[] {
+  const where = o.object ? `${o.module}.${o.object}` : o.module;
+  const changes: Record<string, number | number[]> = 'set' in o ? o.set : o.call;
+  return Object.entries(changes).map(([field, value]) => `${where}.${field}: ${JSON.stringify(value)}`);
 }
 
 /**
@@ -91,6 +107,25 @@ export const KONTEXT_SHIM: EngineShim = {
   why: 'FLUX.1 Kontext DiT built with 1 double + 1 single block (of 19 + 38): the full model is 24 GB in bf16; every block present has the real keys, shapes and dtypes, loaded strictly',
 };
 
+/**
+ * FLUX.2 [klein] base 4B at 1 double + 1 single block (of 5 + 20) and Qwen3 4B
+ * at 4 decoder layers (of 36): musubi builds the DiT from
+ * FLUX2_MODEL_INFO['klein-base-4b'].params and Qwen3 from a config string inside
+ * zimage_utils.load_qwen3, both loaded strict=True, and the full files (7.75 GB
+ * + 8 GB) exceed the suite's disk budget on this host. The Qwen3 embedder stacks
+ * hidden states [9, 18, 27] of 36; at 4 layers [1, 2, 3], so the context stays
+ * 3 x 2560 = 7680 wide, as the DiT's txt_in reads it. Must match
+ * make_flux2_models.py DEPTH/DEPTH_SINGLE/QWEN3_LAYERS/QWEN3_OUTPUT_LAYERS.
+ */
+export const FLUX2_KLEIN_SHIM: EngineShim = {
+  overrides: [
+    { module: 'musubi_tuner.flux_2.flux2_utils', object: "FLUX2_MODEL_INFO['klein-base-4b'].params", set: { depth: 1, depth_single_blocks: 1 } },
+    { module: 'musubi_tuner.flux_2.flux2_utils', object: '', set: { OUTPUT_LAYERS_QWEN3: [1, 2, 3] } },
+    { module: 'musubi_tuner.zimage.zimage_utils', object: 'Qwen3Config', call: { num_hidden_layers: 4 } },
+  ],
+  why: 'FLUX.2 [klein] base 4B DiT built with 1 double + 1 single block (of 5 + 20), Qwen3 4B with 4 decoder layers (of 36) whose hidden states 1, 2, 3 stand for 9, 18, 27: the full files are 7.75 GB + 8 GB; every block and layer present, the embeddings and the AE have the real keys, shapes and dtypes, loaded strictly',
+};
+
 const KONTEXT_PARAMETERS = { resolution: 256, samplePreview: false, saveEveryNSteps: 0, loraRank: 8, loraAlpha: 8 };
 
 /** Two 3-second clips at 30 fps: one captioned, one not. */
@@ -139,6 +174,15 @@ export const CASES: ConformanceCase[] = [
     dataset: IMAGE_ITEMS,
     baseRole: 'dit',
     engineShim: KONTEXT_SHIM,
+  },
+  {
+    // Operator-only (ADR 0009): one family = this recipe file plus this entry.
+    recipeId: 'flux2-klein-lora',
+    family: 'FLUX2',
+    parameters: { resolution: 256, samplePreview: false, saveEveryNSteps: 0, loraRank: 8, loraAlpha: 8 },
+    dataset: IMAGE_ITEMS,
+    baseRole: 'dit',
+    engineShim: FLUX2_KLEIN_SHIM,
   },
 ];
 

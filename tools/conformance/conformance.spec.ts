@@ -62,7 +62,7 @@ import { createS3Client, DatasetFetcher, loadStorageConfig, ObjectStorage, type 
 import { stepContainerSpec } from '../../apps/training-worker/src/pipeline/step-container';
 import { readSafetensorsHeader } from '../../apps/training-worker/src/pipeline/safetensors-file';
 import { serviceEnv, uniquePrefix } from '../testing/support';
-import { CASES, RESUME_CASES, RESUME_SUFFIX, TRIGGER, caseId, type ConformanceCase, type EngineShim } from './cases';
+import { CASES, RESUME_CASES, RESUME_SUFFIX, TRIGGER, caseId, shimOverrideLines, type ConformanceCase, type EngineShim, type ShimOverride } from './cases';
 
 const REPO = path.resolve(__dirname, '../..');
 const STATE = path.join(REPO, '.state', 'conformance');
@@ -411,7 +411,7 @@ describeEach(cases.map((c) => [caseId(c), c] as const))('%s conformance', (id, c
 
   if (c.engineShim) {
     it('the engine built the model the engineShim describes: every override applied, as the base-model files were made', () => {
-      const want = (c.engineShim?.overrides ?? []).flatMap((o) => Object.entries(o.set).map(([field, value]) => `${o.module}.${o.object}.${field}: ${value}`));
+      const want = (c.engineShim?.overrides ?? []).flatMap(shimOverrideLines);
       const applied = (caseReport.engineShim?.applied ?? []).map((a) => a.replace(/: \S+ -> /, ': '));
       expect(applied).toEqual(expect.arrayContaining(want));
     });
@@ -510,7 +510,9 @@ describeEach(shimmed.map((c) => [c.recipeId, c] as const))('%s conformance shim'
     return { exitCode: result.exitCode, lines };
   }
 
-  const o = shim.overrides[0];
+  // The guards read the first field override (every shimmed case has one: a model's depth).
+  const o = shim.overrides.find((x): x is Extract<ShimOverride, { set: unknown }> => 'set' in x && x.object !== '');
+  if (!o) throw new Error(`case ${caseId(c)}: its engineShim needs a field override on an object for the shim's guard tests`);
   const field = Object.keys(o.set)[0];
   const read = `import importlib, sys; m = importlib.import_module(${JSON.stringify(o.module)}); print("VALUE", eval(${JSON.stringify(`m.${o.object}.${field}`)}), "IMAGE_HOOK", "_image_sitecustomize" in sys.modules)`;
 
@@ -535,6 +537,26 @@ describeEach(shimmed.map((c) => [c.recipeId, c] as const))('%s conformance shim'
     expect(exitCode).not.toBe(0);
     expect(lines.join('\n')).toMatch(/has no field 'no_such_field_h2'/);
   }, 10 * 60 * 1000);
+
+  // A call override (a loader's local config, e.g. FLUX.2 klein's Qwen3Config): replaces the keyword, and a call without it is fatal.
+  const call = shim.overrides.find((x): x is Extract<ShimOverride, { call: unknown }> => 'call' in x);
+  if (call) {
+    const [kw, value] = Object.entries(call.call)[0];
+    const callIt = (kwargs: string) =>
+      `import importlib; m = importlib.import_module(${JSON.stringify(call.module)}); r = getattr(m, ${JSON.stringify(call.object)})(${kwargs}); print("CALLED", getattr(r, ${JSON.stringify(kw)}))`;
+
+    it('with its variable replaces the keyword the engine passes to the callable it names', async () => {
+      const { exitCode, lines } = await python(callIt(`${kw}=999`), shim.overrides);
+      expect(exitCode).toBe(0);
+      expect(lines).toContain(`CALLED ${value}`);
+    }, 10 * 60 * 1000);
+
+    it('stops the process when the engine calls it without that keyword', async () => {
+      const { exitCode, lines } = await python(callIt(''), shim.overrides);
+      expect(exitCode).not.toBe(0);
+      expect(lines.join('\n')).toMatch(new RegExp(`was called without '${kw}'`));
+    }, 10 * 60 * 1000);
+  }
 });
 
 describeEach(resumeCases.map((c) => [c.recipeId + RESUME_SUFFIX, c] as const))('%s conformance', (id, c) => {

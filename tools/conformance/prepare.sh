@@ -9,13 +9,13 @@
 #      (~35 GB, deterministic: one copy per machine, shared by every clone)
 #   5. the dataset media (5 images, their 5 control     .state/conformance/dataset
 #      images, 2 clips at 30 fps)
-# Usage: tools/conformance/prepare.sh [recipe-id[:variant] ...]   (default: sdxl-lora flux-lora wan-lora kontext-lora)
+# Usage: tools/conformance/prepare.sh [recipe-id[:variant] ...]   (default: sdxl-lora flux-lora wan-lora kontext-lora flux2-klein-lora)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../bootstrap.sh"
 
 # A resume or mode case (`sdxl-lora:resume`, `kontext-lora:style_subject`) needs what its recipe needs.
 RECIPES=(); for r in "$@"; do r="${r%%:*}"; [[ " ${RECIPES[*]} " == *" $r "* ]] || RECIPES+=("$r"); done
-[[ ${#RECIPES[@]} -gt 0 ]] || RECIPES=(sdxl-lora flux-lora wan-lora kontext-lora)
+[[ ${#RECIPES[@]} -gt 0 ]] || RECIPES=(sdxl-lora flux-lora wan-lora kontext-lora flux2-klein-lora)
 CONF="$REPO_ROOT/.state/conformance"
 MODELS="${CONFORMANCE_MODELS_DIR:-${STATIONTHIS_CACHE_DIR:-$HOME/.cache/stationthis}/conformance/models}"
 TOOLS="$REPO_ROOT/tools/conformance/models"
@@ -46,7 +46,7 @@ if ! node apps/recipe-builder/dist/main.js build-images --only "$(IFS=,; echo "$
     --base-image "$STATIONTHIS_BASE_IMAGE" --engine-archives "$ARCHIVES" --tokenizers "$CONF/tokenizers" --push >"$build_log" 2>&1; then
   tail -40 "$build_log" >&2; echo "image build failed; full log: $build_log" >&2; exit 1
 fi
-grep -E '^(sdxl|flux|wan|kontext)-lora@' "$build_log" || true
+grep -E '^(sdxl|flux|wan|kontext|flux2-klein)-lora@' "$build_log" || true
 
 image_of() { # the pushed digest of a recipe's image, from the manifest recipe-builder wrote
   node -e '
@@ -67,6 +67,8 @@ for r in "${RECIPES[@]}"; do
     wan-lora)  log "random-weight WAN 2.1 files";    in_image wan-lora make_musubi_models.py ;;
     # The AE and both text encoders are flux-lora's files (same keys from musubi's classes): made once, whichever maker runs first.
     kontext-lora) log "random-weight FLUX.1 Kontext files (DiT at the conformance shim's depth)"; in_image kontext-lora make_kontext_models.py ;;
+    # DiT and Qwen3 4B at the conformance shim's sizes (cases.ts FLUX2_KLEIN_SHIM); the FLUX.2 AE at full size.
+    flux2-klein-lora) log "random-weight FLUX.2 [klein] 4B files (DiT and Qwen3 at the conformance shim's sizes)"; in_image flux2-klein-lora make_flux2_models.py ;;
   esac
 done
 

@@ -36,10 +36,7 @@ Usage: make_kontext_models.py <out-dir> [--verify]
 
 Runs inside the musubi-tuner image (no host Python packages).
 """
-import hashlib
-import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import replace
@@ -48,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from random_weights import write_safetensors  # noqa: E402
+from random_weights import rss_gb, specs_nbytes, write_model_file, write_safetensors  # noqa: E402
 
 DIT = "flux1-kontext-dev.safetensors"
 AE = "ae.safetensors"
@@ -126,38 +123,10 @@ def file_specs():
 # --------------------------------------------------------------------------
 
 
-def spec_hash(specs):
-    return hashlib.sha256(json.dumps([[n, list(s), str(d)] for n, s, d in specs]).encode()).hexdigest()
 
 
-def nbytes(specs):
-    total = 0
-    for _, shape, dtype in specs:
-        n = 1
-        for d in shape:
-            n *= int(d)
-        total += n * torch.tensor([], dtype=dtype).element_size()
-    return total
 
 
-def write(out, name, specs):
-    path = os.path.join(out, name)
-    sidecar = path + ".spec.sha256"
-    want = spec_hash(specs)
-    if os.path.exists(path) and os.path.exists(sidecar) and open(sidecar).read().strip() == want:
-        print(f"{name}: up to date ({os.path.getsize(path) / 1e9:.2f} GB)", flush=True)
-        return
-    need = nbytes(specs) + (64 << 20)
-    have = shutil.disk_usage(out).free + (os.path.getsize(path) if os.path.exists(path) else 0)
-    if have < need:
-        raise SystemExit(f"{name}: needs {need / 1e9:.1f} GB free in {out}, has {have / 1e9:.1f} GB; free disk space and rerun")
-    if os.path.exists(sidecar):
-        os.remove(sidecar)  # a stale sidecar must never vouch for a half-written file
-    t0 = time.time()
-    write_safetensors(path, specs, metadata={"format": "pt", "stationthis": "random-weight conformance model"})
-    with open(sidecar, "w") as f:
-        f.write(want + "\n")
-    print(f"{name}: wrote {len(specs)} tensors, {os.path.getsize(path) / 1e9:.2f} GB in {time.time() - t0:.0f} s", flush=True)
 
 
 # --------------------------------------------------------------------------
@@ -165,10 +134,10 @@ def write(out, name, specs):
 # --------------------------------------------------------------------------
 
 
-def rss_gb():
-    import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+def write(out, name, specs):
+    write_model_file(out, name, specs, lambda path, sp: write_safetensors(path, sp, metadata={"format": "pt", "stationthis": "random-weight conformance model"}))
 
 
 def check_loaded(label, module, specs, dtype):

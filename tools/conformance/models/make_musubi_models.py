@@ -44,12 +44,9 @@ wan/modules/t5.py calls torch.cuda.current_device() at import time; the
 image's sitecustomize import hook makes that import work on a CPU-only machine.
 """
 import collections
-import hashlib
 import io
-import json
 import os
 import pickle
-import shutil
 import sys
 import time
 
@@ -57,7 +54,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from random_weights import random_tensor, write_safetensors  # noqa: E402
+from random_weights import random_tensor, rss_gb, write_model_file, write_safetensors  # noqa: E402
 
 TASK = "t2v-1.3B"
 DIT = "wan2.1_t2v_1.3B_bf16.safetensors"
@@ -223,48 +220,26 @@ def write_pth(path, specs):
     os.replace(tmp, path)
 
 
-def spec_hash(specs):
-    return hashlib.sha256(json.dumps([[n, list(s), str(d)] for n, s, d in specs]).encode()).hexdigest()
 
 
-def nbytes(specs):
-    total = 0
-    for _, shape, dtype in specs:
-        n = 1
-        for d in shape:
-            n *= int(d)
-        total += n * torch.tensor([], dtype=dtype).element_size()
-    return total
 
 
-def write(out, name, specs):
-    path = os.path.join(out, name)
-    sidecar = path + ".spec.sha256"
-    want = spec_hash(specs)
-    if os.path.exists(path) and os.path.exists(sidecar) and open(sidecar).read().strip() == want:
-        print(f"{name}: up to date ({os.path.getsize(path) / 1e9:.2f} GB)", flush=True)
-        return
-    # Fail before writing rather than with ENOSPC after minutes of work.
-    need = nbytes(specs) + (64 << 20)
-    have = shutil.disk_usage(out).free + (os.path.getsize(path) if os.path.exists(path) else 0)
-    if have < need:
-        raise SystemExit(f"{name}: needs {need / 1e9:.1f} GB free in {out}, has {have / 1e9:.1f} GB")
-    if os.path.exists(sidecar):
-        os.remove(sidecar)  # a stale sidecar must never vouch for a half-written file
-    t0 = time.time()
-    if name.endswith(".pth"):
-        write_pth(path, specs)
-    else:
-        # safetensors metadata as ComfyUI's repackaged files carry it.
-        write_safetensors(path, specs, metadata={"format": "pt"}, value=value)
-    with open(sidecar, "w") as f:
-        f.write(want + "\n")
-    print(f"{name}: wrote {len(specs)} tensors, {os.path.getsize(path) / 1e9:.2f} GB in {time.time() - t0:.0f} s", flush=True)
 
 
 # --------------------------------------------------------------------------
 # Verification with musubi's own loaders
 # --------------------------------------------------------------------------
+
+
+def write(out, name, specs):
+    def write_file(path, specs_):
+        if name.endswith(".pth"):
+            write_pth(path, specs_)
+        else:
+            # safetensors metadata as ComfyUI's repackaged files carry it.
+            write_safetensors(path, specs_, metadata={"format": "pt"}, value=value)
+
+    write_model_file(out, name, specs, write_file)
 
 
 def check_module(label, module, file_keys, strip=""):
@@ -279,11 +254,6 @@ def check_module(label, module, file_keys, strip=""):
     assert not not_bf16, f"{label}: not bf16 after load: {not_bf16[:5]}"
 
 
-def rss_gb():
-    # Peak resident set of this process so far (Linux reports KiB).
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def verify(out):

@@ -152,6 +152,53 @@ def t5_tokenizer(folder, tokenizer_class, with_sentencepiece=False):
     write(folder, "tokenizer_config.json", {**special, "extra_ids": 0, "additional_special_tokens": [], "model_max_length": 512, "tokenizer_class": tokenizer_class, "legacy": True, "clean_up_tokenization_spaces": True})
 
 
+# Qwen3's chat template, reduced to what musubi's FLUX.2 / Z-Image embedders use: user turns,
+# add_generation_prompt, and enable_thinking (false: the empty think block Qwen3's template writes).
+QWEN3_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}"
+    "{%- endif %}"
+)
+
+
+def qwen2_tokenizer(folder):
+    """Qwen2Tokenizer (slow, byte-level BPE): vocab.json + merges.txt with no merges,
+    so every text splits into byte characters; Qwen's special tokens follow the 256
+    byte characters, `<|endoftext|>` pads (as Qwen3's config), and the chat template
+    musubi's Qwen3 embedders apply (tokenizer.apply_chat_template) is in tokenizer_config.json."""
+    byte_chars = list(bytes_to_unicode().values())
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+    vocab = {c: i for i, c in enumerate(byte_chars)}
+    for tok in specials:
+        vocab[tok] = len(vocab)
+    write(folder, "vocab.json", vocab)
+    write(folder, "merges.txt", "#version: 0.2\n")
+    added = {
+        str(vocab[tok]): {"content": tok, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": tok.startswith("<|")}
+        for tok in specials
+    }
+    write(folder, "tokenizer_config.json", {
+        "added_tokens_decoder": added,
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+        "bos_token": None,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "errors": "replace",
+        "model_max_length": 131072,
+        "split_special_tokens": False,
+        "clean_up_tokenization_spaces": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "chat_template": QWEN3_CHAT_TEMPLATE,
+    })
+
+
 def main(out):
     # sd-scripts: SDXL text encoder 1 and FLUX CLIP-L (pad = end-of-text, as openai's config).
     clip_tokenizer(snapshot(out, "openai/clip-vit-large-patch14"), pad_token="<|endoftext|>")
@@ -161,6 +208,8 @@ def main(out):
     t5_tokenizer(snapshot(out, "google/t5-v1_1-xxl"), "T5Tokenizer", with_sentencepiece=True)
     # musubi-tuner: WAN umT5, from the WAN repository's subfolder (AutoTokenizer).
     t5_tokenizer(snapshot(out, "Wan-AI/Wan2.1-T2V-14B", "google/umt5-xxl"), "T5Tokenizer")
+    # musubi-tuner: FLUX.2 [klein] 4B's Qwen3 4B (zimage_utils.load_qwen3: Qwen2Tokenizer.from_pretrained("Qwen/Qwen3-4B")).
+    qwen2_tokenizer(snapshot(out, "Qwen/Qwen3-4B"))
     print(f"tokenizers written under {os.path.join(out, 'hub')}")
 
 

@@ -13,7 +13,9 @@ training run stays finite.
 import hashlib
 import json
 import os
+import shutil
 import struct
+import time
 
 import torch
 
@@ -29,8 +31,10 @@ def random_tensor(name: str, shape, dtype=torch.bfloat16, std: float = 0.02) -> 
     lname = name.lower()
     leaf = lname.rsplit(".", 1)[-1]
     is_norm = any(k in lname for k in ("norm", "ln_", "layernorm", "layer_norm", ".ln.", "scale")) and leaf in ("weight", "scale", "gamma")
-    if leaf in ("bias", "beta"):
+    if leaf in ("bias", "beta", "running_mean"):
         return torch.zeros(shape, dtype=dtype)
+    if leaf == "running_var":  # a BatchNorm's variance (FLUX.2 AE latent statistics): negative values would give NaN
+        return torch.ones(shape, dtype=dtype)
     if is_norm:
         return torch.ones(shape, dtype=dtype)
     g = torch.Generator().manual_seed(_seed(name))
@@ -103,3 +107,48 @@ def state_dict_specs(module: torch.nn.Module, dtype=torch.bfloat16, prefix: str 
     for name, t in module.state_dict().items():
         out.append((prefix + name, tuple(t.shape), dtype if t.is_floating_point() else t.dtype))
     return out
+
+
+# --------------------------------------------------------------------------
+# Model files with spec sidecars, shared by every make_*_models.py
+# --------------------------------------------------------------------------
+
+
+def spec_hash(specs) -> str:
+    """Hash of a file's (name, shape, dtype) list: its `<file>.spec.sha256` sidecar."""
+    return hashlib.sha256(json.dumps([[n, list(s), str(d)] for n, s, d in specs]).encode()).hexdigest()
+
+
+def specs_nbytes(specs) -> int:
+    return sum(nbytes(shape, dtype) for _, shape, dtype in specs)
+
+
+def write_model_file(out: str, name: str, specs, write_file) -> None:
+    """Writes `out/name` with `write_file(path, specs)` unless its sidecar already
+    vouches for exactly these specs. Fails before writing when the disk cannot
+    hold it (rather than with ENOSPC after minutes of work), and removes a stale
+    sidecar first, so a half-written file is never vouched for."""
+    path = os.path.join(out, name)
+    sidecar = path + ".spec.sha256"
+    want = spec_hash(specs)
+    if os.path.exists(path) and os.path.exists(sidecar) and open(sidecar).read().strip() == want:
+        print(f"{name}: up to date ({os.path.getsize(path) / 1e9:.2f} GB)", flush=True)
+        return
+    need = specs_nbytes(specs) + (64 << 20)
+    have = shutil.disk_usage(out).free + (os.path.getsize(path) if os.path.exists(path) else 0)
+    if have < need:
+        raise SystemExit(f"{name}: needs {need / 1e9:.1f} GB free in {out}, has {have / 1e9:.1f} GB; free disk space and rerun")
+    if os.path.exists(sidecar):
+        os.remove(sidecar)
+    t0 = time.time()
+    write_file(path, specs)
+    with open(sidecar, "w") as f:
+        f.write(want + "\n")
+    print(f"{name}: wrote {len(specs)} tensors, {os.path.getsize(path) / 1e9:.2f} GB in {time.time() - t0:.0f} s", flush=True)
+
+
+def rss_gb() -> float:
+    """Peak resident memory of this process, GiB (Linux ru_maxrss is KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -17,6 +17,18 @@ set before the model is built, the engine's own loader reads a random-weight
 file holding exactly the real key names, shapes and dtypes of the blocks
 present, strictly, and every other line of the engine runs unchanged.
 
+Two more forms, for a loader that builds its model from a local config
+(musubi's load_qwen3 keeps Qwen3-4B's config as a JSON string inside the
+function) or indexes a module-level list:
+
+  {"module": "musubi_tuner.flux_2.flux2_utils", "object": "", "set": {"OUTPUT_LAYERS_QWEN3": [1, 2, 3]}}
+      an empty `object` is the module itself; a value may be a list of numbers.
+  {"module": "musubi_tuner.zimage.zimage_utils", "object": "Qwen3Config", "call": {"num_hidden_layers": 4}}
+      `object` names a callable the module calls (here the config class it
+      imported); the module's name is rebound to a wrapper that replaces these
+      keyword arguments in every call. A call that does not pass one of them
+      stops the process (the loader changed).
+
 Loud by design: an override whose module, object or field does not exist
 (an engine bump renamed it) stops the process with an error, so the shim can
 never silently do nothing; each applied override is printed once.
@@ -50,8 +62,15 @@ def _run_image_sitecustomize():
             return
 
 
+def _fmt(value):
+    """One token per value (no spaces), so the report line reads `field: before -> after`."""
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, tuple)) else repr(value)
+
+
 def _resolve(root, path):
     obj = root
+    if path == "":
+        return obj
     for part in path.split("."):
         m = re.fullmatch(r"(\w+)(?:\[['\"]?([^\]'\"]+)['\"]?\])?", part)
         if not m:
@@ -67,8 +86,31 @@ def _resolve(root, path):
     return obj
 
 
+def _wrap_call(module, o):
+    """Rebind `module.<object>` to a wrapper that replaces o["call"]'s keyword arguments."""
+    if "." in o["object"] or not o["object"]:
+        raise SystemExit(f"{ENV}: a call override names a callable at the top of its module, not {o['object']!r}")
+    real = _resolve(module, o["object"])
+    if not callable(real):
+        raise SystemExit(f"{ENV}: {o['module']}.{o['object']} is not callable; the engine changed: update tools/conformance/cases.ts")
+    where = f"{o['module']}.{o['object']}"
+
+    def wrapper(*args, **kwargs):
+        for field, value in o["call"].items():
+            if field not in kwargs:
+                raise SystemExit(f"{ENV}: {where} was called without {field!r} (keywords {sorted(kwargs)}); the engine changed: update tools/conformance/cases.ts")
+            print(f"[conformance shim] {where}.{field}: {_fmt(kwargs[field])} -> {_fmt(value)}", file=sys.stderr, flush=True)
+            kwargs[field] = value
+        return real(*args, **kwargs)
+
+    setattr(module, o["object"], wrapper)
+
+
 def _apply(module, overrides):
     for o in overrides:
+        if "call" in o:
+            _wrap_call(module, o)
+            continue
         target = _resolve(module, o["object"])
         for field, value in o["set"].items():
             if not hasattr(target, field):
@@ -76,7 +118,8 @@ def _apply(module, overrides):
             before = getattr(target, field)
             # object.__setattr__ also sets fields of frozen dataclasses.
             object.__setattr__(target, field, value)
-            print(f"[conformance shim] {o['module']}.{o['object']}.{field}: {before!r} -> {value!r}", file=sys.stderr, flush=True)
+            where = f"{o['module']}.{o['object']}" if o["object"] else o["module"]
+            print(f"[conformance shim] {where}.{field}: {_fmt(before)} -> {_fmt(value)}", file=sys.stderr, flush=True)
 
 
 class _OverridingLoader(importlib.abc.Loader):
@@ -113,8 +156,9 @@ def _install(raw):
         overrides = json.loads(raw)
         by_module = {}
         for o in overrides:
-            if not isinstance(o.get("set"), dict) or not o["set"] or not isinstance(o.get("object"), str):
-                raise ValueError(f"each override needs module, object and a non-empty set: {o!r}")
+            changes = [k for k in ("set", "call") if k in o]
+            if len(changes) != 1 or not isinstance(o[changes[0]], dict) or not o[changes[0]] or not isinstance(o.get("object"), str):
+                raise ValueError(f"each override needs module, object and one non-empty set or call: {o!r}")
             by_module.setdefault(o["module"], []).append(o)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise SystemExit(f"{ENV} is not a JSON list of {{module, object, set}}: {e}")

@@ -11,6 +11,7 @@ import type { AddressInfo } from 'node:net';
 import { bearerMatches, createDashboardRoutes, isLoopbackHostHeader } from './dashboard-routes';
 import { eta, isServableImageKey, jobDetail, plainReason, queueView, slotsView, timeline } from './dashboard-views';
 import { JobActivity } from './job-activity';
+import { createLogger } from '../observability/logger';
 
 const T0 = new Date('2026-12-07T10:00:00.000Z');
 const at = (s: number) => new Date(T0.getTime() + s * 1000);
@@ -232,7 +233,7 @@ describe('dashboard: access and token', () => {
 
   it('without a token, answers the API only for requests addressed to a loopback name', async () => {
     const overview = { queue: [], slots: [] };
-    const routes = createDashboardRoutes({ data: { overview: async () => overview } as never, token: null, log: { info() {}, warn() {}, debug() {}, error() {} } as never });
+    const routes = createDashboardRoutes({ data: { overview: async () => overview } as never, token: null, log: createLogger('silent') });
     const server: Server = createServer((req, res) => void routes.handle(req, res).then((handled) => handled || res.writeHead(404).end()));
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const port = (server.address() as AddressInfo).port;
