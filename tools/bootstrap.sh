@@ -28,4 +28,7 @@ if [[ "${STATIONTHIS_BOOTSTRAP_SERVICES:-1}" != 0 ]]; then
   log "local services up (docker, mongo, s3, registry, base image)"
   tools/services/services.sh up
   eval "$(tools/services/services.sh env)"
+  # Old commit tags of the ~6.8 GB engine images pile up run after run; give them back
+  # before building more, and warn with the numbers when the disk is still short.
+  tools/services/reclaim-disk.sh --need-gb "${STATIONTHIS_NEED_GB:-12}"
 fi

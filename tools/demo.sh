@@ -132,6 +132,7 @@ stage 2 "Local services"
 [[ "${S3_ENDPOINT:-}" == "http://127.0.0.1:9000" ]] && unset S3_ENDPOINT
 quiet tools/services/services.sh up
 eval "$(tools/services/services.sh env)"
+quiet tools/services/reclaim-disk.sh --need-gb 4
 stage_ok "docker, FerretDB, MinIO (models public-read), registry"
 
 export MONGO_DB_NAME=${MONGO_DB_NAME:-noema}

@@ -171,12 +171,20 @@ registry_ok() { curl -sf "http://$REGISTRY_ADDR/v2/" >/dev/null 2>&1; }
 registry_up() {
   registry_ok && { say "registry: already answering on $REGISTRY_ADDR"; return; }
   command -v docker-registry >/dev/null || apt_install docker-registry
-  mkdir -p "$STATE_DIR/registry"
+  # The blobs live in the machine cache, shared by every clone like the random-weight models:
+  # one registry answers on $REGISTRY_ADDR whichever clone started it, and its blobs are
+  # content-addressed, so a fresh clone's push of unchanged layers writes nothing (a clone
+  # each holding its own 5+ GB copy is what filled the disk in stop 21's CI).
+  local data="${STATIONTHIS_REGISTRY_DIR:-$CACHE_DIR/registry}"
+  mkdir -p "$STATE_DIR/registry" "$(dirname "$data")"
+  # Once: adopt the blobs of the per-clone location used before.
+  [[ -d "$STATE_DIR/registry/data" && ! -e "$data" ]] && mv "$STATE_DIR/registry/data" "$data"
+  mkdir -p "$data"
   cat >"$STATE_DIR/registry/config.yml" <<YML
 version: 0.1
 log: { level: warn }
 storage:
-  filesystem: { rootdirectory: $STATE_DIR/registry/data }
+  filesystem: { rootdirectory: $data }
   delete: { enabled: true }
 http:
   addr: $REGISTRY_ADDR

@@ -103,7 +103,8 @@ describe('log streaming (real engine)', () => {
     const seconds = (Date.now() - t0) / 1000;
     const growth = { rssMB: (peakRss - base.rss) / MB, heapMB: (peakHeap - base.heapUsed) / MB, heapAndBuffersMB: (peakBuffers - base.heapUsed - base.external - base.arrayBuffers) / MB };
     // Reported for the README's figures.
-    console.log(`100 MiB flood: ${seconds.toFixed(1)} s, ${(100 / seconds).toFixed(1)} MiB/s, growth ${JSON.stringify(growth)}`);
+    // The line counts say how far a run that failed got (a stall once hit the deadline at an unknown point).
+    console.log(`100 MiB flood: ${seconds.toFixed(1)} s, ${(100 / seconds).toFixed(1)} MiB/s, growth ${JSON.stringify(growth)}, lines ${JSON.stringify(counts)} of ${outBytes / lineLen + errBytes / lineLen}, ${r.failureClass ?? 'ok'}`);
 
     expect(r.failureClass).toBeNull();
     expect((await stat(r.logFilePath)).size).toBe(outBytes + errBytes);
