@@ -5,8 +5,10 @@
 # keeps one more set of layers alive until the disk fills mid-push (what failed stop 21).
 #
 # Removes only what this project made and no run still needs:
-#   - image tags <registry>/stationthis/<name>:<commit> of commits other than HEAD, and
-#     version tags older than each image's newest (all of them stay in the registry);
+#   - image tags <registry>/stationthis/<name>:<commit> of commits other than HEAD (only
+#     tags git knows as commits: the torch base images' input-hash tags stay, they are
+#     the engine images' build cache), and version tags older than each image's newest
+#     (all of them stay in the registry);
 #   - dangling images (untagged layers a rebuild replaced) and stopped containers of
 #     stationthis images (a killed test can leave one behind);
 #   - the docker build cache beyond what the current images use.
@@ -31,9 +33,9 @@ docker_root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null) || { say "d
 before=$(free_gb "$docker_root")
 head=$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo none)
 
-# Stopped containers of our images first (never a running one: a live job may own it);
+# Stopped containers of our images first (never a running or just-created one: a live job may own it);
 # an image a stopped container still uses cannot be untagged.
-stopped=$(docker ps -a --filter status=exited --filter status=created --filter status=dead --format '{{.ID}} {{.Image}}' \
+stopped=$(docker ps -a --filter status=exited --filter status=dead --format '{{.ID}} {{.Image}}' \
   | awk '$2 ~ /stationthis|recipe-builder-test/ { print $1 }')
 n_ctrs=0
 if [[ -n "$stopped" ]]; then n_ctrs=$(wc -l <<<"$stopped"); xargs -r docker rm -f >/dev/null 2>&1 <<<"$stopped" || true; fi
@@ -47,7 +49,14 @@ for repo in $(docker images --format '{{.Repository}}' | grep -E '/stationthis/|
   newest=$(grep -E '^[0-9]+\.[0-9]+\.[0-9]+' <<<"$tags" | sort -V | tail -1 || true)
   while read -r tag; do
     [[ -z "$tag" || "$tag" == "$head" || "$tag" == "$newest" ]] && continue
-    if [[ "$tag" =~ ^[0-9a-f]{7,40}$ || "$tag" =~ ^[0-9]+\.[0-9]+\.[0-9]+ ]]; then stale+="$repo:$tag"$'\n'; fi
+    # A hex tag is a commit tag only when git knows it as a commit: the shared torch
+    # images are tagged with a 16-hex hash of their inputs, and removing one throws away
+    # the build cache of every engine image on it (a ~6 GB pip install and rebuild).
+    if [[ "$tag" =~ ^[0-9a-f]{7,40}$ ]]; then
+      git -C "$REPO_ROOT" rev-parse -q --verify "$tag^{commit}" >/dev/null 2>&1 && stale+="$repo:$tag"$'\n'
+    elif [[ "$tag" =~ ^[0-9]+\.[0-9]+\.[0-9]+ ]]; then
+      stale+="$repo:$tag"$'\n'
+    fi
   done <<<"$tags"
 done
 stale=$(sed '/^$/d' <<<"$stale")

@@ -79,13 +79,25 @@ describe('log streaming (real engine)', () => {
     let peakRss = base.rss;
     let peakHeap = base.heapUsed;
     let peakBuffers = base.heapUsed + base.external + base.arrayBuffers;
-    const sampler = setInterval(() => {
+    // Sampling must not starve what it measures: the full run executes every suite in one
+    // process (2 cores: jest runs in band), whose heap earlier suites have grown to ~0.5 GB,
+    // and a full collection of that takes ~300 ms. A fixed 250 ms interval then kept the
+    // event loop in GC nearly all the time and the flood crawled at 0.4 MiB/s into its
+    // deadline (CI, twice; reproduced with a 470 MB ballast). So the next sample waits 20x
+    // as long as the last collection took: GC stays under ~5 % of the time.
+    let sampler: NodeJS.Timeout | undefined;
+    let sampling = true;
+    const sample = (): void => {
+      const g0 = performance.now();
       gc();
+      const gcMs = performance.now() - g0;
       const m = process.memoryUsage();
       peakRss = Math.max(peakRss, m.rss);
       peakHeap = Math.max(peakHeap, m.heapUsed);
       peakBuffers = Math.max(peakBuffers, m.heapUsed + m.external + m.arrayBuffers);
-    }, 250);
+      if (sampling) sampler = setTimeout(sample, Math.max(250, 20 * gcMs));
+    };
+    sampler = setTimeout(sample, 250);
     const counts = { stdout: 0, stderr: 0 };
     let badLines = 0;
     const t0 = Date.now();
@@ -98,7 +110,8 @@ describe('log streaming (real engine)', () => {
         },
       });
     } finally {
-      clearInterval(sampler);
+      sampling = false;
+      clearTimeout(sampler);
     }
     const seconds = (Date.now() - t0) / 1000;
     const growth = { rssMB: (peakRss - base.rss) / MB, heapMB: (peakHeap - base.heapUsed) / MB, heapAndBuffersMB: (peakBuffers - base.heapUsed - base.external - base.arrayBuffers) / MB };
