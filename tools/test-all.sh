@@ -51,6 +51,10 @@ if [[ "${SKIP_CONFORMANCE:-0}" != 1 ]]; then
   bash tools/conformance/run.sh || rc=1
 fi
 
+# After every suite that builds or runs containers: it removes stale tags and stopped containers.
+log "reclaim-disk: what it removes and what it keeps"
+bash tools/services/reclaim-disk-test.sh || rc=1
+
 # Last, because `down` stops what every suite above needs; it brings them back up.
 log "services.sh lifecycle: up -> down -> status -> up"
 bash tools/services/lifecycle-test.sh || rc=1
