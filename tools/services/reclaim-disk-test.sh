@@ -17,6 +17,7 @@ check() { # check <description> <command...>
 }
 present() { docker image inspect "$REPO:$1" >/dev/null 2>&1; }
 absent() { ! present "$1"; }
+base_present() { docker image inspect "$STATIONTHIS_BASE_IMAGE" >/dev/null 2>&1; }
 cleanup() { docker images "$REPO" --format '{{.Repository}}:{{.Tag}}' | xargs -r docker rmi >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
@@ -30,6 +31,6 @@ if [[ -n "$older" ]]; then check "another commit's tag is removed" absent "$olde
 check "the newest version tag is kept" present 0.2.0
 check "an older version tag is removed" absent 0.1.0
 check "a hex tag that is no commit (a torch input hash) is kept" present 0123456789abcdef
-check "the base image itself is untouched" docker image inspect "$STATIONTHIS_BASE_IMAGE" --format '{{.Id}}'
+check "the base image itself is untouched" base_present
 if ((failures)); then echo "[reclaim] $failures check(s) failed"; exit 1; fi
 echo "[reclaim] all checks passed"
