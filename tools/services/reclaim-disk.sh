@@ -9,9 +9,10 @@
 #     tags git knows as commits: the torch base images' input-hash tags stay, they are
 #     the engine images' build cache), and version tags older than each image's newest
 #     (all of them stay in the registry);
-#   - dangling images (untagged layers a rebuild replaced) and stopped containers of
-#     stationthis images (a killed test can leave one behind);
-#   - the docker build cache beyond what the current images use.
+#   - superseded images (dangling, once pushed: a rebuild moved their tag) and stopped
+#     containers of stationthis images (a killed test can leave one behind);
+#   - build-stage results and build cache made over a week ago (younger ones are the next
+#     build's cache).
 # The local registry's blobs and the random-weight models are shared, content-addressed
 # caches (~/.cache/stationthis): kept.
 #
@@ -67,11 +68,22 @@ if [[ -n "$stale" ]]; then
   xargs -r -n 20 docker rmi >/dev/null 2>&1 <<<"$stale" || true
 fi
 
-docker image prune -f >/dev/null 2>&1 || true
-docker builder prune -f >/dev/null 2>&1 || true
+# Dangling images: a rebuild moved their tag away. Pushed ones (their RepoDigests name our
+# namespace) are superseded engine images: removed. Unpushed ones are mostly the classic
+# builder's stage results (`FROM … AS builder`), which are the next build's cache: pruning
+# them made every run reinstall the 6 GB torch layer and rebuild every engine image. Those
+# go only when unused for a week.
+n_dangling=0
+for id in $(docker images -q --filter dangling=true | sort -u); do
+  if docker image inspect "$id" --format '{{join .RepoDigests " "}}' 2>/dev/null | grep -q '/stationthis/'; then
+    docker rmi "$id" >/dev/null 2>&1 && n_dangling=$((n_dangling + 1)) || true
+  fi
+done
+docker image prune -f --filter until=168h >/dev/null 2>&1 || true
+docker builder prune -f --filter until=168h >/dev/null 2>&1 || true
 
 after=$(free_gb "$docker_root")
-say "removed $n_tags stale commit tag(s), $n_ctrs stopped container(s), dangling images; free on $docker_root: ${before} GB -> ${after} GB"
+say "removed $n_tags stale tag(s), $n_dangling superseded image(s), $n_ctrs stopped container(s); free on $docker_root: ${before} GB -> ${after} GB"
 if [[ "$NEED_GB" != 0 ]] && awk -v a="$after" -v n="$NEED_GB" 'BEGIN { exit !(a < n) }'; then
   cache="${STATIONTHIS_CACHE_DIR:-$HOME/.cache/stationthis}"
   say "WARNING: only ${after} GB free; this run needs about ${NEED_GB} GB (engine image builds and pushes, training outputs)."
