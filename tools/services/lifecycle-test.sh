@@ -5,15 +5,11 @@
 set -euo pipefail
 SVC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/services.sh"
 STATE_DIR="${STATIONTHIS_STATE_DIR:-$(cd "$(dirname "$SVC")/../.." && pwd)/.state}"
-failures=0
+source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 # tools/bootstrap.sh exports the local services' own addresses (services.sh env); with
 # them set, services.sh would treat mongo and s3 as external and manage neither.
 [[ "${MONGO_URL:-}" == "mongodb://127.0.0.1:27017" ]] && unset MONGO_URL
 [[ "${S3_ENDPOINT:-}" == "http://127.0.0.1:9000" ]] && unset S3_ENDPOINT
-check() { # check <description> <command...>
-  local what=$1; shift
-  if "$@"; then echo "  ok    $what"; else echo "  FAIL  $what"; failures=$((failures + 1)); fi
-}
 managed=()   # the services this script's pid files say it started; only those must stop
 for name in dockerd ferretdb minio registry; do
   [[ -f "$STATE_DIR/run/$name.pid" ]] && managed+=("$name")
@@ -53,5 +49,4 @@ check "status after the second up reports every service up" bash "$SVC" status
 # `up` gives the models bucket its public-read policy (on a fresh MinIO too): check it as anyone would.
 check "after up, models is public-read and datasets/uploads private" bash "$(dirname "$SVC")/public-read-test.sh"
 
-if [[ $failures -gt 0 ]]; then echo "[lifecycle] $failures check(s) failed"; exit 1; fi
-echo "[lifecycle] all checks passed"
+checks_done lifecycle

@@ -11,11 +11,7 @@ eval "$(bash "$SVC" env)"
 ENDPOINT=${S3_ENDPOINT%/}
 KEY="public-read-test/probe-$$-$RANDOM.txt"
 BODY="public-read probe $(date +%s%N)"
-failures=0
-check() { # check <description> <command...>
-  local what=$1; shift
-  if "$@"; then echo "  ok    $what"; else echo "  FAIL  $what"; failures=$((failures + 1)); fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 signed() { # signed <curl args...>: a request with the local root credentials
   curl -s --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3_ACCESS_KEY_ID:$S3_SECRET_ACCESS_KEY" "$@"
 }
@@ -40,5 +36,4 @@ check "anonymous PUT into models is refused (403)" test "$(curl -s -o /dev/null 
 check "anonymous GET of a datasets object is refused (403)" test "$(anon_code "$ENDPOINT/datasets/$KEY")" = 403
 check "anonymous GET of an uploads object is refused (403)" test "$(anon_code "$ENDPOINT/uploads/$KEY")" = 403
 
-if [[ $failures -gt 0 ]]; then echo "[public-read] $failures check(s) failed"; exit 1; fi
-echo "[public-read] all checks passed"
+checks_done public-read

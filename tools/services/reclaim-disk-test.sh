@@ -10,14 +10,11 @@ eval "$(bash "$ROOT/tools/services/services.sh" env)"
 REPO="127.0.0.1:5000/stationthis/reclaim-probe"
 head=$(git -C "$ROOT" rev-parse --short HEAD)
 older=$(git -C "$ROOT" rev-parse --short HEAD~1 2>/dev/null || echo "")
-failures=0
-check() { # check <description> <command...>
-  local what=$1; shift
-  if "$@"; then echo "  ok    $what"; else echo "  FAIL  $what"; failures=$((failures + 1)); fi
-}
-present() { docker image inspect "$REPO:$1" >/dev/null 2>&1; }
+source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
+id_present() { docker image inspect "$1" >/dev/null 2>&1; }   # an image id or reference
+id_absent() { ! id_present "$1"; }
+present() { id_present "$REPO:$1"; }
 absent() { ! present "$1"; }
-base_present() { docker image inspect "$STATIONTHIS_BASE_IMAGE" >/dev/null 2>&1; }
 cleanup() {
   docker images "$REPO" --format '{{.Repository}}:{{.Tag}}' | xargs -r docker rmi >/dev/null 2>&1 || true
   for id in "${stage_id:-}" "${pushed_id:-}"; do [[ -n "$id" ]] && docker rmi "$id" >/dev/null 2>&1 || true; done
@@ -39,8 +36,6 @@ pushed_id=$(probe_image pushed "pushed-$$")
 docker push -q "$REPO:pushed" >/dev/null
 docker tag "$STATIONTHIS_BASE_IMAGE" "$REPO:stage"   # both lose their tag: dangling now
 docker tag "$STATIONTHIS_BASE_IMAGE" "$REPO:pushed"
-id_present() { docker image inspect "$1" >/dev/null 2>&1; }
-id_absent() { ! id_present "$1"; }
 bash "$ROOT/tools/services/reclaim-disk.sh" 2>&1 | sed 's/^/  /'
 check "HEAD's commit tag is kept" present "$head"
 if [[ -n "$older" ]]; then check "another commit's tag is removed" absent "$older"; fi
@@ -50,6 +45,5 @@ check "a hex tag that is no commit (a torch input hash) is kept" present 0123456
 check "both dangling probes were built (ids $stage_id, $pushed_id)" test -n "$stage_id" -a -n "$pushed_id"
 check "a dangling build-stage result (never pushed) is kept as build cache" id_present "$stage_id"
 check "a dangling pushed image (superseded by a rebuild) is removed" id_absent "$pushed_id"
-check "the base image itself is untouched" base_present
-if ((failures)); then echo "[reclaim] $failures check(s) failed"; exit 1; fi
-echo "[reclaim] all checks passed"
+check "the base image itself is untouched" id_present "$STATIONTHIS_BASE_IMAGE"
+checks_done reclaim

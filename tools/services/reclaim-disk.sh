@@ -72,7 +72,7 @@ fi
 # namespace) are superseded engine images: removed. Unpushed ones are mostly the classic
 # builder's stage results (`FROM … AS builder`), which are the next build's cache: pruning
 # them made every run reinstall the 6 GB torch layer and rebuild every engine image. Those
-# go only when unused for a week.
+# go only once made over a week ago.
 n_dangling=0
 for id in $(docker images -q --filter dangling=true | sort -u); do
   if docker image inspect "$id" --format '{{join .RepoDigests " "}}' 2>/dev/null | grep -q '/stationthis/'; then

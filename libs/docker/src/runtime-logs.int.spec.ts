@@ -86,7 +86,6 @@ describe('log streaming (real engine)', () => {
     // deadline (CI, twice; reproduced with a 470 MB ballast). So the next sample waits 20x
     // as long as the last collection took: GC stays under ~5 % of the time.
     let sampler: NodeJS.Timeout | undefined;
-    let sampling = true;
     const sample = (): void => {
       const g0 = performance.now();
       gc();
@@ -95,7 +94,7 @@ describe('log streaming (real engine)', () => {
       peakRss = Math.max(peakRss, m.rss);
       peakHeap = Math.max(peakHeap, m.heapUsed);
       peakBuffers = Math.max(peakBuffers, m.heapUsed + m.external + m.arrayBuffers);
-      if (sampling) sampler = setTimeout(sample, Math.max(250, 20 * gcMs));
+      sampler = setTimeout(sample, Math.max(250, 20 * gcMs));
     };
     sampler = setTimeout(sample, 250);
     const counts = { stdout: 0, stderr: 0 };
@@ -110,7 +109,6 @@ describe('log streaming (real engine)', () => {
         },
       });
     } finally {
-      sampling = false;
       clearTimeout(sampler);
     }
     const seconds = (Date.now() - t0) / 1000;
